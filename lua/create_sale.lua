@@ -1,0 +1,24 @@
+-- create_sale.lua: load a scheduled sale into Redis (create if absent).
+--
+-- KEYS[1] sale hash
+-- ARGV[1] definition JSON (canonical, as written by the gateway)
+-- ARGV[2] total units      ARGV[3] starts_at ms   ARGV[4] ends_at ms
+-- ARGV[5] per-customer limit  ARGV[6] hold duration ms
+-- ARGV[7] price_cents      ARGV[8] currency
+-- Returns {'created'|'exists'|'conflict', now_ms}
+--
+-- Invariant: a sale's counters are written once, here, with
+-- available = total and held = sold = 0. Running it again never resets
+-- them (Postgres is written first and this load is retried until it lands,
+-- so it must be safe to run twice).
+local now = now_ms()
+local def = redis.call('HGET', KEYS[1], 'def')
+if def then
+  if def == ARGV[1] then return {'exists', now} end
+  return {'conflict', now}
+end
+redis.call('HSET', KEYS[1],
+  'def', ARGV[1], 'total', ARGV[2], 'available', ARGV[2], 'held', 0, 'sold', 0,
+  'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'limit', ARGV[5], 'hold_ms', ARGV[6],
+  'price_cents', ARGV[7], 'currency', ARGV[8], 'paused', 0, 'version', 1)
+return {'created', now}

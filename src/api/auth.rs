@@ -1,0 +1,54 @@
+//! Bearer-token extractors: `Customer` for any signed-in caller, `Admin` for
+//! the admin role.
+
+use axum::extract::FromRequestParts;
+use axum::http::header::AUTHORIZATION;
+use axum::http::request::Parts;
+
+use super::error::ApiError;
+use super::AppState;
+use crate::auth::Identity;
+
+/// Any caller with a valid token.
+pub struct Caller(pub Identity);
+
+/// A caller with `role = "admin"`.
+pub struct Admin(pub Identity);
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let header = parts
+            .headers
+            .get(AUTHORIZATION)
+            .ok_or_else(|| ApiError::Unauthorized("missing Authorization header".into()))?;
+        let token = header
+            .to_str()
+            .ok()
+            .and_then(|h| h.strip_prefix("Bearer "))
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .ok_or_else(|| {
+                ApiError::Unauthorized("Authorization must be `Bearer <token>`".into())
+            })?;
+        state
+            .auth
+            .verify(token)
+            .map(Caller)
+            .map_err(|e| ApiError::Unauthorized(e.to_string()))
+    }
+}
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Caller(id) = Caller::from_request_parts(parts, state).await?;
+        if id.admin {
+            Ok(Admin(id))
+        } else {
+            Err(ApiError::Forbidden)
+        }
+    }
+}

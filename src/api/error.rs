@@ -1,0 +1,183 @@
+//! The one place where failures become HTTP: every error is
+//! `application/problem+json` (RFC 9457) with a stable `code` from the
+//! contract. Infrastructure failures are logged here, once, and reach the
+//! client only as an opaque 503.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::engine::{EngineError, Refusal};
+use crate::store::StoreError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    Unauthorized(String),
+    #[error("this endpoint needs the admin role")]
+    Forbidden,
+    #[error("no such sale")]
+    SaleNotFound,
+    #[error("no such reservation")]
+    ReservationNotFound,
+    #[error("no such route")]
+    RouteNotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("the sale is sold out")]
+    SoldOut,
+    #[error("fewer units are available than asked for")]
+    InsufficientStock,
+    #[error("this would take the customer past the sale's per-customer limit")]
+    LimitExceeded,
+    #[error("the sale is not live (not started, ended or paused)")]
+    SaleNotLive,
+    #[error("the reservation is not held (already released, confirmed or expired)")]
+    ReservationNotHeld,
+    #[error("a sale with this id exists with a different definition")]
+    SaleConflict,
+    #[error("the hold expired before it was confirmed")]
+    HoldExpired,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the request body is larger than {0} bytes")]
+    PayloadTooLarge(usize),
+    #[error("this Idempotency-Key was used with a different request")]
+    IdempotencyKeyReused,
+    #[error("too many requests")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("a backing service is unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
+        match e {
+            EngineError::Refused(r) => r.into(),
+            EngineError::Unavailable(why) => ApiError::Unavailable(format!("redis: {why}")),
+            EngineError::Corrupt(why) => ApiError::Internal(format!("redis reply: {why}")),
+        }
+    }
+}
+
+impl From<Refusal> for ApiError {
+    fn from(r: Refusal) -> Self {
+        match r {
+            Refusal::SaleNotFound => ApiError::SaleNotFound,
+            Refusal::SaleNotLive => ApiError::SaleNotLive,
+            Refusal::LimitExceeded => ApiError::LimitExceeded,
+            Refusal::SoldOut => ApiError::SoldOut,
+            Refusal::InsufficientStock => ApiError::InsufficientStock,
+            Refusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
+            Refusal::ReservationNotFound => ApiError::ReservationNotFound,
+            Refusal::ReservationNotHeld => ApiError::ReservationNotHeld,
+            Refusal::HoldExpired => ApiError::HoldExpired,
+            Refusal::SaleConflict => ApiError::SaleConflict,
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        ApiError::Unavailable(format!("postgres: {e}"))
+    }
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        use ApiError::*;
+        match self {
+            Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            Forbidden => StatusCode::FORBIDDEN,
+            SaleNotFound | ReservationNotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            SoldOut | InsufficientStock | LimitExceeded | SaleNotLive | ReservationNotHeld
+            | SaleConflict => StatusCode::CONFLICT,
+            HoldExpired => StatusCode::GONE,
+            InvalidRequest(_) | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The contract's machine code.
+    pub fn code(&self) -> &'static str {
+        use ApiError::*;
+        match self {
+            Unauthorized(_) => "unauthorized",
+            Forbidden => "forbidden",
+            SaleNotFound => "sale_not_found",
+            ReservationNotFound => "reservation_not_found",
+            RouteNotFound => "not_found",
+            MethodNotAllowed => "method_not_allowed",
+            SoldOut => "sold_out",
+            InsufficientStock => "insufficient_stock",
+            LimitExceeded => "limit_exceeded",
+            SaleNotLive => "sale_not_live",
+            ReservationNotHeld => "reservation_not_held",
+            SaleConflict => "sale_conflict",
+            HoldExpired => "hold_expired",
+            // An oversized body is an out-of-range body: the contract's code,
+            // with the status HTTP clients expect.
+            InvalidRequest(_) | PayloadTooLarge(_) => "invalid_request",
+            IdempotencyKeyReused => "idempotency_key_reused",
+            RateLimited { .. } => "rate_limited",
+            Unavailable(_) => "unavailable",
+            Internal(_) => "internal",
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+    code: &'a str,
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        let detail = match &self {
+            ApiError::Unavailable(why) => {
+                tracing::warn!(error = %why, "backing service unavailable");
+                "a backing service is unavailable; retry shortly".to_string()
+            }
+            ApiError::Internal(why) => {
+                tracing::error!(error = %why, "internal error");
+                "internal error".to_string()
+            }
+            other => other.to_string(),
+        };
+        let code = self.code();
+        let body = Problem {
+            kind: format!("https://flashsale.dev/problems/{code}"),
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            detail,
+            code,
+        };
+        let mut res = (status, axum::Json(body)).into_response();
+        let headers = res.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        let retry_after = match self {
+            ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
+            ApiError::Unavailable(_) => Some(1),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        res
+    }
+}

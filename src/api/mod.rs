@@ -1,0 +1,115 @@
+//! The HTTP API of the contract: routing, shared state, middleware.
+//!
+//! A request flows: body limit and request id (middleware) -> extractors
+//! (bearer token, JSON body; their rejections are already problem+json) ->
+//! handler -> one engine call (Redis) or, for admin writes, the store
+//! (Postgres) and then the engine -> `ApiError` maps any failure to HTTP.
+
+mod auth;
+mod error;
+mod extract;
+mod health;
+mod reservations;
+mod sales;
+
+use std::future::Future;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{self, Next};
+use axum::routing::{get, post};
+use axum::Router;
+use sqlx::PgPool;
+use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::trace::TraceLayer;
+
+use crate::auth::Auth;
+use crate::config::Settings;
+use crate::engine::Engine;
+use crate::store::StoreResult;
+pub use error::ApiError;
+use extract::BodyLimit;
+
+/// Cheap handles shared by every request.
+#[derive(Clone)]
+pub struct AppState {
+    pub engine: Engine,
+    pub db: PgPool,
+    pub auth: Arc<Auth>,
+    pub settings: Arc<Settings>,
+}
+
+impl AppState {
+    pub fn new(settings: Arc<Settings>, engine: Engine, db: PgPool) -> AppState {
+        AppState {
+            auth: Arc::new(Auth::new(&settings.auth.jwt_secret)),
+            engine,
+            db,
+            settings,
+        }
+    }
+}
+
+/// Bounds a Postgres call by `database.timeout_ms`, so a stalled database is
+/// a prompt 503 and never a hung request.
+pub(crate) async fn db_call<T>(
+    state: &AppState,
+    fut: impl Future<Output = StoreResult<T>>,
+) -> Result<T, ApiError> {
+    match tokio::time::timeout(state.settings.database_timeout(), fut).await {
+        Ok(r) => Ok(r?),
+        Err(_) => Err(ApiError::Unavailable("postgres: timed out".into())),
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let limit = state.settings.http.body_limit_bytes;
+    let request_id = axum::http::HeaderName::from_static("x-request-id");
+    Router::new()
+        .route("/v1/sales", post(sales::create).get(sales::list))
+        .route("/v1/sales/{sale_id}", get(sales::get).patch(sales::patch))
+        .route(
+            "/v1/sales/{sale_id}/reservations",
+            post(reservations::reserve),
+        )
+        .route(
+            "/v1/reservations/{id}",
+            get(reservations::get).delete(reservations::release),
+        )
+        .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
+        .layer(DefaultBodyLimit::max(limit))
+        .layer(middleware::from_fn(
+            move |mut req: Request, next: Next| async move {
+                req.extensions_mut().insert(BodyLimit(limit));
+                next.run(req).await
+            },
+        ))
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request| {
+                let id = req
+                    .headers()
+                    .get("x-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(PropagateRequestIdLayer::new(request_id.clone()))
+        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .with_state(state)
+}
+
+/// Serves until `shutdown` resolves, then drains in-flight requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

@@ -1,0 +1,140 @@
+//! Reservations: the hot path. A reserve is one EVALSHA; nothing here touches
+//! Postgres.
+
+use axum::extract::State;
+use axum::http::{HeaderMap, StatusCode};
+use axum::Json;
+use serde::{Deserialize, Serialize};
+
+use super::auth::Caller;
+use super::error::ApiError;
+use super::extract::{Body, PathId};
+use super::sales::sale_id;
+use super::AppState;
+use crate::domain::{sale_of_reservation, Order, Reservation};
+use crate::engine::ReserveRequest;
+
+const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReserveBody {
+    #[serde(default = "one")]
+    quantity: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+#[tracing::instrument(skip_all, fields(sale_id, customer = %caller.subject))]
+pub async fn reserve(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    id: PathId,
+    headers: HeaderMap,
+    Body(body): Body<ReserveBody>,
+) -> Result<(StatusCode, Json<Reservation>), ApiError> {
+    let sale_id = sale_id(id)?;
+    tracing::Span::current().record("sale_id", sale_id.as_str());
+    let max = state.settings.engine.max_quantity;
+    if body.quantity == 0 || body.quantity > max {
+        return Err(ApiError::InvalidRequest(format!(
+            "`quantity` must be 1 to {max}"
+        )));
+    }
+    let idempotency = match headers.get(IDEMPOTENCY_KEY) {
+        None => None,
+        Some(v) => {
+            let key = v
+                .to_str()
+                .ok()
+                .filter(|k| {
+                    !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic())
+                })
+                .ok_or_else(|| {
+                    ApiError::InvalidRequest(
+                        "Idempotency-Key must be 1 to 128 printable ASCII characters".into(),
+                    )
+                })?;
+            // The request is the path's sale and the body's quantity; the key
+            // is already scoped to this customer and sale.
+            Some((key, body.quantity.to_string()))
+        }
+    };
+    let reservation = state
+        .engine
+        .reserve(&ReserveRequest {
+            sale_id: &sale_id,
+            customer: &caller.subject,
+            quantity: body.quantity,
+            idempotency,
+        })
+        .await?;
+    Ok((StatusCode::CREATED, Json(reservation)))
+}
+
+/// Any id that does not name a sale is simply not found: ids are opaque.
+fn split(PathId(id): PathId) -> Result<(String, String), ApiError> {
+    match sale_of_reservation(&id) {
+        Some(sale) => Ok((sale.to_string(), id)),
+        None => Err(ApiError::ReservationNotFound),
+    }
+}
+
+#[derive(Serialize)]
+pub struct ReservationView {
+    #[serde(flatten)]
+    reservation: Reservation,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<Order>,
+}
+
+pub async fn get(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    id: PathId,
+) -> Result<Json<ReservationView>, ApiError> {
+    let (sale, rid) = split(id)?;
+    let owner = (!caller.admin).then_some(caller.subject.as_str());
+    let (reservation, order) = state.engine.reservation(&sale, &rid, owner).await?;
+    Ok(Json(ReservationView { reservation, order }))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfirmBody {
+    #[serde(default)]
+    payment_ref: String,
+}
+
+#[tracing::instrument(skip_all, fields(customer = %caller.subject))]
+pub async fn confirm(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    id: PathId,
+    Body(body): Body<ConfirmBody>,
+) -> Result<Json<Order>, ApiError> {
+    let (sale, rid) = split(id)?;
+    if body.payment_ref.len() > 128 {
+        return Err(ApiError::InvalidRequest(
+            "`payment_ref` must be at most 128 bytes".into(),
+        ));
+    }
+    let confirmed = state
+        .engine
+        .confirm(&sale, &rid, &caller.subject, &body.payment_ref)
+        .await?;
+    Ok(Json(confirmed.order))
+}
+
+#[tracing::instrument(skip_all, fields(customer = %caller.subject))]
+pub async fn release(
+    State(state): State<AppState>,
+    Caller(caller): Caller,
+    id: PathId,
+) -> Result<Json<Reservation>, ApiError> {
+    let (sale, rid) = split(id)?;
+    let owner = (!caller.admin).then_some(caller.subject.as_str());
+    Ok(Json(state.engine.release(&sale, &rid, owner).await?))
+}

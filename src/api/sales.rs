@@ -1,0 +1,143 @@
+//! Sales: create (admin), list, read, adjust (admin).
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::Json;
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+
+use super::auth::Admin;
+use super::error::ApiError;
+use super::extract::{Body, PathId};
+use super::{db_call, AppState};
+use crate::domain::{valid_sale_id, Sale, SaleInput, MAX_UNITS};
+use crate::engine::Created;
+use crate::store::{self, Adjustment, Scheduled};
+
+pub(super) fn sale_id(PathId(id): PathId) -> Result<String, ApiError> {
+    if valid_sale_id(&id) {
+        Ok(id)
+    } else {
+        Err(ApiError::InvalidRequest(
+            "sale id must match [a-z0-9_-]{1,64}".into(),
+        ))
+    }
+}
+
+/// Postgres first, then Redis. A crash between the two leaves a row without
+/// `loaded_at`, which the worker (or this same request, retried) loads: the
+/// sale is never half created, and Redis never holds a sale Postgres lacks.
+#[tracing::instrument(skip_all, fields(sale_id))]
+pub async fn create(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    Body(input): Body<SaleInput>,
+) -> Result<(StatusCode, Json<Sale>), ApiError> {
+    let def = input
+        .validate(|| format!("s-{}", uuid::Uuid::new_v4().simple()))
+        .map_err(ApiError::InvalidRequest)?;
+    tracing::Span::current().record("sale_id", def.id.as_str());
+    let status = match db_call(&state, store::insert_sale(&state.db, &def)).await? {
+        Scheduled::Inserted => StatusCode::CREATED,
+        Scheduled::Existing(existing) if existing == def => StatusCode::OK,
+        Scheduled::Existing(_) => return Err(ApiError::SaleConflict),
+    };
+    let created = state.engine.create_sale(&def).await?;
+    db_call(&state, store::mark_loaded(&state.db, &def.id)).await?;
+    if created == Created::New {
+        tracing::info!(admin = %admin.subject, stock = def.stock, "sale scheduled");
+    }
+    Ok((status, Json(state.engine.sale(&def.id).await?)))
+}
+
+#[derive(Serialize)]
+pub struct SaleList {
+    sales: Vec<Sale>,
+}
+
+pub async fn list(State(state): State<AppState>) -> Result<Json<SaleList>, ApiError> {
+    Ok(Json(SaleList {
+        sales: state.engine.sales().await?,
+    }))
+}
+
+pub async fn get(State(state): State<AppState>, id: PathId) -> Result<Json<Sale>, ApiError> {
+    Ok(Json(state.engine.sale(&sale_id(id)?).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SalePatch {
+    #[serde(default)]
+    stock_delta: i64,
+    #[serde(default, with = "time::serde::rfc3339::option")]
+    ends_at: Option<OffsetDateTime>,
+    paused: Option<bool>,
+}
+
+/// Recorded in Postgres as pending, applied once in Redis (by the
+/// adjustment's id), then settled with the figures before and after.
+#[tracing::instrument(skip_all, fields(sale_id))]
+pub async fn patch(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    id: PathId,
+    Body(patch): Body<SalePatch>,
+) -> Result<Json<Sale>, ApiError> {
+    let sale_id = sale_id(id)?;
+    tracing::Span::current().record("sale_id", sale_id.as_str());
+    if patch.stock_delta.abs() > MAX_UNITS {
+        return Err(ApiError::InvalidRequest(format!(
+            "`stock_delta` must be within ±{MAX_UNITS}"
+        )));
+    }
+    if patch.stock_delta == 0 && patch.ends_at.is_none() && patch.paused.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "give at least one of `stock_delta`, `ends_at`, `paused`".into(),
+        ));
+    }
+    let current = state.engine.sale(&sale_id).await?;
+    if let Some(ends_at) = patch.ends_at {
+        if ends_at <= current.starts_at || ends_at.year() > 9999 {
+            return Err(ApiError::InvalidRequest(
+                "`ends_at` must be after `starts_at`".into(),
+            ));
+        }
+    }
+    let adj = Adjustment {
+        id: uuid::Uuid::now_v7(),
+        sale_id: sale_id.clone(),
+        actor: admin.subject,
+        stock_delta: patch.stock_delta,
+        ends_at: patch.ends_at,
+        paused: patch.paused,
+    };
+    db_call(&state, store::record_adjustment(&state.db, &adj)).await?;
+    let applied = state
+        .engine
+        .adjust_sale(
+            &sale_id,
+            &adj.id.to_string(),
+            adj.stock_delta,
+            adj.ends_at.map(crate::domain::to_ms),
+            adj.paused,
+        )
+        .await;
+    match &applied {
+        Ok((before, after)) => {
+            db_call(
+                &state,
+                store::settle_adjustment(&state.db, adj.id, Some((before, after))),
+            )
+            .await?;
+            tracing::info!(adjustment = %adj.id, ?before, ?after, "sale adjusted");
+        }
+        Err(crate::engine::EngineError::Refused(_)) => {
+            db_call(&state, store::settle_adjustment(&state.db, adj.id, None)).await?;
+        }
+        // Unknown outcome: the row stays pending for reconcile to settle.
+        Err(_) => {}
+    }
+    applied?;
+    Ok(Json(state.engine.sale(&sale_id).await?))
+}

@@ -1,0 +1,261 @@
+//! Typed, layered settings: `config/default.toml` (embedded in the binary),
+//! then the file given with `--config`, then `FLASHSALE__SECTION__KEY`
+//! environment variables. Any error names the key it is about, so a bad
+//! deployment fails at start with one line instead of at the first request.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use figment::providers::{Env, Format, Toml};
+use figment::Figment;
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer};
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+
+/// The secret shipped in `config/default.toml`; `serve` warns while it is used.
+pub const DEV_JWT_SECRET: &str = "flashsale-development-secret-do-not-use-in-production";
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub http: HttpSettings,
+    pub redis: RedisSettings,
+    pub database: DatabaseSettings,
+    pub auth: AuthSettings,
+    pub limits: LimitSettings,
+    pub engine: EngineSettings,
+    pub worker: WorkerSettings,
+    pub log: LogSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    pub addr: SocketAddr,
+    pub body_limit_bytes: usize,
+    #[serde(deserialize_with = "list_or_commas")]
+    pub cors_allowed_origins: Vec<String>,
+    pub pages: bool,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: String,
+    pub key_prefix: String,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseSettings {
+    /// May carry a password, so it is never printed.
+    pub url: SecretString,
+    pub max_connections: u32,
+    pub timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    pub jwt_secret: SecretString,
+}
+
+/// Rate limits of the reservation endpoints (`limits.enabled = false` turns
+/// all of them off).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitSettings {
+    pub enabled: bool,
+    pub per_customer_per_second: u32,
+    pub per_customer_burst: u32,
+    pub per_ip_per_second: u32,
+    pub per_ip_burst: u32,
+    pub global_per_second: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EngineSettings {
+    pub idempotency_ttl_seconds: u64,
+    pub max_quantity: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerSettings {
+    pub reaper_interval_ms: u64,
+    pub reaper_batch: u32,
+    pub loader_interval_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    pub format: LogFormat,
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A configuration problem, already phrased as the one line to print.
+#[derive(Debug, thiserror::Error)]
+#[error("configuration error: {0}")]
+pub struct ConfigError(String);
+
+impl Settings {
+    /// Loads the layers in order; the first problem found is reported with
+    /// the key it is about.
+    pub fn load(file: Option<&Path>) -> Result<Settings, ConfigError> {
+        let mut figment = Figment::from(Toml::string(DEFAULTS));
+        if let Some(path) = file {
+            if !path.is_file() {
+                return Err(ConfigError(format!(
+                    "--config {}: no such file",
+                    path.display()
+                )));
+            }
+            figment = figment.merge(Toml::file(path));
+        }
+        figment = figment.merge(Env::prefixed("FLASHSALE__").split("__"));
+        let settings: Settings = figment.extract().map_err(describe)?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("`{key}`: {why}")));
+        let prefix = &self.redis.key_prefix;
+        if prefix.is_empty() || prefix.len() > 32 || prefix.contains(['{', '}', ' ']) {
+            return bad(
+                "redis.key_prefix",
+                "must be 1 to 32 characters without braces or spaces",
+            );
+        }
+        if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
+            return bad("redis.url", "must start with redis:// or rediss://");
+        }
+        let db = self.database.url.expose_secret();
+        if !db.starts_with("postgres://") && !db.starts_with("postgresql://") {
+            return bad("database.url", "must start with postgres://");
+        }
+        if self.auth.jwt_secret.expose_secret().len() < 16 {
+            return bad("auth.jwt_secret", "must be at least 16 bytes long");
+        }
+        if self.http.body_limit_bytes < 256 {
+            return bad("http.body_limit_bytes", "must be at least 256");
+        }
+        if self.redis.timeout_ms == 0 {
+            return bad("redis.timeout_ms", "must be above 0");
+        }
+        if self.database.timeout_ms == 0 {
+            return bad("database.timeout_ms", "must be above 0");
+        }
+        if self.database.max_connections == 0 {
+            return bad("database.max_connections", "must be above 0");
+        }
+        if self.engine.max_quantity == 0 {
+            return bad("engine.max_quantity", "must be above 0");
+        }
+        if self.engine.idempotency_ttl_seconds == 0 {
+            return bad("engine.idempotency_ttl_seconds", "must be above 0");
+        }
+        if self.worker.reaper_interval_ms == 0 || self.worker.reaper_interval_ms > 1000 {
+            return bad(
+                "worker.reaper_interval_ms",
+                "must be 1 to 1000 (holds are reaped within 1 s)",
+            );
+        }
+        if self.worker.reaper_batch == 0 {
+            return bad("worker.reaper_batch", "must be above 0");
+        }
+        if self.worker.loader_interval_ms == 0 {
+            return bad("worker.loader_interval_ms", "must be above 0");
+        }
+        if self.limits.enabled
+            && (self.limits.per_customer_per_second == 0 || self.limits.per_ip_per_second == 0)
+        {
+            return bad(
+                "limits.per_customer_per_second",
+                "per-second limits must be above 0 while limits are enabled",
+            );
+        }
+        if let Err(e) = self
+            .log
+            .level
+            .parse::<tracing_subscriber::filter::EnvFilter>()
+        {
+            return Err(ConfigError(format!("`log.level`: {e}")));
+        }
+        Ok(())
+    }
+
+    pub fn redis_timeout(&self) -> Duration {
+        Duration::from_millis(self.redis.timeout_ms)
+    }
+
+    pub fn database_timeout(&self) -> Duration {
+        Duration::from_millis(self.database.timeout_ms)
+    }
+}
+
+/// Turns figment's error into one line that names the key.
+fn describe(err: figment::Error) -> ConfigError {
+    use figment::error::Kind;
+    let mut path = err.path.join(".");
+    let what = match &err.kind {
+        Kind::UnknownField(field, _) => {
+            path = join(&path, field);
+            "unknown key".to_string()
+        }
+        Kind::MissingField(field) => {
+            path = join(&path, field);
+            "missing key".to_string()
+        }
+        other => other.to_string(),
+    };
+    let source = err
+        .metadata
+        .as_ref()
+        .map(|m| format!(" (from {})", m.name))
+        .unwrap_or_default();
+    if path.is_empty() {
+        ConfigError(format!("{what}{source}"))
+    } else {
+        ConfigError(format!("`{path}`: {what}{source}"))
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+/// A list in TOML, or a comma-separated string from an environment variable.
+fn list_or_commas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        List(Vec<String>),
+        Commas(String),
+    }
+    Ok(match Raw::deserialize(d)? {
+        Raw::List(v) => v,
+        Raw::Commas(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(String::from)
+            .collect(),
+    })
+}

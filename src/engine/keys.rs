@@ -1,0 +1,85 @@
+//! Every Redis key the service touches is built here.
+//!
+//! A sale's keys share one hash tag, `{sale_id}` today, so each script's keys
+//! live in one Redis Cluster slot. When a hot sale is split into buckets the
+//! tag becomes `{sale_id:bucket}`: only [`SaleKeys::new`]'s caller changes.
+
+/// The keys of one sale (or, later, one bucket of a sale).
+#[derive(Debug, Clone)]
+pub struct SaleKeys {
+    /// Hash: definition, counters (total, available, held, sold), window, flags.
+    pub sale: String,
+    /// Hash: reservation id -> record (cjson).
+    pub reservations: String,
+    /// Hash: customer id -> units held + confirmed.
+    pub customers: String,
+    /// Sorted set: reservation id scored by its deadline (ms); the reaper's index.
+    pub due: String,
+    /// Stream: confirmed orders waiting for the worker to flush them to Postgres.
+    pub outbox: String,
+    /// Set: ids of admin adjustments already applied (makes PATCH idempotent).
+    pub adjustments: String,
+    tag_prefix: String,
+}
+
+impl SaleKeys {
+    pub fn new(prefix: &str, tag: &str) -> SaleKeys {
+        let tag_prefix = format!("{prefix}:{{{tag}}}:");
+        let key = |name: &str| format!("{tag_prefix}{name}");
+        SaleKeys {
+            sale: key("sale"),
+            reservations: key("res"),
+            customers: key("cust"),
+            due: key("due"),
+            outbox: key("outbox"),
+            adjustments: key("adj"),
+            tag_prefix,
+        }
+    }
+
+    /// Remembers one customer's Idempotency-Key for a while (own key so it can
+    /// expire on its own). The customer id's length comes first so that no
+    /// two (customer, key) pairs can spell the same Redis key.
+    pub fn idempotency(&self, customer: &str, key: &str) -> String {
+        format!(
+            "{}idem:{}:{customer}:{key}",
+            self.tag_prefix,
+            customer.len()
+        )
+    }
+
+    /// Every key of the sale except the idempotency keys (which expire).
+    pub fn all(&self) -> [&str; 6] {
+        [
+            &self.sale,
+            &self.reservations,
+            &self.customers,
+            &self.due,
+            &self.outbox,
+            &self.adjustments,
+        ]
+    }
+}
+
+/// The registry of sale ids: how the reaper (and later the outbox worker)
+/// finds every sale without scanning the keyspace. It is the one key outside
+/// any sale's tag, and no script touches it.
+pub fn registry(prefix: &str) -> String {
+    format!("{prefix}:sales")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_share_the_hash_tag_and_prefix() {
+        let k = SaleKeys::new("fs", "tv-1212");
+        for key in k.all() {
+            assert!(key.starts_with("fs:{tv-1212}:"), "{key}");
+        }
+        assert!(k.idempotency("c1", "abc").starts_with("fs:{tv-1212}:"));
+        assert_ne!(k.idempotency("a:b", "c"), k.idempotency("a", "b:c"));
+        assert_eq!(registry("fs"), "fs:sales");
+    }
+}

@@ -1,0 +1,77 @@
+//! flashsale: a flash-sale reservation gateway that never sells a unit twice.
+//!
+//! The parts, and how a reserve flows through them:
+//!
+//! - [`api`]: axum routes. A `POST /v1/sales/{id}/reservations` is checked
+//!   (token, body) and handed to the engine; errors become problem+json in
+//!   one place (`api::error`).
+//! - [`engine`]: the Lua scripts in `lua/` and their typed calls. The reserve
+//!   is one EVALSHA that checks the window, the customer's limit and the stock
+//!   and moves units from available to held, atomically, by Redis's clock.
+//! - [`worker`]: background loops: the reaper returns expired holds to stock;
+//!   the loader finishes sales whose creation was interrupted.
+//! - [`store`]: Postgres, the durable record: sales as scheduled, orders,
+//!   the audit of admin changes, and migrations.
+//! - [`config`], [`auth`], [`domain`]: settings, tokens, the nouns.
+//! - [`cli`]: the `flashsale` commands; [`loadtest`] plays a sale against a
+//!   running gateway and checks the invariants.
+
+pub mod api;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod engine;
+pub mod loadtest;
+pub mod store;
+pub mod telemetry;
+pub mod worker;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use secrecy::ExposeSecret;
+use tokio_util::sync::CancellationToken;
+
+use config::{Settings, DEV_JWT_SECRET};
+use engine::Engine;
+
+/// The engine and the Postgres pool. Neither connects yet: a service that is
+/// down at start-up is reported by `/readyz` and retried, not fatal.
+pub fn connect(settings: &Settings) -> anyhow::Result<(Engine, sqlx::PgPool)> {
+    let engine = Engine::new(settings).context("`redis.url` is not a valid Redis URL")?;
+    let db = store::pool(settings).context("`database.url` is not a valid Postgres URL")?;
+    Ok((engine, db))
+}
+
+/// Runs the gateway on `listener` (and the worker, if asked) until `stop` is
+/// cancelled; then in-flight requests drain and background loops end.
+pub async fn serve(
+    settings: Arc<Settings>,
+    listener: tokio::net::TcpListener,
+    with_worker: bool,
+    stop: CancellationToken,
+) -> anyhow::Result<()> {
+    if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
+        tracing::warn!("auth.jwt_secret is the development secret: set FLASHSALE__AUTH__JWT_SECRET in production");
+    }
+    let (engine, db) = connect(&settings)?;
+    let worker = with_worker.then(|| {
+        let (settings, engine, db, stop) =
+            (settings.clone(), engine.clone(), db.clone(), stop.clone());
+        tokio::spawn(async move { worker::run(&settings, engine, db, stop).await })
+    });
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, with_worker, "gateway listening");
+    let state = api::AppState::new(settings, engine, db);
+    let shutdown = stop.clone();
+    api::serve(listener, state, async move { shutdown.cancelled().await })
+        .await
+        .context("http server")?;
+    stop.cancel();
+    if let Some(w) = worker {
+        let _ = w.await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}

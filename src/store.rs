@@ -1,0 +1,211 @@
+//! Postgres: the durable record. `sales` is what marketing scheduled (and the
+//! base for rebuilding Redis), `orders` what customers bought,
+//! `sale_adjustments` the audit of admin changes.
+//!
+//! Nothing on the reserve path touches Postgres: a spike lands on Redis only.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use sqlx::migrate::MigrateDatabase;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{Postgres, Row};
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::config::Settings;
+use crate::domain::SaleDef;
+use crate::engine::Figures;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("postgres unavailable: {0}")]
+    Unavailable(String),
+    #[error("invalid database url: {0}")]
+    BadUrl(String),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Unavailable(e.to_string())
+    }
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// A pool that connects lazily: the gateway starts (and serves the hot path)
+/// while Postgres is down.
+pub fn pool(settings: &Settings) -> StoreResult<PgPool> {
+    let opts = connect_options(settings.database.url.expose_secret())?;
+    Ok(PgPoolOptions::new()
+        .max_connections(settings.database.max_connections)
+        .acquire_timeout(settings.database_timeout())
+        .connect_lazy_with(opts))
+}
+
+fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
+    PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))
+}
+
+/// Creates the database if missing, then applies the migrations. Idempotent.
+pub async fn migrate(url: &str) -> StoreResult<()> {
+    if !Postgres::database_exists(url).await? {
+        // Two migrators racing: the loser's CREATE fails, the database exists.
+        if let Err(e) = Postgres::create_database(url).await {
+            if !Postgres::database_exists(url).await? {
+                return Err(e.into());
+            }
+        }
+    }
+    let pool = PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect_with(connect_options(url)?)
+        .await?;
+    MIGRATOR
+        .run(&pool)
+        .await
+        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    pool.close().await;
+    Ok(())
+}
+
+/// The outcome of scheduling a sale in Postgres.
+#[derive(Debug)]
+pub enum Scheduled {
+    Inserted,
+    /// A sale with this id exists; here is its definition.
+    Existing(SaleDef),
+}
+
+pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
+    let inserted = sqlx::query(
+        "INSERT INTO sales (id, sku, name, price_cents, currency, stock, starts_at, ends_at,
+                            per_customer_limit, hold_seconds)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+         ON CONFLICT (id) DO NOTHING",
+    )
+    .bind(&def.id)
+    .bind(&def.sku)
+    .bind(&def.name)
+    .bind(def.price_cents)
+    .bind(&def.currency)
+    .bind(def.stock)
+    .bind(def.starts_at)
+    .bind(def.ends_at)
+    .bind(def.per_customer_limit as i32)
+    .bind(def.hold_seconds as i32)
+    .execute(db)
+    .await?
+    .rows_affected();
+    if inserted == 1 {
+        return Ok(Scheduled::Inserted);
+    }
+    let existing = sale(db, &def.id)
+        .await?
+        .ok_or_else(|| StoreError::Unavailable("sale vanished after conflict".into()))?;
+    Ok(Scheduled::Existing(existing))
+}
+
+const SALE_COLUMNS: &str = "id, sku, name, price_cents, currency, stock, starts_at, ends_at,
+     per_customer_limit, hold_seconds";
+
+fn sale_from_row(row: &sqlx::postgres::PgRow) -> Result<SaleDef, sqlx::Error> {
+    Ok(SaleDef {
+        id: row.try_get("id")?,
+        sku: row.try_get("sku")?,
+        name: row.try_get("name")?,
+        price_cents: row.try_get("price_cents")?,
+        currency: row.try_get("currency")?,
+        stock: row.try_get("stock")?,
+        starts_at: row.try_get("starts_at")?,
+        ends_at: row.try_get("ends_at")?,
+        per_customer_limit: row.try_get::<i32, _>("per_customer_limit")? as u32,
+        hold_seconds: row.try_get::<i32, _>("hold_seconds")? as u32,
+    })
+}
+
+pub async fn sale(db: &PgPool, id: &str) -> StoreResult<Option<SaleDef>> {
+    let row = sqlx::query(&format!("SELECT {SALE_COLUMNS} FROM sales WHERE id = $1"))
+        .bind(id)
+        .fetch_optional(db)
+        .await?;
+    Ok(row.as_ref().map(sale_from_row).transpose()?)
+}
+
+/// Sales written to Postgres that no gateway has confirmed loaded into Redis.
+pub async fn sales_not_loaded(db: &PgPool) -> StoreResult<Vec<SaleDef>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SALE_COLUMNS} FROM sales WHERE loaded_at IS NULL ORDER BY created_at LIMIT 100"
+    ))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(sale_from_row).collect::<Result<_, _>>()?)
+}
+
+pub async fn mark_loaded(db: &PgPool, id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE sales SET loaded_at = now() WHERE id = $1 AND loaded_at IS NULL")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// An admin's change, recorded before Redis is touched.
+#[derive(Debug, Clone)]
+pub struct Adjustment {
+    pub id: Uuid,
+    pub sale_id: String,
+    pub actor: String,
+    pub stock_delta: i64,
+    pub ends_at: Option<OffsetDateTime>,
+    pub paused: Option<bool>,
+}
+
+pub async fn record_adjustment(db: &PgPool, adj: &Adjustment) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO sale_adjustments (id, sale_id, actor, stock_delta, ends_at, paused, state)
+         VALUES ($1, $2, $3, $4, $5, $6, 'pending')",
+    )
+    .bind(adj.id)
+    .bind(&adj.sale_id)
+    .bind(&adj.actor)
+    .bind(adj.stock_delta)
+    .bind(adj.ends_at)
+    .bind(adj.paused)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Closes an adjustment: applied with its figures, or rejected (`None`).
+pub async fn settle_adjustment(
+    db: &PgPool,
+    id: Uuid,
+    figures: Option<(&Figures, &Figures)>,
+) -> StoreResult<()> {
+    let (state, before, after) = match figures {
+        Some((b, a)) => (
+            "applied",
+            serde_json::to_value(b).ok(),
+            serde_json::to_value(a).ok(),
+        ),
+        None => ("rejected", None, None),
+    };
+    sqlx::query("UPDATE sale_adjustments SET state = $2, before = $3, after = $4 WHERE id = $1")
+        .bind(id)
+        .bind(state)
+        .bind(before)
+        .bind(after)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+pub async fn ping(db: &PgPool) -> StoreResult<()> {
+    sqlx::query("SELECT 1").execute(db).await?;
+    Ok(())
+}
