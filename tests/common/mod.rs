@@ -1,0 +1,303 @@
+//! Test harness: each test gets a real gateway on port 0, backed by the real
+//! Redis (under its own key prefix) and the real Postgres (its own database,
+//! migrated), so tests run in parallel without stepping on each other.
+//!
+//! `FLASHSALE_TEST_REDIS_URL` and `FLASHSALE_TEST_DATABASE_URL` (a server
+//! URL without a database) point the tests elsewhere.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use flashsale::auth::Auth;
+use flashsale::config::Settings;
+use flashsale::domain::{rfc3339_ms, Stock};
+use flashsale::engine::Engine;
+use redis::AsyncCommands;
+use secrecy::SecretString;
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+pub fn redis_url() -> String {
+    std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
+}
+
+pub fn pg_server_url() -> String {
+    std::env::var("FLASHSALE_TEST_DATABASE_URL")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    )
+}
+
+/// Settings for one test: own key prefix, own (not yet created) database.
+pub fn test_settings() -> Settings {
+    let mut s = Settings::load(None).expect("default configuration loads");
+    s.redis.url = redis_url();
+    s.redis.key_prefix = unique("t");
+    s.database.url =
+        SecretString::from(format!("{}/{}", pg_server_url(), unique("flashsale_test_")));
+    s.limits.enabled = false;
+    s.worker.reaper_interval_ms = 100;
+    s.worker.loader_interval_ms = 200;
+    s
+}
+
+pub struct TestApp {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub settings: Arc<Settings>,
+    pub engine: Engine,
+    pub db: sqlx::PgPool,
+    pub auth: Auth,
+    stop: CancellationToken,
+    server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(|_| {}).await
+}
+
+/// Starts a gateway (with its worker) after `tweak` adjusts the settings.
+pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
+    let mut settings = test_settings();
+    tweak(&mut settings);
+    spawn_with_settings(settings, true, true).await
+}
+
+/// `migrate = false` for a gateway whose database is meant to be unreachable.
+pub async fn spawn_with_settings(settings: Settings, with_worker: bool, migrate: bool) -> TestApp {
+    use secrecy::ExposeSecret;
+    if migrate {
+        flashsale::store::migrate(settings.database.url.expose_secret())
+            .await
+            .expect("test database migrates");
+    }
+    let settings = Arc::new(settings);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(flashsale::serve(
+        settings.clone(),
+        listener,
+        with_worker,
+        stop.clone(),
+    ));
+    let (engine, db) = flashsale::connect(&settings).unwrap();
+    TestApp {
+        base,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(30))
+            .build()
+            .unwrap(),
+        auth: Auth::new(&settings.auth.jwt_secret),
+        settings,
+        engine,
+        db,
+        stop,
+        server: Some(server),
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+/// A sale body that is live now, with the given stock, limit and hold.
+pub fn live_sale(id: &str, stock: i64, limit: u32, hold_seconds: u32) -> Value {
+    let now = time::OffsetDateTime::now_utc();
+    json!({
+        "id": id, "sku": "TV-55-OLED", "name": "55\" OLED TV", "price_cents": 499900,
+        "currency": "IDR", "stock": stock,
+        "starts_at": rfc3339_ms(now - Duration::from_secs(60)),
+        "ends_at": rfc3339_ms(now + Duration::from_secs(3600)),
+        "per_customer_limit": limit, "hold_seconds": hold_seconds,
+    })
+}
+
+/// A response's status and JSON body (Null when the body is not JSON).
+pub struct Answer {
+    pub status: u16,
+    pub body: Value,
+    pub content_type: String,
+    pub retry_after: Option<String>,
+}
+
+impl Answer {
+    pub async fn from(res: reqwest::Response) -> Answer {
+        let status = res.status().as_u16();
+        let header = |name: &str| {
+            res.headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(String::from)
+        };
+        let content_type = header("content-type").unwrap_or_default();
+        let retry_after = header("retry-after");
+        let text = res.text().await.unwrap_or_default();
+        Answer {
+            status,
+            body: serde_json::from_str(&text).unwrap_or(Value::Null),
+            content_type,
+            retry_after,
+        }
+    }
+
+    pub fn code(&self) -> &str {
+        self.body["code"].as_str().unwrap_or("")
+    }
+
+    /// Asserts a contract error: status, code and the problem+json shape.
+    #[track_caller]
+    pub fn assert_problem(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.code()),
+            (status, code),
+            "body: {}",
+            self.body
+        );
+        assert_eq!(self.content_type, "application/problem+json");
+        for field in ["type", "title", "detail"] {
+            assert!(
+                self.body[field].is_string(),
+                "problem lacks {field}: {}",
+                self.body
+            );
+        }
+        assert_eq!(self.body["status"], status);
+    }
+}
+
+impl TestApp {
+    pub fn token(&self, sub: &str) -> String {
+        self.auth.issue(sub, None, 3600).unwrap()
+    }
+
+    pub fn admin(&self) -> String {
+        self.auth.issue("ops", Some("admin"), 3600).unwrap()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn create_sale(&self, body: &Value) -> Answer {
+        let res = self
+            .http
+            .post(self.url("/v1/sales"))
+            .bearer_auth(self.admin())
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        Answer::from(res).await
+    }
+
+    /// Creates a live sale and returns its id.
+    pub async fn live_sale(&self, stock: i64, limit: u32, hold_seconds: u32) -> String {
+        let id = unique("s-");
+        let a = self
+            .create_sale(&live_sale(&id, stock, limit, hold_seconds))
+            .await;
+        assert_eq!(a.status, 201, "{}", a.body);
+        id
+    }
+
+    pub async fn reserve(&self, sale: &str, token: &str, quantity: u32) -> Answer {
+        let res = self
+            .http
+            .post(self.url(&format!("/v1/sales/{sale}/reservations")))
+            .bearer_auth(token)
+            .json(&json!({ "quantity": quantity }))
+            .send()
+            .await
+            .unwrap();
+        Answer::from(res).await
+    }
+
+    pub async fn confirm(&self, rid: &str, token: &str) -> Answer {
+        let res = self
+            .http
+            .post(self.url(&format!("/v1/reservations/{rid}/confirm")))
+            .bearer_auth(token)
+            .json(&json!({ "payment_ref": "pay-1" }))
+            .send()
+            .await
+            .unwrap();
+        Answer::from(res).await
+    }
+
+    pub async fn release(&self, rid: &str, token: &str) -> Answer {
+        let res = self
+            .http
+            .delete(self.url(&format!("/v1/reservations/{rid}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        Answer::from(res).await
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> Answer {
+        let mut req = self.http.get(self.url(path));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Answer::from(req.send().await.unwrap()).await
+    }
+
+    /// The sale's counters straight from Redis, in one atomic read.
+    pub async fn stock(&self, sale: &str) -> Stock {
+        let k = self.engine.keys(sale);
+        let mut conn = self.engine.connection();
+        let v: (i64, i64, i64, i64) = redis::cmd("HMGET")
+            .arg(&k.sale)
+            .arg(&["total", "available", "held", "sold"])
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        Stock {
+            total: v.0,
+            available: v.1,
+            held: v.2,
+            sold: v.3,
+        }
+    }
+
+    /// Units held + confirmed per customer, as the engine counts them.
+    pub async fn per_customer(&self, sale: &str) -> std::collections::HashMap<String, i64> {
+        let mut conn = self.engine.connection();
+        conn.hgetall(self.engine.keys(sale).customers)
+            .await
+            .unwrap()
+    }
+
+    pub async fn outbox_len(&self, sale: &str) -> usize {
+        let mut conn = self.engine.connection();
+        conn.xlen(self.engine.keys(sale).outbox).await.unwrap()
+    }
+
+    /// Stops the gateway and waits for it to drain.
+    pub async fn shutdown(mut self) -> anyhow::Result<()> {
+        self.stop.cancel();
+        match self.server.take() {
+            Some(h) => h.await?,
+            None => Ok(()),
+        }
+    }
+}
+
+/// `available + held + sold == total`, each `>= 0`.
+#[track_caller]
+pub fn assert_adds_up(s: &Stock) {
+    assert!(
+        s.available >= 0 && s.held >= 0 && s.sold >= 0 && s.available + s.held + s.sold == s.total,
+        "stock does not add up: {s:?}"
+    );
+}
