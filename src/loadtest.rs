@@ -116,10 +116,7 @@ async fn play(settings: &Settings, o: &Options) -> anyhow::Result<bool> {
         o.customers, o.requests, o.concurrency
     );
     let started = Instant::now();
-    let results: Vec<(
-        Result<(u16, String, Option<Reservation>), reqwest::Error>,
-        Duration,
-    )> = stream::iter(0..o.requests)
+    let results: Vec<(Result<Answer, reqwest::Error>, Duration)> = stream::iter(0..o.requests)
         .map(|i| {
             let (http, token) = (http.clone(), tokens[i % o.customers].clone());
             let url = format!("{base}/v1/sales/{sale_id}/reservations");
@@ -138,12 +135,9 @@ async fn play(settings: &Settings, o: &Options) -> anyhow::Result<bool> {
     for (r, latency) in results {
         tally.latencies.push(latency);
         match r {
-            Ok((_, code, Some(resv))) => {
+            Ok(Answer { code, held }) => {
                 *tally.codes.entry(code).or_default() += 1;
-                tally.held.push(resv);
-            }
-            Ok((status, code, None)) => {
-                *tally.codes.entry(format!("{status} {code}")).or_default() += 1
+                tally.held.extend(held);
             }
             Err(e) => *tally.codes.entry(format!("transport: {e}")).or_default() += 1,
         }
@@ -286,12 +280,18 @@ async fn play(settings: &Settings, o: &Options) -> anyhow::Result<bool> {
     Ok(ok)
 }
 
+/// One reserve's answer: `"<status> <code>"`, and the hold when it was granted.
+struct Answer {
+    code: String,
+    held: Option<Reservation>,
+}
+
 async fn reserve(
     http: &reqwest::Client,
     url: &str,
     token: &str,
     quantity: u32,
-) -> Result<(u16, String, Option<Reservation>), reqwest::Error> {
+) -> Result<Answer, reqwest::Error> {
     let res = http
         .post(url)
         .bearer_auth(token)
@@ -300,12 +300,16 @@ async fn reserve(
         .await?;
     let status = res.status().as_u16();
     if status == 201 {
-        let r: Reservation = res.json().await?;
-        return Ok((status, "201 held".into(), Some(r)));
+        return Ok(Answer {
+            code: "201 held".into(),
+            held: Some(res.json().await?),
+        });
     }
     let body: serde_json::Value = res.json().await.unwrap_or_default();
-    let code = body["code"].as_str().unwrap_or("?").to_string();
-    Ok((status, code, None))
+    Ok(Answer {
+        code: format!("{status} {}", body["code"].as_str().unwrap_or("?")),
+        held: None,
+    })
 }
 
 async fn get_sale(http: &reqwest::Client, base: &str, id: &str) -> anyhow::Result<Sale> {
