@@ -40,8 +40,8 @@ async fn confirm_racing_expiry_ends_confirmed_xor_expired() {
     }))
     .await;
 
-    let mut confirmed = vec![false; 200];
-    let mut expired = vec![false; 200];
+    let mut confirmed = [false; 200];
+    let mut expired = [false; 200];
     for (i, a) in &attempts {
         match a.status {
             200 => confirmed[*i] = true,
