@@ -34,7 +34,18 @@ async fn confirm_racing_expiry_ends_confirmed_xor_expired() {
                 if wait.is_positive() {
                     tokio::time::sleep(wait.unsigned_abs()).await;
                 }
-                (i, app.confirm(&rid, token).await)
+                let answer = app.confirm(&rid, token).await;
+                // Both times are Redis TIME: an order never beats its deadline.
+                if answer.status == 200 {
+                    let at = answer.body["confirmed_at"].as_str().unwrap();
+                    let at = OffsetDateTime::parse(at, &Rfc3339).unwrap();
+                    assert!(
+                        at < expires,
+                        "hold {i} confirmed {} after its deadline",
+                        at - expires
+                    );
+                }
+                (i, answer)
             }
         })
     }))
