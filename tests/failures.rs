@@ -1,0 +1,241 @@
+//! Failures: a gateway process killed with SIGKILL in the middle of a storm,
+//! and a Redis server frozen mid-run. The invariants hold through both, and
+//! service comes back without restarting anything else.
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use futures::stream::{self, StreamExt};
+use secrecy::ExposeSecret;
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The real `flashsale serve` binary, configured like `app`.
+fn start_gateway(app: &TestApp, port: u16) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_flashsale"))
+        .arg("serve")
+        .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
+        .env("FLASHSALE__REDIS__URL", &app.settings.redis.url)
+        .env(
+            "FLASHSALE__REDIS__KEY_PREFIX",
+            &app.settings.redis.key_prefix,
+        )
+        .env(
+            "FLASHSALE__DATABASE__URL",
+            app.settings.database.url.expose_secret(),
+        )
+        .env("FLASHSALE__LIMITS__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the flashsale binary starts")
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while Instant::now() < deadline {
+        if let Ok(r) = http.get(format!("{base}/readyz")).send().await {
+            if r.status().is_success() {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("{base} never became ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_gateway_mid_storm_loses_and_oversells_nothing() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(2000, 2, 600).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_gateway(&app, port);
+    wait_ready(&app.http, &base).await;
+
+    let tokens: Vec<String> = (0..1000).map(|i| app.token(&format!("k{i}"))).collect();
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let answered = AtomicUsize::new(0);
+    let fire = |range: std::ops::Range<usize>| {
+        let (http, base, sale, tokens, answered) = (&http, &base, &sale, &tokens, &answered);
+        stream::iter(range)
+            .map(move |i| async move {
+                let res = http
+                    .post(format!("{base}/v1/sales/{sale}/reservations"))
+                    .bearer_auth(&tokens[i % 1000])
+                    .json(&serde_json::json!({"quantity": 1}))
+                    .send()
+                    .await;
+                answered.fetch_add(1, Ordering::Relaxed);
+                match res {
+                    Ok(r) => Some(Answer::from(r).await),
+                    Err(_) => None, // the process died under this request
+                }
+            })
+            .buffer_unordered(100)
+            .collect::<Vec<_>>()
+    };
+
+    // Kill the gateway while the storm is in full flow.
+    let storm = fire(0..1500);
+    let killer = async {
+        while answered.load(Ordering::Relaxed) < 400 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        child.kill().expect("SIGKILL the gateway");
+        child.wait().unwrap();
+    };
+    let (first, ()) = tokio::join!(storm, killer);
+    let mut child = start_gateway(&app, port);
+    wait_ready(&app.http, &base).await;
+    let second = fire(1500..3000).await;
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    let answers: Vec<Answer> = first.into_iter().chain(second).flatten().collect();
+    let granted: Vec<&Answer> = answers.iter().filter(|a| a.status == 201).collect();
+    assert!(
+        answers.iter().all(|a| matches!(a.status, 201 | 409)),
+        "only holds and honest refusals"
+    );
+    eprintln!(
+        "sigkill: {} answers ({} lost with the killed process), {} holds",
+        answers.len(),
+        3000 - answers.len(),
+        granted.len()
+    );
+    let stock = app.stock(&sale).await;
+    assert_adds_up(&stock);
+    assert_eq!(stock.total, 2000);
+    assert!(answers.len() < 3000, "the kill landed mid-storm");
+    // Every hold a client was told about exists, and no more units are held
+    // than were granted plus those whose answer died with the process.
+    for a in &granted {
+        let rid = a.body["id"].as_str().unwrap();
+        app.engine.reservation(&sale, rid, None).await.unwrap();
+    }
+    assert!(stock.held >= granted.len() as i64);
+    assert!(stock.held <= 2000);
+    let per = app.per_customer(&sale).await;
+    assert!(per.values().all(|&u| u <= 2), "{per:?}");
+    assert_eq!(per.values().sum::<i64>(), stock.held);
+}
+
+/// A private Redis (never the shared one), frozen with SIGSTOP mid-run.
+struct PrivateRedis {
+    child: Child,
+    port: u16,
+    _dir: tempdir::Dir,
+}
+
+mod tempdir {
+    pub struct Dir(pub std::path::PathBuf);
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
+
+impl PrivateRedis {
+    fn start() -> PrivateRedis {
+        let port = free_port();
+        let dir = std::env::temp_dir().join(unique("flashsale-redis-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/services.sh installs it)");
+        PrivateRedis {
+            child,
+            port,
+            _dir: tempdir::Dir(dir),
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    }
+}
+
+impl Drop for PrivateRedis {
+    fn drop(&mut self) {
+        self.signal("-CONT");
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
+    let redis = PrivateRedis::start();
+    let app = spawn_app_with(|s| {
+        s.redis.url = format!("redis://127.0.0.1:{}", redis.port);
+        s.redis.timeout_ms = 250;
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.get("/readyz", None).await.status != 200 {
+        assert!(Instant::now() < deadline, "private redis never came up");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let sale = app.live_sale(100, 100, 600).await;
+    let t = app.token("steady");
+    assert_eq!(app.reserve(&sale, &t, 1).await.status, 201);
+
+    redis.signal("-STOP");
+    let started = Instant::now();
+    let frozen = futures::future::join_all((0..50).map(|_| app.reserve(&sale, &t, 1))).await;
+    let took = started.elapsed();
+    for a in &frozen {
+        a.assert_problem(503, "unavailable");
+        assert!(a.retry_after.is_some());
+    }
+    assert!(took < Duration::from_secs(2), "503s took {took:?}");
+    assert_eq!(app.get("/readyz", None).await.status, 503);
+
+    redis.signal("-CONT");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resumed = loop {
+        let a = app.reserve(&sale, &t, 1).await;
+        if a.status == 201 {
+            break a;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service never resumed: {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(resumed.body["status"], "held");
+    // A frozen request may still have run once Redis woke up (its answer was
+    // already a 503): the counters add up either way, and every held unit is
+    // a recorded hold of this customer.
+    let stock = app.stock(&sale).await;
+    assert_adds_up(&stock);
+    assert_eq!(app.per_customer(&sale).await["steady"], stock.held);
+}
