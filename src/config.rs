@@ -221,11 +221,13 @@ fn describe(err: figment::Error) -> ConfigError {
         }
         other => other.to_string(),
     };
-    let source = err
-        .metadata
-        .as_ref()
-        .map(|m| format!(" (from {})", m.name))
-        .unwrap_or_default();
+    let source = match err.metadata.as_ref() {
+        Some(m) => match &m.source {
+            Some(src) => format!(" (in {src})"),
+            None => format!(" (from {})", m.name),
+        },
+        None => String::new(),
+    };
     if path.is_empty() {
         ConfigError(format!("{what}{source}"))
     } else {
@@ -233,9 +235,12 @@ fn describe(err: figment::Error) -> ConfigError {
     }
 }
 
+/// figment's path sometimes already ends with the field.
 fn join(path: &str, field: &str) -> String {
     if path.is_empty() {
         field.to_string()
+    } else if path == field || path.ends_with(&format!(".{field}")) {
+        path.to_string()
     } else {
         format!("{path}.{field}")
     }
@@ -258,4 +263,58 @@ fn list_or_commas<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Err
             .map(String::from)
             .collect(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_toml(text: &str) -> Result<Settings, ConfigError> {
+        let dir = std::env::temp_dir().join(format!("fs-config-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("c.toml");
+        std::fs::write(&file, text).unwrap();
+        let r = Settings::load(Some(&file));
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    }
+
+    #[test]
+    fn defaults_load() {
+        let s = Settings::load(None).unwrap();
+        assert_eq!(s.http.addr.to_string(), "127.0.0.1:8080");
+        assert_eq!(s.redis.key_prefix, "fs");
+        assert!(s.limits.enabled);
+        assert!(s.http.pages);
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = load_toml("[http]\nbogus = 1\n").unwrap_err().to_string();
+        assert!(e.contains("`http.bogus`: unknown key"), "{e}");
+        let e = load_toml("[redis]\nkey_prefix = 5\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`redis.key_prefix`"), "{e}");
+        let e = load_toml("[redis]\nkey_prefix = \"a{b}\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`redis.key_prefix`"), "{e}");
+        let e = load_toml("[worker]\nreaper_interval_ms = 5000\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`worker.reaper_interval_ms`"), "{e}");
+        let e = load_toml("not toml [").unwrap_err().to_string();
+        assert!(e.starts_with("configuration error"), "{e}");
+    }
+
+    #[test]
+    fn origins_take_a_list_or_commas() {
+        let s = load_toml("[http]\ncors_allowed_origins = [\"https://a.example\"]\n").unwrap();
+        assert_eq!(s.http.cors_allowed_origins, vec!["https://a.example"]);
+        let s =
+            load_toml("[http]\ncors_allowed_origins = \"https://a.example, https://b.example\"\n")
+                .unwrap();
+        assert_eq!(s.http.cors_allowed_origins.len(), 2);
+    }
 }

@@ -221,8 +221,12 @@ async fn play(settings: &Settings, o: &Options) -> anyhow::Result<bool> {
     }
     println!("units reserved: {held_units} of {}; then {confirmed_units} confirmed, {abandoned} abandoned", o.stock);
     println!(
-        "gateway now: available {} held {} sold {} total {} ({:?})",
-        s.available, s.held, s.sold, s.total, sale.status
+        "gateway now: available {} held {} sold {} total {} ({})",
+        s.available,
+        s.held,
+        s.sold,
+        s.total,
+        serde_json::to_value(sale.status)?.as_str().unwrap_or("?")
     );
     for f in &failures {
         println!("  unexpected answer: {f}");
