@@ -565,3 +565,43 @@ async fn unreachable_services_give_prompt_503s() {
     assert_eq!(ready.status, 200);
     assert_eq!(ready.body, json!({"redis": "up", "postgres": "down"}));
 }
+
+/// A gateway that stopped between the Postgres write and the Redis load left
+/// a row without `loaded_at`: the worker loads it, and a retried POST finds
+/// the same sale. Never half created.
+#[tokio::test]
+async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
+    let app = spawn_app().await;
+    let id = unique("half-");
+    let body = live_sale(&id, 9, 1, 60);
+    let input: flashsale::domain::SaleInput = serde_json::from_value(body.clone()).unwrap();
+    let def = input.validate(|| unreachable!()).unwrap();
+    // What a crashed gateway leaves behind: the row, not the Redis keys.
+    flashsale::store::insert_sale(&app.db, &def).await.unwrap();
+    app.get(&format!("/v1/sales/{id}"), None)
+        .await
+        .assert_problem(404, "sale_not_found");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let a = app.get(&format!("/v1/sales/{id}"), None).await;
+        if a.status == 200 {
+            assert_eq!(a.body["stock"]["available"], 9);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never loaded");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let loaded: Option<time::OffsetDateTime> =
+        sqlx::query_scalar("SELECT loaded_at FROM sales WHERE id = $1")
+            .bind(&id)
+            .fetch_one(&app.db)
+            .await
+            .unwrap();
+    assert!(loaded.is_some());
+    // Loading is idempotent: a held unit survives the client's retry.
+    assert_eq!(app.reserve(&id, &app.token("c"), 1).await.status, 201);
+    let retry = app.create_sale(&body).await;
+    assert_eq!(retry.status, 200);
+    assert_eq!(retry.body["stock"]["held"], 1);
+}

@@ -239,3 +239,53 @@ async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
     assert_adds_up(&stock);
     assert_eq!(app.per_customer(&sale).await["steady"], stock.held);
 }
+
+#[tokio::test]
+async fn sigterm_drains_and_exits_zero() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(50, 50, 600).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut child = start_gateway(&app, port);
+    wait_ready(&app.http, &base).await;
+    let t = app.token("patient");
+    let url = format!("{base}/v1/sales/{sale}/reservations");
+    let inflight = futures::future::join_all((0..20).map(|_| {
+        app.http
+            .post(&url)
+            .bearer_auth(&t)
+            .json(&serde_json::json!({"quantity": 1}))
+            .send()
+    }));
+    let term = async {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let ok = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok);
+    };
+    let (answers, ()) = tokio::join!(inflight, term);
+    let started = Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "no exit after SIGTERM"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "exit status {status:?}");
+    // Every request that got an answer was a hold, and every hold is counted.
+    let holds = answers
+        .into_iter()
+        .filter_map(Result::ok)
+        .filter(|r| r.status() == 201)
+        .count() as i64;
+    let stock = app.stock(&sale).await;
+    assert_adds_up(&stock);
+    assert!(stock.held >= holds);
+}
