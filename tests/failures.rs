@@ -20,6 +20,15 @@ fn free_port() -> u16 {
         .port()
 }
 
+fn send_signal(pid: u32, sig: &str) {
+    let ok = Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig} {pid}");
+}
+
 /// The real `flashsale serve` binary, configured like `app`.
 fn start_gateway(app: &TestApp, port: u16) -> Child {
     Command::new(env!("CARGO_BIN_EXE_flashsale"))
@@ -172,12 +181,7 @@ impl PrivateRedis {
     }
 
     fn signal(&self, sig: &str) {
-        let ok = Command::new("kill")
-            .args([sig, &self.child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
+        send_signal(self.child.id(), sig);
     }
 }
 
@@ -259,12 +263,7 @@ async fn sigterm_drains_and_exits_zero() {
     }));
     let term = async {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        let ok = Command::new("kill")
-            .args(["-TERM", &child.id().to_string()])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok);
+        send_signal(child.id(), "-TERM");
     };
     let (answers, ()) = tokio::join!(inflight, term);
     let started = Instant::now();

@@ -24,16 +24,8 @@ async fn storm_of_2000_requests_gets_exactly_the_stock() {
         let (running, engine, sale) = (running.clone(), app.engine.clone(), sale.clone());
         tokio::spawn(async move {
             let mut samples = Vec::new();
-            let k = engine.keys(&sale);
-            let mut conn = engine.connection();
             while running.load(Ordering::Relaxed) {
-                let v: (i64, i64, i64, i64) = redis::cmd("HMGET")
-                    .arg(&k.sale)
-                    .arg(&["total", "available", "held", "sold"])
-                    .query_async(&mut conn)
-                    .await
-                    .unwrap();
-                samples.push(v);
+                samples.push(read_stock(&engine, &sale).await);
                 tokio::task::yield_now().await;
             }
             samples
@@ -87,10 +79,9 @@ async fn storm_of_2000_requests_gets_exactly_the_stock() {
         "the sampler ran during the storm ({} samples)",
         samples.len()
     );
-    for (total, available, held, sold) in samples {
-        assert_eq!(total, 100);
-        assert!(available >= 0 && held >= 0 && sold >= 0);
-        assert_eq!(available + held + sold, total, "a sample did not add up");
+    for sample in samples {
+        assert_eq!(sample.total, 100);
+        assert_adds_up(&sample);
     }
     let stock = app.stock(&sale).await;
     assert_eq!((stock.available, stock.held, stock.sold), (0, 100, 0));

@@ -318,6 +318,15 @@ impl Engine {
         }
     }
 
+    /// Starts a call of one of the hold scripts (reserve, confirm, release,
+    /// expire): they all take the sale, its reservations, its customers and
+    /// its deadline index as their first four keys.
+    fn hold_call<'a>(script: &'a Script, k: &SaleKeys) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.key(&k.sale);
+        inv.key(&k.reservations).key(&k.customers).key(&k.due);
+        inv
+    }
+
     async fn run(&self, inv: &redis::ScriptInvocation<'_>) -> EngineResult<Reply> {
         let mut conn = self.conn.clone();
         let value: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
@@ -420,12 +429,7 @@ impl Engine {
         };
         let r = self
             .run(
-                self.scripts
-                    .reserve
-                    .key(&k.sale)
-                    .key(&k.reservations)
-                    .key(&k.customers)
-                    .key(&k.due)
+                Self::hold_call(&self.scripts.reserve, &k)
                     .key(idem_key)
                     .arg(rid)
                     .arg(req.customer)
@@ -451,12 +455,7 @@ impl Engine {
         let order_id = uuid::Uuid::now_v7().to_string();
         let r = self
             .run(
-                self.scripts
-                    .confirm
-                    .key(&k.sale)
-                    .key(&k.reservations)
-                    .key(&k.customers)
-                    .key(&k.due)
+                Self::hold_call(&self.scripts.confirm, &k)
                     .key(&k.outbox)
                     .arg(reservation_id)
                     .arg(customer)
@@ -486,12 +485,7 @@ impl Engine {
         let k = self.keys(sale_id);
         let r = self
             .run(
-                self.scripts
-                    .release
-                    .key(&k.sale)
-                    .key(&k.reservations)
-                    .key(&k.customers)
-                    .key(&k.due)
+                Self::hold_call(&self.scripts.release, &k)
                     .arg(reservation_id)
                     .arg(customer.unwrap_or("")),
             )
@@ -532,15 +526,7 @@ impl Engine {
     pub async fn expire_due(&self, sale_id: &str, batch: u32) -> EngineResult<(u64, bool)> {
         let k = self.keys(sale_id);
         let r = self
-            .run(
-                self.scripts
-                    .expire
-                    .key(&k.sale)
-                    .key(&k.reservations)
-                    .key(&k.customers)
-                    .key(&k.due)
-                    .arg(batch),
-            )
+            .run(Self::hold_call(&self.scripts.expire, &k).arg(batch))
             .await?
             .expect(&["ok"])?;
         Ok((r.int(0)?.max(0) as u64, r.int(1)? == 1))

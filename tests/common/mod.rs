@@ -254,20 +254,7 @@ impl TestApp {
 
     /// The sale's counters straight from Redis, in one atomic read.
     pub async fn stock(&self, sale: &str) -> Stock {
-        let k = self.engine.keys(sale);
-        let mut conn = self.engine.connection();
-        let v: (i64, i64, i64, i64) = redis::cmd("HMGET")
-            .arg(&k.sale)
-            .arg(&["total", "available", "held", "sold"])
-            .query_async(&mut conn)
-            .await
-            .unwrap();
-        Stock {
-            total: v.0,
-            available: v.1,
-            held: v.2,
-            sold: v.3,
-        }
+        read_stock(&self.engine, sale).await
     }
 
     /// Units held + confirmed per customer, as the engine counts them.
@@ -290,6 +277,23 @@ impl TestApp {
             Some(h) => h.await?,
             None => Ok(()),
         }
+    }
+}
+
+/// A sale's counters straight from Redis (one HMGET, so one moment).
+pub async fn read_stock(engine: &Engine, sale: &str) -> Stock {
+    let mut conn = engine.connection();
+    let v: (i64, i64, i64, i64) = redis::cmd("HMGET")
+        .arg(engine.keys(sale).sale)
+        .arg(&["total", "available", "held", "sold"])
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    Stock {
+        total: v.0,
+        available: v.1,
+        held: v.2,
+        sold: v.3,
     }
 }
 
