@@ -96,6 +96,7 @@ async fn worker(settings: Arc<Settings>) -> i32 {
     };
     let stop = CancellationToken::new();
     tokio::spawn(stop_on_signal(stop.clone()));
+    crate::metrics::handle();
     tracing::info!("worker started");
     crate::worker::run(&settings, engine, db, stop).await;
     0

@@ -89,6 +89,10 @@ pub struct WorkerSettings {
     pub reaper_interval_ms: u64,
     pub reaper_batch: u32,
     pub loader_interval_ms: u64,
+    pub flush_interval_ms: u64,
+    pub flush_batch: usize,
+    pub claim_idle_ms: u64,
+    pub max_backoff_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -176,8 +180,18 @@ impl Settings {
         if self.worker.reaper_batch == 0 {
             return bad("worker.reaper_batch", "must be above 0");
         }
-        if self.worker.loader_interval_ms == 0 {
-            return bad("worker.loader_interval_ms", "must be above 0");
+        for (key, value) in [
+            ("worker.loader_interval_ms", self.worker.loader_interval_ms),
+            ("worker.flush_interval_ms", self.worker.flush_interval_ms),
+            ("worker.claim_idle_ms", self.worker.claim_idle_ms),
+            ("worker.max_backoff_ms", self.worker.max_backoff_ms),
+        ] {
+            if value == 0 {
+                return bad(key, "must be above 0");
+            }
+        }
+        if !(1..=10_000).contains(&self.worker.flush_batch) {
+            return bad("worker.flush_batch", "must be 1 to 10000");
         }
         if self.limits.enabled
             && (self.limits.per_customer_per_second == 0 || self.limits.per_ip_per_second == 0)

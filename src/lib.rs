@@ -8,8 +8,9 @@
 //! - [`engine`]: the Lua scripts in `lua/` and their typed calls. The reserve
 //!   is one EVALSHA that checks the window, the customer's limit and the stock
 //!   and moves units from available to held, atomically, by Redis's clock.
-//! - [`worker`]: background loops: the reaper returns expired holds to stock;
-//!   the loader finishes sales whose creation was interrupted.
+//! - [`worker`]: background loops: the outbox flush writes confirmed orders
+//!   to Postgres exactly once; the reaper returns expired holds to stock; the
+//!   loader finishes sales whose creation was interrupted.
 //! - [`store`]: Postgres, the durable record: sales as scheduled, orders,
 //!   the audit of admin changes, and migrations.
 //! - [`config`], [`auth`], [`domain`]: settings, tokens, the nouns.
@@ -23,6 +24,7 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod loadtest;
+pub mod metrics;
 pub mod store;
 pub mod telemetry;
 pub mod worker;
@@ -55,6 +57,7 @@ pub async fn serve(
     if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
         tracing::warn!("auth.jwt_secret is the development secret: set FLASHSALE__AUTH__JWT_SECRET in production");
     }
+    metrics::handle();
     let (engine, db) = connect(&settings)?;
     let worker = with_worker.then(|| {
         let (settings, engine, db, stop) =

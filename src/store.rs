@@ -209,3 +209,54 @@ pub async fn ping(db: &PgPool) -> StoreResult<()> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
 }
+
+/// A confirmed order on its way from the outbox to the `orders` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub order_id: Uuid,
+    pub reservation_id: String,
+    pub sale_id: String,
+    pub customer_id: String,
+    pub quantity: i32,
+    pub price_cents: i64,
+    pub currency: String,
+    pub payment_ref: String,
+    pub confirmed_at: OffsetDateTime,
+}
+
+/// Writes a batch of orders in one round trip. An order already there (same
+/// reservation id: a batch flushed twice after a crash) is skipped, so a
+/// retry never writes a second row. Returns the rows actually inserted.
+pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx::Error> {
+    let col = |f: fn(&NewOrder) -> String| orders.iter().map(f).collect::<Vec<_>>();
+    let result = sqlx::query(
+        "INSERT INTO orders (order_id, reservation_id, sale_id, customer_id, quantity,
+                             price_cents, currency, payment_ref, confirmed_at)
+         SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
+                              $6::bigint[], $7::text[], $8::text[], $9::timestamptz[])
+         ON CONFLICT (reservation_id) DO NOTHING",
+    )
+    .bind(orders.iter().map(|o| o.order_id).collect::<Vec<_>>())
+    .bind(col(|o| o.reservation_id.clone()))
+    .bind(col(|o| o.sale_id.clone()))
+    .bind(col(|o| o.customer_id.clone()))
+    .bind(orders.iter().map(|o| o.quantity).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.price_cents).collect::<Vec<_>>())
+    .bind(col(|o| o.currency.clone()))
+    .bind(col(|o| o.payment_ref.clone()))
+    .bind(orders.iter().map(|o| o.confirmed_at).collect::<Vec<_>>())
+    .execute(db)
+    .await?;
+    Ok(result.rows_affected())
+}
+
+/// Whether Postgres refused the data itself (it will refuse it again) rather
+/// than failing to answer: integrity (class 23) and data (class 22) errors.
+pub fn is_permanent(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("22") || c.starts_with("23")),
+        _ => false,
+    }
+}

@@ -48,3 +48,14 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         }),
     )
 }
+
+/// Prometheus text format.
+pub async fn metrics() -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::render(),
+    )
+}

@@ -79,6 +79,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))

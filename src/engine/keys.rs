@@ -17,6 +17,8 @@ pub struct SaleKeys {
     pub due: String,
     /// Stream: confirmed orders waiting for the worker to flush them to Postgres.
     pub outbox: String,
+    /// Stream: outbox entries Postgres rejected for good, with the reason.
+    pub dead_letters: String,
     /// Set: ids of admin adjustments already applied (makes PATCH idempotent).
     pub adjustments: String,
     tag_prefix: String,
@@ -32,6 +34,7 @@ impl SaleKeys {
             customers: key("cust"),
             due: key("due"),
             outbox: key("outbox"),
+            dead_letters: key("dead"),
             adjustments: key("adj"),
             tag_prefix,
         }
@@ -49,13 +52,14 @@ impl SaleKeys {
     }
 
     /// Every key of the sale except the idempotency keys (which expire).
-    pub fn all(&self) -> [&str; 6] {
+    pub fn all(&self) -> [&str; 7] {
         [
             &self.sale,
             &self.reservations,
             &self.customers,
             &self.due,
             &self.outbox,
+            &self.dead_letters,
             &self.adjustments,
         ]
     }

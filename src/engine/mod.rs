@@ -305,7 +305,7 @@ impl Engine {
 
     /// Bounds every Redis call: a slow or dead Redis becomes a prompt
     /// `Unavailable`, never a request that hangs.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         fut: impl std::future::Future<Output = redis::RedisResult<T>>,
     ) -> EngineResult<T> {

@@ -1,11 +1,14 @@
-//! Background work beside the gateway: the reaper, which returns expired holds
-//! to stock, and the loader, which finishes sales written to Postgres but not
-//! yet loaded into Redis. (The outbox flush to Postgres joins them here.)
+//! Background work beside the gateway (or alone, as `flashsale worker`):
+//! the outbox flush, which writes confirmed orders to Postgres; the reaper,
+//! which returns expired holds to stock; and the loader, which finishes sales
+//! written to Postgres but not yet loaded into Redis.
 //!
 //! Each step is idempotent and returns what it did, so tests can drive the
 //! worker one step at a time; the loops only repeat the steps.
 
-use std::time::Duration;
+pub mod outbox;
+
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
@@ -59,9 +62,90 @@ pub async fn load_pending_sales(engine: &Engine, db: &PgPool) -> anyhow::Result<
     Ok(pending.len())
 }
 
+/// One pass of the outbox flush over every sale in the registry (so sales
+/// created after the worker started are found without scanning keys).
+/// `claim` also takes over entries idle at dead consumers. Stops at the first
+/// failure: the entries in question stay pending and are retried.
+pub async fn flush_once(
+    outbox: &outbox::Outbox,
+    engine: &Engine,
+    claim: bool,
+) -> Result<outbox::Flushed, outbox::FlushError> {
+    let mut total = outbox::Flushed::default();
+    for id in engine.sale_ids().await? {
+        let done = outbox.flush_sale(&id, claim).await?;
+        total.orders += done.orders;
+        total.dead += done.dead;
+        total.claimed += done.claimed;
+    }
+    Ok(total)
+}
+
+/// The flush loop: a pass every `flush_interval_ms` while there is work,
+/// backing off (capped, doubling) while Postgres or Redis is down.
+async fn flush_loop(settings: &Settings, engine: Engine, db: PgPool, stop: CancellationToken) {
+    let w = &settings.worker;
+    let claim_idle = Duration::from_millis(w.claim_idle_ms);
+    let outbox = outbox::Outbox::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
+    let interval = Duration::from_millis(w.flush_interval_ms);
+    let max_backoff = Duration::from_millis(w.max_backoff_ms);
+    let mut delay = Duration::ZERO;
+    let mut failing = false;
+    // Claim on the first pass: a worker restarting after a crash finds its
+    // predecessor's entries.
+    let mut last_claim: Option<Instant> = None;
+    let mut last_gauges = Instant::now();
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+        }
+        let claim = last_claim.is_none_or(|t| t.elapsed() >= claim_idle / 2);
+        match flush_once(&outbox, &engine, claim).await {
+            Ok(done) => {
+                if claim {
+                    last_claim = Some(Instant::now());
+                }
+                if failing {
+                    failing = false;
+                    tracing::info!("outbox flush recovered");
+                }
+                if !done.is_idle() {
+                    tracing::debug!(?done, "outbox flushed");
+                }
+                delay = if done.orders + done.dead > 0 {
+                    Duration::ZERO
+                } else {
+                    interval
+                };
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "outbox flush failing; orders wait in Redis, retrying with backoff");
+                }
+                delay = (delay * 2).clamp(Duration::from_millis(100), max_backoff);
+            }
+        }
+        if last_gauges.elapsed() >= Duration::from_secs(1) {
+            last_gauges = Instant::now();
+            if let Ok(ids) = engine.sale_ids().await {
+                let mut per_sale = Vec::with_capacity(ids.len());
+                for id in ids {
+                    if let Ok((pending, dead)) = outbox.backlog(&id).await {
+                        per_sale.push((id, pending, dead));
+                    }
+                }
+                crate::metrics::backlog(&per_sale);
+            }
+        }
+    }
+}
+
 /// Runs the background loops until `stop` is cancelled. Failures are logged
 /// once per change of state (down, then back up), not once per attempt.
 pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: CancellationToken) {
+    let flush = flush_loop(settings, engine.clone(), db.clone(), stop.clone());
     let reaper = {
         let engine = engine.clone();
         let every = Duration::from_millis(settings.worker.reaper_interval_ms);
@@ -84,7 +168,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             async move { load_pending_sales(&engine, &db).await.map(drop) }
         })
     };
-    tokio::join!(reaper, loader);
+    tokio::join!(flush, reaper, loader);
 }
 
 async fn every_tick<F, Fut, E>(name: &str, every: Duration, stop: CancellationToken, mut step: F)

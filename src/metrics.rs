@@ -1,0 +1,74 @@
+//! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
+//! Every metric this service records is named here.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+
+/// Installs the recorder on first use. `None` when another recorder was
+/// installed first (metrics are then recorded there, not rendered here).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    HANDLE
+        .get_or_init(|| {
+            PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Suffix("seconds".into()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                    ],
+                )
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("flashsale_flush_batch_size".into()),
+                        &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
+                    )
+                })
+                .ok()?
+                .install_recorder()
+                .ok()
+        })
+        .as_ref()
+}
+
+/// The text exposition format.
+pub fn render() -> String {
+    match handle() {
+        Some(h) => {
+            h.run_upkeep();
+            h.render()
+        }
+        None => String::new(),
+    }
+}
+
+/// A batch of the outbox flush committed (and was acknowledged).
+pub fn flushed(sale_id: &str, orders: usize, dead: usize, took: Duration) {
+    let sale = sale_id.to_string();
+    counter!("flashsale_orders_flushed_total", "sale_id" => sale.clone()).increment(orders as u64);
+    if dead > 0 {
+        counter!("flashsale_dead_letters_total", "sale_id" => sale).increment(dead as u64);
+    }
+    histogram!("flashsale_flush_batch_size").record((orders + dead) as f64);
+    histogram!("flashsale_flush_seconds").record(took.as_secs_f64());
+}
+
+/// Entries taken over from a consumer that stopped acknowledging them.
+pub fn claimed(sale_id: &str, n: usize) {
+    counter!("flashsale_outbox_claimed_total", "sale_id" => sale_id.to_string())
+        .increment(n as u64);
+}
+
+/// Orders waiting in each sale's outbox, and in all of them.
+pub fn backlog(per_sale: &[(String, u64, u64)]) {
+    let mut total = 0;
+    for (sale, pending, dead) in per_sale {
+        gauge!("flashsale_outbox_pending", "sale_id" => sale.clone()).set(*pending as f64);
+        gauge!("flashsale_dead_letters", "sale_id" => sale.clone()).set(*dead as f64);
+        total += pending;
+    }
+    gauge!("flashsale_outbox_pending_total").set(total as f64);
+}
