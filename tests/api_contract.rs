@@ -429,7 +429,11 @@ async fn reservation_lifecycle_codes() {
 
     let stock = app.stock(&sale).await;
     assert_eq!((stock.available, stock.held, stock.sold), (8, 0, 2));
-    assert_eq!(app.outbox_len(&sale).await, 1, "one order, once");
+    assert_eq!(
+        app.wait_for_orders(&sale, 1, 10).await,
+        (1, 1, 2),
+        "one order, once"
+    );
 }
 
 #[tokio::test]

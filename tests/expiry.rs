@@ -86,7 +86,12 @@ async fn confirm_racing_expiry_ends_confirmed_xor_expired() {
     assert_eq!(stock.held, 0);
     assert_eq!(stock.sold, n_confirmed);
     assert_eq!(stock.available, 200 - n_confirmed);
-    assert_eq!(app.outbox_len(&sale).await as i64, n_confirmed);
+    let (rows, distinct, _) = app.wait_for_orders(&sale, n_confirmed, 10).await;
+    assert_eq!(
+        (rows, distinct),
+        (n_confirmed, n_confirmed),
+        "one order per confirmed hold"
+    );
     eprintln!(
         "confirm vs expiry: {n_confirmed} confirmed, {} expired",
         200 - n_confirmed

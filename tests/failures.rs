@@ -20,13 +20,10 @@ fn free_port() -> u16 {
         .port()
 }
 
-fn send_signal(pid: u32, sig: &str) {
-    let ok = Command::new("kill")
-        .args([sig, &pid.to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "kill {sig} {pid}");
+/// kill(2), without needing a `kill` binary on the machine.
+fn send_signal(pid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: kill() has no memory effects; a stale pid just fails.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
 }
 
 /// The real `flashsale serve` binary, configured like `app`.
@@ -180,14 +177,14 @@ impl PrivateRedis {
         }
     }
 
-    fn signal(&self, sig: &str) {
-        send_signal(self.child.id(), sig);
+    fn signal(&self, sig: libc::c_int) {
+        assert!(send_signal(self.child.id(), sig), "signal {sig}");
     }
 }
 
 impl Drop for PrivateRedis {
     fn drop(&mut self) {
-        self.signal("-CONT");
+        send_signal(self.child.id(), libc::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -210,7 +207,7 @@ async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
     let t = app.token("steady");
     assert_eq!(app.reserve(&sale, &t, 1).await.status, 201);
 
-    redis.signal("-STOP");
+    redis.signal(libc::SIGSTOP);
     let started = Instant::now();
     let frozen = futures::future::join_all((0..50).map(|_| app.reserve(&sale, &t, 1))).await;
     let took = started.elapsed();
@@ -221,7 +218,7 @@ async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
     assert!(took < Duration::from_secs(2), "503s took {took:?}");
     assert_eq!(app.get("/readyz", None).await.status, 503);
 
-    redis.signal("-CONT");
+    redis.signal(libc::SIGCONT);
     let deadline = Instant::now() + Duration::from_secs(10);
     let resumed = loop {
         let a = app.reserve(&sale, &t, 1).await;
@@ -263,7 +260,7 @@ async fn sigterm_drains_and_exits_zero() {
     }));
     let term = async {
         tokio::time::sleep(Duration::from_millis(5)).await;
-        send_signal(child.id(), "-TERM");
+        assert!(send_signal(child.id(), libc::SIGTERM));
     };
     let (answers, ()) = tokio::join!(inflight, term);
     let started = Instant::now();

@@ -265,9 +265,37 @@ impl TestApp {
             .unwrap()
     }
 
+    /// Entries in the sale's outbox not yet flushed to Postgres.
     pub async fn outbox_len(&self, sale: &str) -> usize {
         let mut conn = self.engine.connection();
         conn.xlen(self.engine.keys(sale).outbox).await.unwrap()
+    }
+
+    /// The sale's orders in Postgres: (rows, distinct reservation ids, units).
+    pub async fn orders(&self, sale: &str) -> (i64, i64, i64) {
+        sqlx::query_as(
+            "SELECT count(*), count(DISTINCT reservation_id), coalesce(sum(quantity), 0)::bigint
+             FROM orders WHERE sale_id = $1",
+        )
+        .bind(sale)
+        .fetch_one(&self.db)
+        .await
+        .unwrap()
+    }
+
+    /// Waits (up to `secs`) until the worker has flushed `rows` orders of the
+    /// sale and the outbox is empty, then returns what Postgres holds.
+    pub async fn wait_for_orders(&self, sale: &str, rows: i64, secs: u64) -> (i64, i64, i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.orders(sale).await;
+            if (got.0 >= rows && self.outbox_len(sale).await == 0)
+                || std::time::Instant::now() > deadline
+            {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// Stops the gateway and waits for it to drain.
