@@ -10,40 +10,12 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use futures::stream::{self, StreamExt};
-use secrecy::ExposeSecret;
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// kill(2), without needing a `kill` binary on the machine.
-fn send_signal(pid: u32, sig: libc::c_int) -> bool {
-    // SAFETY: kill() has no memory effects; a stale pid just fails.
-    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
-}
 
 /// The real `flashsale serve` binary, configured like `app`.
 fn start_gateway(app: &TestApp, port: u16) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_flashsale"))
+    flashsale_command(app)
         .arg("serve")
         .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
-        .env("FLASHSALE__REDIS__URL", &app.settings.redis.url)
-        .env(
-            "FLASHSALE__REDIS__KEY_PREFIX",
-            &app.settings.redis.key_prefix,
-        )
-        .env(
-            "FLASHSALE__DATABASE__URL",
-            app.settings.database.url.expose_secret(),
-        )
-        .env("FLASHSALE__LIMITS__ENABLED", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("the flashsale binary starts")
 }

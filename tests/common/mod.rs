@@ -6,6 +6,8 @@
 //! URL without a database) point the tests elsewhere.
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -306,6 +308,41 @@ impl TestApp {
             None => Ok(()),
         }
     }
+}
+
+/// The real `flashsale` binary, configured like `app` (same Redis prefix, same
+/// database), quiet, limits off.
+pub fn flashsale_command(app: &TestApp) -> std::process::Command {
+    use secrecy::ExposeSecret;
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+    cmd.env("FLASHSALE__REDIS__URL", &app.settings.redis.url)
+        .env(
+            "FLASHSALE__REDIS__KEY_PREFIX",
+            &app.settings.redis.key_prefix,
+        )
+        .env(
+            "FLASHSALE__DATABASE__URL",
+            app.settings.database.url.expose_secret(),
+        )
+        .env("FLASHSALE__LIMITS__ENABLED", "false")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    cmd
+}
+
+/// kill(2), without needing a `kill` binary on the machine.
+pub fn send_signal(pid: u32, sig: libc::c_int) -> bool {
+    // SAFETY: kill() has no memory effects; a stale pid just fails.
+    unsafe { libc::kill(pid as libc::pid_t, sig) == 0 }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 /// A sale's counters straight from Redis (one HMGET, so one moment).
