@@ -72,13 +72,17 @@ pub async fn flush_once(
     claim: bool,
 ) -> Result<outbox::Flushed, outbox::FlushError> {
     let mut total = outbox::Flushed::default();
+    let mut failed = None;
     for id in engine.sale_ids().await? {
-        let done = outbox.flush_sale(&id, claim).await?;
-        total.orders += done.orders;
-        total.dead += done.dead;
-        total.claimed += done.claimed;
+        match outbox.flush_sale(&id, claim).await {
+            Ok(done) => total.add(done),
+            // Postgres down is down for every sale: stop the pass here.
+            Err(e @ outbox::FlushError::Postgres(_)) => return Err(e),
+            // A Redis failure may be this sale's alone: the others go on.
+            Err(e) => failed = Some(e),
+        }
     }
-    Ok(total)
+    failed.map_or(Ok(total), Err)
 }
 
 /// The flush loop: a pass every `flush_interval_ms` while there is work,

@@ -58,7 +58,7 @@ impl Flushed {
         *self == Flushed::default()
     }
 
-    fn add(&mut self, other: Flushed) {
+    pub fn add(&mut self, other: Flushed) {
         self.orders += other.orders;
         self.dead += other.dead;
         self.claimed += other.claimed;
@@ -89,7 +89,9 @@ enum Source {
 
 struct Entry {
     id: String,
-    fields: Vec<(String, String)>,
+    /// `None` for an entry deleted from the stream while it was pending:
+    /// there is nothing left to write, only the acknowledgement.
+    fields: Option<Vec<(String, String)>>,
 }
 
 impl Outbox {
@@ -226,10 +228,12 @@ impl Outbox {
         let started = Instant::now();
         let mut good = Vec::with_capacity(entries.len());
         let mut dead = Vec::new();
+        let mut gone = Vec::new();
         for e in entries {
-            match parse(&e.fields) {
-                Ok(order) => good.push((e, order)),
-                Err(why) => dead.push((e, why)),
+            match e.fields.as_deref().map(parse) {
+                Some(Ok(order)) => good.push((e, order)),
+                Some(Err(why)) => dead.push((e, why)),
+                None => gone.push(e.id),
             }
         }
         let orders: Vec<NewOrder> = good.iter().map(|(_, o)| o.clone()).collect();
@@ -249,7 +253,11 @@ impl Outbox {
             }
             Err(e) => return Err(FlushError::Postgres(e.to_string())),
         }
-        let ids: Vec<&str> = good.iter().map(|(e, _)| e.id.as_str()).collect();
+        let ids: Vec<&str> = good
+            .iter()
+            .map(|(e, _)| e.id.as_str())
+            .chain(gone.iter().map(String::as_str))
+            .collect();
         self.acknowledge(keys, &ids, &dead).await?;
         let flushed = Flushed {
             orders: good.len(),
@@ -277,7 +285,7 @@ impl Outbox {
         for (entry, why) in dead {
             let cmd = pipe.cmd("XADD").arg(&keys.dead_letters).arg("*");
             cmd.arg("reason").arg(why).arg("entry_id").arg(&entry.id);
-            for (k, v) in &entry.fields {
+            for (k, v) in entry.fields.iter().flatten() {
                 cmd.arg(k).arg(v);
             }
             cmd.ignore();
@@ -329,11 +337,12 @@ fn entries(v: Value) -> Vec<Entry> {
                 return None;
             }
             let fields = match pair.pop()? {
-                Value::Array(kv) => kv
-                    .chunks(2)
-                    .filter_map(|c| Some((text(&c[0])?, text(c.get(1)?)?)))
-                    .collect(),
-                _ => Vec::new(), // an entry deleted while pending: nothing to flush
+                Value::Array(kv) => Some(
+                    kv.chunks(2)
+                        .filter_map(|c| Some((text(&c[0])?, text(c.get(1)?)?)))
+                        .collect(),
+                ),
+                _ => None,
             };
             Some(Entry {
                 id: text(&pair[0])?,
