@@ -74,6 +74,11 @@ pub struct LimitSettings {
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
     pub global_per_second: u32,
+    /// Reserves in flight at once on one gateway; more get 503 at once.
+    pub max_in_flight: usize,
+    /// Peers whose `client_ip_header` is believed (exact addresses).
+    pub trusted_proxies: Vec<String>,
+    pub client_ip_header: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -23,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod limits;
 pub mod loadtest;
 pub mod metrics;
 pub mod store;
@@ -66,7 +67,13 @@ pub async fn serve(
     });
     let addr = listener.local_addr()?;
     tracing::info!(%addr, with_worker, "gateway listening");
-    let state = api::AppState::new(settings, engine, db);
+    let limits = Arc::new(
+        limits::Limits::new(&settings.limits)
+            .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
+    );
+    tokio::spawn(sweep_limits(limits.clone(), stop.clone()));
+    tokio::spawn(engine::soldout::poll(engine.clone(), stop.clone()));
+    let state = api::AppState::new(settings, engine, db, limits);
     let shutdown = stop.clone();
     api::serve(listener, state, async move { shutdown.cancelled().await })
         .await
@@ -77,4 +84,16 @@ pub async fn serve(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Keyed limiters forget idle keys every few seconds: memory stays bounded
+/// under millions of distinct customers and addresses.
+async fn sweep_limits(limits: Arc<limits::Limits>, stop: CancellationToken) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => limits.sweep(),
+        }
+    }
 }

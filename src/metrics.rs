@@ -45,6 +45,11 @@ pub fn render() -> String {
     }
 }
 
+/// One reserve's outcome: `held` or the contract code it was refused with.
+pub fn reserved(outcome: &'static str) {
+    counter!("flashsale_reservations_total", "outcome" => outcome).increment(1);
+}
+
 /// A batch of the outbox flush committed (and was acknowledged).
 pub fn flushed(sale_id: &str, orders: usize, dead: usize, took: Duration) {
     let sale = sale_id.to_string();

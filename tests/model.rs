@@ -128,12 +128,15 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
             } else {
                 Ok(())
             };
+            // A fresh Idempotency-Key per call: every reserve reaches the
+            // script (the sold-out memory answers key-less requests only).
+            let key = uuid::Uuid::new_v4().to_string();
             let got = engine
                 .reserve(&ReserveRequest {
                     sale_id: sale,
                     customer: &customer,
                     quantity: *quantity,
-                    idempotency: None,
+                    idempotency: Some((&key, quantity.to_string())),
                 })
                 .await;
             match (expected, got) {

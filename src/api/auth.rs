@@ -1,5 +1,6 @@
-//! Bearer-token extractors: `Customer` for any signed-in caller, `Admin` for
-//! the admin role.
+//! Bearer-token extractors: `Caller` for any signed-in caller, `Admin` for
+//! the admin role, `Limited` for a caller of the reservation endpoints, held
+//! to the per-customer and per-address rate limits.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -50,5 +51,32 @@ impl FromRequestParts<AppState> for Admin {
         } else {
             Err(ApiError::Forbidden)
         }
+    }
+}
+
+/// A caller of the reservation endpoints, within its rate limits.
+pub struct Limited(pub Identity);
+
+impl FromRequestParts<AppState> for Limited {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let Caller(id) = Caller::from_request_parts(parts, state).await?;
+        let peer = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0.ip())
+            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+        let ip = state.limits.client_ip(peer, &parts.headers);
+        if let Err(shed) = state.limits.check(&id.subject, ip) {
+            let e = ApiError::from(shed);
+            if parts.method == axum::http::Method::POST
+                && parts.uri.path().ends_with("/reservations")
+            {
+                crate::metrics::reserved(e.code());
+            }
+            return Err(e);
+        }
+        Ok(Limited(id))
     }
 }

@@ -48,6 +48,8 @@ pub enum ApiError {
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable")]
     Unavailable(String),
+    #[error("the gateway is at capacity; retry shortly")]
+    Overloaded,
     #[error("internal error")]
     Internal(String),
 }
@@ -79,6 +81,18 @@ impl From<Refusal> for ApiError {
     }
 }
 
+impl From<crate::limits::Shed> for ApiError {
+    fn from(s: crate::limits::Shed) -> Self {
+        match s {
+            crate::limits::Shed::RateLimited(wait) => ApiError::RateLimited {
+                // Whole seconds, rounded up: never invite a retry too early.
+                retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
+            },
+            crate::limits::Shed::Overloaded => ApiError::Overloaded,
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Unavailable(format!("postgres: {e}"))
@@ -99,7 +113,7 @@ impl ApiError {
             InvalidRequest(_) | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Unavailable(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
             Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -126,7 +140,7 @@ impl ApiError {
             InvalidRequest(_) | PayloadTooLarge(_) => "invalid_request",
             IdempotencyKeyReused => "idempotency_key_reused",
             RateLimited { .. } => "rate_limited",
-            Unavailable(_) => "unavailable",
+            Unavailable(_) | Overloaded => "unavailable",
             Internal(_) => "internal",
         }
     }
@@ -172,7 +186,7 @@ impl IntoResponse for ApiError {
         );
         let retry_after = match self {
             ApiError::RateLimited { retry_after_secs } => Some(retry_after_secs.max(1)),
-            ApiError::Unavailable(_) => Some(1),
+            ApiError::Unavailable(_) | ApiError::Overloaded => Some(1),
             _ => None,
         };
         if let Some(secs) = retry_after {

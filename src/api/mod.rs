@@ -26,6 +26,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
+use crate::limits::Limits;
 use crate::store::StoreResult;
 pub use error::ApiError;
 use extract::BodyLimit;
@@ -36,15 +37,22 @@ pub struct AppState {
     pub engine: Engine,
     pub db: PgPool,
     pub auth: Arc<Auth>,
+    pub limits: Arc<Limits>,
     pub settings: Arc<Settings>,
 }
 
 impl AppState {
-    pub fn new(settings: Arc<Settings>, engine: Engine, db: PgPool) -> AppState {
+    pub fn new(
+        settings: Arc<Settings>,
+        engine: Engine,
+        db: PgPool,
+        limits: Arc<Limits>,
+    ) -> AppState {
         AppState {
             auth: Arc::new(Auth::new(&settings.auth.jwt_secret)),
             engine,
             db,
+            limits,
             settings,
         }
     }
@@ -110,7 +118,8 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state))
+    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

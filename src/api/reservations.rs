@@ -6,7 +6,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::auth::Caller;
+use super::auth::Limited;
 use super::error::ApiError;
 use super::extract::{Body, PathId};
 use super::sales::sale_id;
@@ -30,7 +30,7 @@ fn one() -> u32 {
 #[tracing::instrument(skip_all, fields(sale_id, customer = %caller.subject))]
 pub async fn reserve(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Limited(caller): Limited,
     id: PathId,
     headers: HeaderMap,
     Body(body): Body<ReserveBody>,
@@ -62,6 +62,11 @@ pub async fn reserve(
             Some((key, body.quantity.to_string()))
         }
     };
+    let _permit = state.limits.enter_reserve().map_err(|shed| {
+        let e = ApiError::from(shed);
+        crate::metrics::reserved(e.code());
+        e
+    })?;
     let reservation = state
         .engine
         .reserve(&ReserveRequest {
@@ -70,8 +75,10 @@ pub async fn reserve(
             quantity: body.quantity,
             idempotency,
         })
-        .await?;
-    Ok((StatusCode::CREATED, Json(reservation)))
+        .await
+        .map_err(ApiError::from);
+    crate::metrics::reserved(reservation.as_ref().map_or_else(ApiError::code, |_| "held"));
+    Ok((StatusCode::CREATED, Json(reservation?)))
 }
 
 /// Any id that does not name a sale is simply not found: ids are opaque.
@@ -92,7 +99,7 @@ pub struct ReservationView {
 
 pub async fn get(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Limited(caller): Limited,
     id: PathId,
 ) -> Result<Json<ReservationView>, ApiError> {
     let (sale, rid) = split(id)?;
@@ -111,7 +118,7 @@ pub struct ConfirmBody {
 #[tracing::instrument(skip_all, fields(customer = %caller.subject))]
 pub async fn confirm(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Limited(caller): Limited,
     id: PathId,
     Body(body): Body<ConfirmBody>,
 ) -> Result<Json<Order>, ApiError> {
@@ -131,7 +138,7 @@ pub async fn confirm(
 #[tracing::instrument(skip_all, fields(customer = %caller.subject))]
 pub async fn release(
     State(state): State<AppState>,
-    Caller(caller): Caller,
+    Limited(caller): Limited,
     id: PathId,
 ) -> Result<Json<Reservation>, ApiError> {
     let (sale, rid) = split(id)?;

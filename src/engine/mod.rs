@@ -10,6 +10,7 @@
 //! faster than a pool of connections (see README, "Redis connection").
 
 pub mod keys;
+pub mod soldout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -267,6 +268,7 @@ pub struct Engine {
     prefix: Arc<str>,
     timeout: Duration,
     idempotency_ttl: u64,
+    soldout: Arc<soldout::SoldOut>,
 }
 
 impl Engine {
@@ -287,6 +289,7 @@ impl Engine {
             prefix: Arc::from(settings.redis.key_prefix.as_str()),
             timeout,
             idempotency_ttl: settings.engine.idempotency_ttl_seconds,
+            soldout: Arc::default(),
         })
     }
 
@@ -419,7 +422,25 @@ impl Engine {
     }
 
     /// Takes `quantity` units for the customer and returns the hold.
+    ///
+    /// A sale this gateway knows to be sold out (or not live) is refused from
+    /// memory, with no Redis call, unless the request carries an
+    /// Idempotency-Key: its first attempt may have succeeded, and only the
+    /// script can replay it.
     pub async fn reserve(&self, req: &ReserveRequest<'_>) -> EngineResult<Reservation> {
+        if req.idempotency.is_none() {
+            if let Some(refusal) = self.soldout.get(req.sale_id) {
+                return Err(EngineError::Refused(refusal));
+            }
+        }
+        let held = self.reserve_in_redis(req).await;
+        if let Err(EngineError::Refused(refusal)) = &held {
+            self.soldout.learn(req.sale_id, *refusal);
+        }
+        held
+    }
+
+    async fn reserve_in_redis(&self, req: &ReserveRequest<'_>) -> EngineResult<Reservation> {
         let k = self.keys(req.sale_id);
         let rid = crate::domain::new_reservation_id(req.sale_id);
         let (idem_key, fingerprint) = match &req.idempotency {
@@ -491,6 +512,7 @@ impl Engine {
             )
             .await?
             .expect(&["released"])?;
+        self.soldout.forget(sale_id);
         let (rid, rec) = r.record()?;
         Ok(rec.reservation(&rid, sale_id))
     }
@@ -556,6 +578,7 @@ impl Engine {
             )
             .await?
             .expect(&["applied", "already_applied"])?;
+        self.soldout.forget(sale_id);
         let figures = |i| {
             serde_json::from_str::<Figures>(&r.text(i)?)
                 .map_err(|e| EngineError::Corrupt(format!("figures: {e}")))

@@ -1,0 +1,130 @@
+//! The sold-out fast path: once a sale is sold out or not live, this gateway
+//! answers further reserves from memory, without a Redis round trip. That is
+//! what keeps Redis calm in the minutes after a sell-out, when traffic peaks
+//! and almost every request is a loser.
+//!
+//! A poller re-reads the marked sales every 50 ms (one pipelined HMGET each,
+//! never a script), so stock that comes back (a release, an expiry, added
+//! stock, a sale that opens) is reservable again within ~50 ms.
+
+use std::collections::HashMap;
+use std::sync::RwLock;
+use std::time::Duration;
+
+use redis::Value;
+use tokio_util::sync::CancellationToken;
+
+use super::{Engine, Refusal};
+
+pub const POLL: Duration = Duration::from_millis(50);
+
+/// Sales known to refuse every reserve, with the refusal.
+#[derive(Default)]
+pub struct SoldOut {
+    // std RwLock: held for a lookup only, never across an await.
+    marks: RwLock<HashMap<String, Refusal>>,
+}
+
+impl SoldOut {
+    pub fn get(&self, sale_id: &str) -> Option<Refusal> {
+        self.marks.read().ok()?.get(sale_id).copied()
+    }
+
+    /// Remembers a refusal that holds for every buyer (sold out, not live).
+    pub fn learn(&self, sale_id: &str, refusal: Refusal) {
+        if matches!(refusal, Refusal::SoldOut | Refusal::SaleNotLive) {
+            if let Ok(mut m) = self.marks.write() {
+                m.insert(sale_id.to_string(), refusal);
+            }
+        }
+    }
+
+    /// Stock may be back (this gateway released a hold or changed the
+    /// sale): ask Redis again from the next reserve on.
+    pub fn forget(&self, sale_id: &str) {
+        self.set(sale_id, None);
+    }
+
+    fn marked(&self) -> Vec<String> {
+        self.marks
+            .read()
+            .map(|m| m.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    fn set(&self, sale_id: &str, refusal: Option<Refusal>) {
+        if let Ok(mut m) = self.marks.write() {
+            match refusal {
+                Some(r) => m.insert(sale_id.to_string(), r),
+                None => m.remove(sale_id),
+            };
+        }
+    }
+}
+
+/// Re-reads every marked sale until `stop`; clears the marks of sales that
+/// are live with stock again.
+pub async fn poll(engine: Engine, stop: CancellationToken) {
+    let mut every = tokio::time::interval(POLL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let sales = engine.soldout.marked();
+        if sales.is_empty() {
+            continue;
+        }
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        for id in &sales {
+            pipe.cmd("HMGET").arg(engine.keys(id).sale).arg(&[
+                "available",
+                "starts_ms",
+                "ends_ms",
+                "paused",
+            ]);
+        }
+        let mut conn = engine.connection();
+        // Redis down: keep the marks; the next tick tries again.
+        let Ok(replies) = engine
+            .bounded(pipe.query_async::<Vec<Value>>(&mut conn))
+            .await
+        else {
+            continue;
+        };
+        let mut replies = replies.into_iter();
+        let Some(now) = replies.next().and_then(|t| server_ms(&t)) else {
+            continue;
+        };
+        for (id, reply) in sales.iter().zip(replies) {
+            engine.soldout.set(id, still_refused(&reply, now));
+        }
+    }
+}
+
+fn server_ms(time: &Value) -> Option<i64> {
+    let Value::Array(parts) = time else {
+        return None;
+    };
+    let secs = super::int(parts.first()?)?;
+    let micros = super::int(parts.get(1)?)?;
+    Some(secs * 1000 + micros / 1000)
+}
+
+/// The refusal the sale would give every buyer now, if any.
+fn still_refused(hmget: &Value, now: i64) -> Option<Refusal> {
+    let Value::Array(f) = hmget else {
+        return None;
+    };
+    let field = |i: usize| f.get(i).and_then(super::int);
+    let (available, starts, ends) = (field(0)?, field(1)?, field(2)?);
+    if field(3) == Some(1) || now < starts || now >= ends {
+        Some(Refusal::SaleNotLive)
+    } else if available <= 0 {
+        Some(Refusal::SoldOut)
+    } else {
+        None
+    }
+}
