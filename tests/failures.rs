@@ -4,10 +4,11 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::redis_server::PrivateRedis;
 use common::*;
 use futures::stream::{self, StreamExt};
 
@@ -113,60 +114,11 @@ async fn sigkill_of_a_gateway_mid_storm_loses_and_oversells_nothing() {
     assert_eq!(per.values().sum::<i64>(), stock.held);
 }
 
-/// A private Redis (never the shared one), frozen with SIGSTOP mid-run.
-struct PrivateRedis {
-    child: Child,
-    port: u16,
-    _dir: tempdir::Dir,
-}
-
-mod tempdir {
-    pub struct Dir(pub std::path::PathBuf);
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
-}
-
-impl PrivateRedis {
-    fn start() -> PrivateRedis {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(unique("flashsale-redis-"));
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/services.sh installs it)");
-        PrivateRedis {
-            child,
-            port,
-            _dir: tempdir::Dir(dir),
-        }
-    }
-
-    fn signal(&self, sig: libc::c_int) {
-        assert!(send_signal(self.child.id(), sig), "signal {sig}");
-    }
-}
-
-impl Drop for PrivateRedis {
-    fn drop(&mut self) {
-        send_signal(self.child.id(), libc::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
     let redis = PrivateRedis::start();
     let app = spawn_app_with(|s| {
-        s.redis.url = format!("redis://127.0.0.1:{}", redis.port);
+        s.redis.url = redis.url();
         s.redis.timeout_ms = 250;
     })
     .await;

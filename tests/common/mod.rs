@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod proxy;
+pub mod redis_server;
 
 use std::sync::Arc;
 use std::time::Duration;
