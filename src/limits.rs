@@ -91,9 +91,8 @@ impl Limits {
     /// The per-customer and per-address limits of the reservation endpoints.
     pub fn check(&self, customer: &str, ip: IpAddr) -> Result<(), Shed> {
         if let Some(l) = &self.per_customer {
-            // Allocates the key only for a customer the limiter has not seen.
-            let key = customer.to_string();
-            l.check_key(&key).map_err(|n| self.wait(n))?;
+            // governor looks keys up by `&K`: one small copy of the id.
+            l.check_key(&customer.to_string()).map_err(|n| self.wait(n))?;
         }
         if let Some(l) = &self.per_ip {
             l.check_key(&ip).map_err(|n| self.wait(n))?;
