@@ -43,8 +43,39 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
     },
+    /// Schedule sales from a file, or list them with their live stock.
+    #[command(subcommand)]
+    Sales(SalesCommand),
+    /// Compare Redis and Postgres per sale; exit 0 consistent, 1 drift, 2 error.
+    Reconcile {
+        /// Only this sale.
+        #[arg(long)]
+        sale: Option<String>,
+        /// Repair what can be repaired safely, then exit 0 if consistent.
+        #[arg(long)]
+        apply: bool,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Restore the sale's Redis state from Postgres (needs --sale).
+        #[arg(long, requires = "sale", conflicts_with = "apply")]
+        rebuild: bool,
+    },
     /// Play a flash sale against a running gateway and check the invariants.
     Loadtest(crate::loadtest::Options),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SalesCommand {
+    /// Schedule the `[[sale]]` tables of a TOML file (idempotent by sale id).
+    Load {
+        file: PathBuf,
+        /// Validate and show what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// One line per sale with its live stock.
+    List,
 }
 
 /// Exit codes: 0 success, 1 a check failed, 2 bad configuration, bad usage
@@ -63,7 +94,212 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Worker => worker(settings).await,
         Command::Migrate => migrate(&settings).await,
         Command::Token { sub, role, ttl } => token(&settings, &sub, role.as_deref(), ttl),
+        Command::Sales(SalesCommand::Load { file, dry_run }) => {
+            sales_load(&settings, &file, dry_run).await
+        }
+        Command::Sales(SalesCommand::List) => sales_list(&settings).await,
+        Command::Reconcile {
+            sale,
+            apply,
+            json,
+            rebuild,
+        } => reconcile(&settings, sale.as_deref(), apply, json, rebuild).await,
         Command::Loadtest(opts) => crate::loadtest::run(&settings, opts).await,
+    }
+}
+
+/// The handles a one-shot command needs, after checking both services
+/// answer: an unreachable one is exit 2 with one line naming its URL.
+async fn one_shot(settings: &Settings) -> Result<(crate::engine::Engine, sqlx::PgPool), i32> {
+    let (engine, db) = crate::connect(settings).map_err(|e| {
+        eprintln!("{e:#}");
+        2
+    })?;
+    if let Err(e) = engine.ping().await {
+        eprintln!(
+            "cannot reach `redis.url` {}: {e}",
+            redact(&settings.redis.url)
+        );
+        return Err(2);
+    }
+    if let Err(e) = crate::store::ping(&db).await {
+        eprintln!(
+            "cannot reach `database.url` {}: {e}",
+            redact(settings.database.url.expose_secret())
+        );
+        return Err(2);
+    }
+    Ok((engine, db))
+}
+
+async fn sales_load(settings: &Settings, file: &std::path::Path, dry_run: bool) -> i32 {
+    let text = match std::fs::read_to_string(file) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("cannot read {}: {e}", file.display());
+            return 2;
+        }
+    };
+    let defs = match crate::schedule::parse_file(&text) {
+        Ok(d) => d,
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            eprintln!("nothing loaded: {} problem(s)", problems.len());
+            return 1;
+        }
+    };
+    let (engine, db) = match one_shot(settings).await {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    match crate::schedule::load(&engine, &db, &defs, dry_run).await {
+        Ok(plan) => {
+            for (id, what) in &plan {
+                let what = if dry_run {
+                    format!("would be {what}")
+                } else {
+                    what.to_string()
+                };
+                println!("{id}: {what}");
+            }
+            let created = plan.iter().filter(|(_, w)| *w == "created").count();
+            println!(
+                "{} sale(s): {created} {}, {} unchanged",
+                plan.len(),
+                if dry_run { "to create" } else { "created" },
+                plan.len() - created
+            );
+            0
+        }
+        Err(problems) => {
+            for p in &problems {
+                eprintln!("{}: {p}", file.display());
+            }
+            eprintln!("nothing loaded: {} problem(s)", problems.len());
+            1
+        }
+    }
+}
+
+async fn sales_list(settings: &Settings) -> i32 {
+    let (engine, db) = match one_shot(settings).await {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let defs = match crate::store::sales(&db).await {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
+    println!(
+        "{:<24} {:<10} {:>9} {:>7} {:>7} {:>7}  {:<20} {:<20} name",
+        "sale", "status", "available", "held", "sold", "total", "starts_at", "ends_at"
+    );
+    for def in defs {
+        let line = match engine.sale(&def.id).await {
+            Ok(s) => format!(
+                "{:<24} {:<10} {:>9} {:>7} {:>7} {:>7}  {:<20} {:<20} {}",
+                s.id,
+                serde_json::to_value(s.status)
+                    .ok()
+                    .and_then(|v| v.as_str().map(String::from))
+                    .unwrap_or_default(),
+                s.stock.available,
+                s.stock.held,
+                s.stock.sold,
+                s.stock.total,
+                crate::domain::rfc3339_ms(s.starts_at)
+                    .get(..19)
+                    .unwrap_or(""),
+                crate::domain::rfc3339_ms(s.ends_at).get(..19).unwrap_or(""),
+                s.name
+            ),
+            Err(crate::engine::EngineError::Refused(_)) => {
+                format!(
+                    "{:<24} {:<10} (not in Redis: see `flashsale reconcile`)",
+                    def.id, "missing"
+                )
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                return 2;
+            }
+        };
+        println!("{line}");
+    }
+    0
+}
+
+async fn reconcile(
+    settings: &Settings,
+    only: Option<&str>,
+    apply: bool,
+    json: bool,
+    rebuild: bool,
+) -> i32 {
+    use crate::reconcile as rc;
+    let (engine, db) = match one_shot(settings).await {
+        Ok(h) => h,
+        Err(code) => return code,
+    };
+    let outbox = crate::worker::outbox::Outbox::new(
+        engine.clone(),
+        db.clone(),
+        settings.worker.flush_batch,
+        std::time::Duration::from_millis(settings.worker.claim_idle_ms),
+        CancellationToken::new(),
+    );
+    let run = async {
+        let mut reports = Vec::new();
+        for def in rc::sales(&db, only).await? {
+            let report = if rebuild {
+                let stock = rc::rebuild(&engine, &db, &outbox, &def).await?;
+                let mut r = rc::inspect(&engine, &db, &def).await?;
+                r.repairs.push(format!(
+                    "rebuilt from Postgres: total {} sold {} available {} held 0",
+                    stock.total, stock.sold, stock.available
+                ));
+                r
+            } else {
+                let report = rc::inspect(&engine, &db, &def).await?;
+                if apply && !report.drift.is_empty() {
+                    rc::apply(&engine, &db, &outbox, &def, report).await?
+                } else {
+                    report
+                }
+            };
+            crate::metrics::drift(&report.sale_id, &report.drift);
+            reports.push(report);
+        }
+        Ok::<_, rc::ReconcileError>(reports)
+    };
+    match run.await {
+        Ok(reports) => {
+            if json {
+                match serde_json::to_string_pretty(&serde_json::json!({ "sales": reports })) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return 2;
+                    }
+                }
+            } else {
+                print!("{}", rc::render(&reports));
+            }
+            if reports.iter().all(|r| r.drift.is_empty()) {
+                0
+            } else {
+                1
+            }
+        }
+        Err(e) => {
+            eprintln!("reconcile: {e}");
+            2
+        }
     }
 }
 

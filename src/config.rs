@@ -96,8 +96,10 @@ pub struct WorkerSettings {
     pub loader_interval_ms: u64,
     pub flush_interval_ms: u64,
     pub flush_batch: usize,
+    pub flush_consumers: usize,
     pub claim_idle_ms: u64,
     pub max_backoff_ms: u64,
+    pub reconcile_interval_ms: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -190,10 +192,17 @@ impl Settings {
             ("worker.flush_interval_ms", self.worker.flush_interval_ms),
             ("worker.claim_idle_ms", self.worker.claim_idle_ms),
             ("worker.max_backoff_ms", self.worker.max_backoff_ms),
+            (
+                "worker.reconcile_interval_ms",
+                self.worker.reconcile_interval_ms,
+            ),
         ] {
             if value == 0 {
                 return bad(key, "must be above 0");
             }
+        }
+        if !(1..=16).contains(&self.worker.flush_consumers) {
+            return bad("worker.flush_consumers", "must be 1 to 16");
         }
         if !(1..=10_000).contains(&self.worker.flush_batch) {
             return bad("worker.flush_batch", "must be 1 to 10000");

@@ -26,6 +26,8 @@ pub mod engine;
 pub mod limits;
 pub mod loadtest;
 pub mod metrics;
+pub mod reconcile;
+pub mod schedule;
 pub mod store;
 pub mod telemetry;
 pub mod worker;

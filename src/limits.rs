@@ -92,7 +92,8 @@ impl Limits {
     pub fn check(&self, customer: &str, ip: IpAddr) -> Result<(), Shed> {
         if let Some(l) = &self.per_customer {
             // governor looks keys up by `&K`: one small copy of the id.
-            l.check_key(&customer.to_string()).map_err(|n| self.wait(n))?;
+            l.check_key(&customer.to_string())
+                .map_err(|n| self.wait(n))?;
         }
         if let Some(l) = &self.per_ip {
             l.check_key(&ip).map_err(|n| self.wait(n))?;

@@ -77,3 +77,40 @@ pub fn backlog(per_sale: &[(String, u64, u64)]) {
     }
     gauge!("flashsale_outbox_pending_total").set(total as f64);
 }
+
+/// Drift found by reconcile (the command or the worker's loop), per kind.
+pub fn drift(sale_id: &str, found: &[crate::reconcile::Drift]) {
+    for kind in ALL_DRIFT {
+        let n = found.iter().filter(|d| d.word() == *kind).count();
+        gauge!("flashsale_reconcile_drift", "sale_id" => sale_id.to_string(), "kind" => *kind)
+            .set(n as f64);
+    }
+}
+
+const ALL_DRIFT: &[&str] = &[
+    "missing_in_redis",
+    "counters_do_not_add_up",
+    "total_differs",
+    "holds_not_reaped",
+    "orders_not_in_postgres",
+    "orders_not_counted_as_sold",
+    "sold_without_order",
+    "dead_letters",
+];
+
+/// A sale's live stock, for dashboards and alerts.
+pub fn stock(sale_id: &str, stock: &crate::domain::Stock) {
+    for (what, v) in [
+        ("total", stock.total),
+        ("available", stock.available),
+        ("held", stock.held),
+        ("sold", stock.sold),
+    ] {
+        gauge!("flashsale_stock", "sale_id" => sale_id.to_string(), "figure" => what).set(v as f64);
+    }
+}
+
+/// Holds the reaper returned to stock.
+pub fn reaped(n: u64) {
+    counter!("flashsale_holds_reaped_total").increment(n);
+}

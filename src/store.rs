@@ -260,3 +260,66 @@ pub fn is_permanent(e: &sqlx::Error) -> bool {
         _ => false,
     }
 }
+
+/// Every scheduled sale, by start time.
+pub async fn sales(db: &PgPool) -> StoreResult<Vec<SaleDef>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SALE_COLUMNS} FROM sales ORDER BY starts_at, id"
+    ))
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(sale_from_row).collect::<Result<_, _>>()?)
+}
+
+/// A sale as Postgres knows it: the scheduled stock plus applied
+/// adjustments, the latest `ends_at` and pause, and its orders.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Ledger {
+    pub scheduled_total: i64,
+    #[serde(skip)]
+    pub ends_at: OffsetDateTime,
+    #[serde(skip)]
+    pub paused: bool,
+    pub orders: i64,
+    pub order_units: i64,
+}
+
+pub async fn ledger(db: &PgPool, sale: &SaleDef) -> StoreResult<Ledger> {
+    let (delta, ends_at, paused): (i64, Option<OffsetDateTime>, Option<bool>) = sqlx::query_as(
+        "SELECT coalesce(sum(stock_delta), 0)::bigint,
+                (SELECT ends_at FROM sale_adjustments
+                  WHERE sale_id = $1 AND state = 'applied' AND ends_at IS NOT NULL
+                  ORDER BY at DESC, id DESC LIMIT 1),
+                (SELECT paused FROM sale_adjustments
+                  WHERE sale_id = $1 AND state = 'applied' AND paused IS NOT NULL
+                  ORDER BY at DESC, id DESC LIMIT 1)
+         FROM sale_adjustments WHERE sale_id = $1 AND state = 'applied'",
+    )
+    .bind(&sale.id)
+    .fetch_one(db)
+    .await?;
+    let (orders, order_units): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), coalesce(sum(quantity), 0)::bigint FROM orders WHERE sale_id = $1",
+    )
+    .bind(&sale.id)
+    .fetch_one(db)
+    .await?;
+    Ok(Ledger {
+        scheduled_total: sale.stock + delta,
+        ends_at: ends_at.unwrap_or(sale.ends_at),
+        paused: paused.unwrap_or(false),
+        orders,
+        order_units,
+    })
+}
+
+/// Units ordered per customer (their confirmed purchases count against the
+/// per-customer limit after a rebuild).
+pub async fn units_per_customer(db: &PgPool, sale_id: &str) -> StoreResult<Vec<(String, i64)>> {
+    Ok(sqlx::query_as(
+        "SELECT customer_id, sum(quantity)::bigint FROM orders WHERE sale_id = $1 GROUP BY 1",
+    )
+    .bind(sale_id)
+    .fetch_all(db)
+    .await?)
+}

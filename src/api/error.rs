@@ -93,6 +93,16 @@ impl From<crate::limits::Shed> for ApiError {
     }
 }
 
+impl From<crate::schedule::ScheduleError> for ApiError {
+    fn from(e: crate::schedule::ScheduleError) -> Self {
+        match e {
+            crate::schedule::ScheduleError::Conflict => ApiError::SaleConflict,
+            crate::schedule::ScheduleError::Store(e) => e.into(),
+            crate::schedule::ScheduleError::Engine(e) => e.into(),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         ApiError::Unavailable(format!("postgres: {e}"))

@@ -27,7 +27,6 @@ use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
 use crate::limits::Limits;
-use crate::store::StoreResult;
 pub use error::ApiError;
 use extract::BodyLimit;
 
@@ -60,12 +59,12 @@ impl AppState {
 
 /// Bounds a Postgres call by `database.timeout_ms`, so a stalled database is
 /// a prompt 503 and never a hung request.
-pub(crate) async fn db_call<T>(
+pub(crate) async fn db_call<T, E: Into<ApiError>>(
     state: &AppState,
-    fut: impl Future<Output = StoreResult<T>>,
+    fut: impl Future<Output = Result<T, E>>,
 ) -> Result<T, ApiError> {
     match tokio::time::timeout(state.settings.database_timeout(), fut).await {
-        Ok(r) => Ok(r?),
+        Ok(r) => r.map_err(Into::into),
         Err(_) => Err(ApiError::Unavailable("postgres: timed out".into())),
     }
 }

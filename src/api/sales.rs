@@ -11,8 +11,8 @@ use super::error::ApiError;
 use super::extract::{Body, PathId};
 use super::{db_call, AppState};
 use crate::domain::{valid_sale_id, Sale, SaleInput, MAX_UNITS};
-use crate::engine::Created;
-use crate::store::{self, Adjustment, Scheduled};
+use crate::schedule;
+use crate::store::{self, Adjustment};
 
 pub(super) fn sale_id(PathId(id): PathId) -> Result<String, ApiError> {
     if valid_sale_id(&id) {
@@ -37,16 +37,14 @@ pub async fn create(
         .validate(|| format!("s-{}", uuid::Uuid::new_v4().simple()))
         .map_err(ApiError::InvalidRequest)?;
     tracing::Span::current().record("sale_id", def.id.as_str());
-    let status = match db_call(&state, store::insert_sale(&state.db, &def)).await? {
-        Scheduled::Inserted => StatusCode::CREATED,
-        Scheduled::Existing(existing) if existing == def => StatusCode::OK,
-        Scheduled::Existing(_) => return Err(ApiError::SaleConflict),
+    let outcome = db_call(&state, schedule::schedule(&state.engine, &state.db, &def)).await?;
+    let status = match outcome {
+        schedule::Outcome::Created => {
+            tracing::info!(admin = %admin.subject, stock = def.stock, "sale scheduled");
+            StatusCode::CREATED
+        }
+        schedule::Outcome::Unchanged => StatusCode::OK,
     };
-    let created = state.engine.create_sale(&def).await?;
-    db_call(&state, store::mark_loaded(&state.db, &def.id)).await?;
-    if created == Created::New {
-        tracing::info!(admin = %admin.subject, stock = def.stock, "sale scheduled");
-    }
     Ok((status, Json(state.engine.sale(&def.id).await?)))
 }
 

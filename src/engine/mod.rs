@@ -36,6 +36,9 @@ struct Scripts {
     release: Script,
     expire: Script,
     adjust_sale: Script,
+    inspect: Script,
+    recount: Script,
+    rebuild: Script,
 }
 
 impl Scripts {
@@ -49,6 +52,9 @@ impl Scripts {
             release: with_prelude(include_str!("../../lua/release.lua")),
             expire: with_prelude(include_str!("../../lua/expire.lua")),
             adjust_sale: with_prelude(include_str!("../../lua/adjust_sale.lua")),
+            inspect: with_prelude(include_str!("../../lua/inspect.lua")),
+            recount: with_prelude(include_str!("../../lua/recount.lua")),
+            rebuild: with_prelude(include_str!("../../lua/rebuild.lua")),
         }
     }
 }
@@ -132,6 +138,31 @@ pub struct Figures {
     pub sold: i64,
     pub ends_ms: i64,
     pub paused: bool,
+}
+
+/// A sale's figures in Redis at one moment, for reconcile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Inspection {
+    pub total: i64,
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+    /// Holds past their deadline by more than the grace period.
+    pub overdue_holds: i64,
+    /// Confirmed orders in the outbox, not yet flushed to Postgres.
+    pub outbox: i64,
+    pub dead_letters: i64,
+}
+
+/// What a rebuild restores: the sale as Postgres knows it.
+#[derive(Debug, Clone)]
+pub struct Restore<'a> {
+    pub def: &'a SaleDef,
+    pub total: i64,
+    pub ends_ms: i64,
+    pub paused: bool,
+    pub sold: i64,
+    pub per_customer: &'a [(String, i64)],
 }
 
 /// A reservation as the scripts store it (one field of the reservations hash).
@@ -584,5 +615,102 @@ impl Engine {
                 .map_err(|e| EngineError::Corrupt(format!("figures: {e}")))
         };
         Ok((figures(0)?, figures(1)?))
+    }
+
+    /// A consistent snapshot of the sale's figures; `None` when Redis does
+    /// not hold the sale.
+    pub async fn inspect(&self, sale_id: &str, grace_ms: i64) -> EngineResult<Option<Inspection>> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(
+                self.scripts
+                    .inspect
+                    .key(&k.sale)
+                    .key(&k.due)
+                    .key(&k.outbox)
+                    .key(&k.dead_letters)
+                    .arg(grace_ms),
+            )
+            .await?;
+        if r.word == "sale_not_found" {
+            return Ok(None);
+        }
+        let r = r.expect(&["ok"])?;
+        Ok(Some(Inspection {
+            total: r.int(0)?,
+            available: r.int(1)?,
+            held: r.int(2)?,
+            sold: r.int(3)?,
+            overdue_holds: r.int(4)?,
+            outbox: r.int(5)?,
+            dead_letters: r.int(6)?,
+        }))
+    }
+
+    /// Recomputes held, sold and the customers' counts from the reservation
+    /// records, with `total` from the schedule. `Ok(None)`: more units are
+    /// held and sold than the total, and nothing was changed.
+    pub async fn recount(&self, sale_id: &str, total: i64) -> EngineResult<Option<Stock>> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(Self::hold_call(&self.scripts.recount, &k).arg(total))
+            .await?
+            .expect(&["recounted", "overcommitted"])?;
+        self.soldout.forget(sale_id);
+        if r.word == "overcommitted" {
+            return Ok(None);
+        }
+        Ok(Some(Stock {
+            total: r.int(0)?,
+            available: r.int(1)?,
+            held: r.int(2)?,
+            sold: r.int(3)?,
+        }))
+    }
+
+    /// Replaces the sale's Redis state with `restore`, atomically. Refused
+    /// (`Err(outbox entries)`) while confirmed orders wait in the outbox.
+    pub async fn rebuild(&self, restore: &Restore<'_>) -> EngineResult<Result<Stock, i64>> {
+        let def = restore.def;
+        let k = self.keys(&def.id);
+        let json = serde_json::to_string(def)
+            .map_err(|e| EngineError::Corrupt(format!("sale definition: {e}")))?;
+        let mut conn = self.conn.clone();
+        let (registry, id) = (keys::registry(&self.prefix), def.id.clone());
+        self.bounded(async move { conn.sadd::<_, _, ()>(registry, id).await })
+            .await?;
+        let mut inv = Self::hold_call(&self.scripts.rebuild, &k);
+        inv.key(&k.outbox)
+            .arg(json)
+            .arg(restore.total)
+            .arg(crate::domain::to_ms(def.starts_at))
+            .arg(restore.ends_ms)
+            .arg(def.per_customer_limit)
+            .arg(i64::from(def.hold_seconds) * 1000)
+            .arg(def.price_cents)
+            .arg(&def.currency)
+            .arg(if restore.paused { "1" } else { "0" })
+            .arg(restore.sold);
+        for (customer, units) in restore.per_customer {
+            inv.arg(customer).arg(*units);
+        }
+        let r = self.run(&inv).await?;
+        self.soldout.forget(&def.id);
+        match r.word.as_str() {
+            "outbox_not_empty" => Ok(Err(r.int(0)?)),
+            "oversold" => Err(EngineError::Corrupt(format!(
+                "Postgres has more units sold than the total of sale {}",
+                def.id
+            ))),
+            _ => {
+                let r = r.expect(&["rebuilt"])?;
+                Ok(Ok(Stock {
+                    total: r.int(0)?,
+                    available: r.int(1)?,
+                    held: 0,
+                    sold: r.int(2)?,
+                }))
+            }
+        }
     }
 }

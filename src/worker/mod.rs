@@ -87,7 +87,15 @@ pub async fn flush_once(
 
 /// The flush loop: a pass every `flush_interval_ms` while there is work,
 /// backing off (capped, doubling) while Postgres or Redis is down.
-async fn flush_loop(settings: &Settings, engine: Engine, db: PgPool, stop: CancellationToken) {
+///
+/// `report` makes this loop the one that exports the backlog gauges.
+async fn flush_loop(
+    settings: &Settings,
+    engine: Engine,
+    db: PgPool,
+    stop: CancellationToken,
+    report: bool,
+) {
     let w = &settings.worker;
     let claim_idle = Duration::from_millis(w.claim_idle_ms);
     let outbox = outbox::Outbox::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
@@ -131,7 +139,7 @@ async fn flush_loop(settings: &Settings, engine: Engine, db: PgPool, stop: Cance
                 delay = (delay * 2).clamp(Duration::from_millis(100), max_backoff);
             }
         }
-        if last_gauges.elapsed() >= Duration::from_secs(1) {
+        if report && last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = Instant::now();
             if let Ok(ids) = engine.sale_ids().await {
                 let mut per_sale = Vec::with_capacity(ids.len());
@@ -146,10 +154,43 @@ async fn flush_loop(settings: &Settings, engine: Engine, db: PgPool, stop: Cance
     }
 }
 
+/// The light reconcile: every sale that is live now (or ended within the
+/// hour) is compared with Postgres, and its drift and stock exported as
+/// metrics, so drift alerts before anyone is paged. It repairs nothing.
+pub async fn reconcile_live(engine: &Engine, db: &PgPool) -> anyhow::Result<()> {
+    let now = time::OffsetDateTime::now_utc();
+    for def in store::sales(db).await? {
+        if def.starts_at > now || def.ends_at < now - time::Duration::hours(1) {
+            continue;
+        }
+        let report = crate::reconcile::inspect(engine, db, &def).await?;
+        crate::metrics::drift(&def.id, &report.drift);
+        if let Some(r) = &report.redis {
+            let stock = crate::domain::Stock {
+                total: r.total,
+                available: r.available,
+                held: r.held,
+                sold: r.sold,
+            };
+            crate::metrics::stock(&def.id, &stock);
+        }
+        if !report.drift.is_empty() {
+            let kinds: Vec<&str> = report.drift.iter().map(|d| d.word()).collect();
+            tracing::warn!(sale_id = %def.id, drift = ?kinds, "reconcile found drift");
+        }
+    }
+    Ok(())
+}
+
 /// Runs the background loops until `stop` is cancelled. Failures are logged
 /// once per change of state (down, then back up), not once per attempt.
 pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: CancellationToken) {
-    let flush = flush_loop(settings, engine.clone(), db.clone(), stop.clone());
+    // Several consumers per worker: one reads and acknowledges in Redis while
+    // another writes to Postgres (the group never hands both the same entry).
+    let flush = futures::future::join_all(
+        (0..settings.worker.flush_consumers)
+            .map(|i| flush_loop(settings, engine.clone(), db.clone(), stop.clone(), i == 0)),
+    );
     let reaper = {
         let engine = engine.clone();
         let every = Duration::from_millis(settings.worker.reaper_interval_ms);
@@ -158,6 +199,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             let engine = engine.clone();
             async move {
                 let r = reap_once(&engine, batch).await?;
+                crate::metrics::reaped(r.expired);
                 if r.expired > 0 {
                     tracing::info!(expired = r.expired, "reaped expired holds");
                 }
@@ -167,12 +209,20 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
     };
     let loader = {
         let every = Duration::from_millis(settings.worker.loader_interval_ms);
+        let (engine, db) = (engine.clone(), db.clone());
         every_tick("loader", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
             async move { load_pending_sales(&engine, &db).await.map(drop) }
         })
     };
-    tokio::join!(flush, reaper, loader);
+    let reconciler = {
+        let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
+        every_tick("reconcile", every, stop.clone(), move || {
+            let (engine, db) = (engine.clone(), db.clone());
+            async move { reconcile_live(&engine, &db).await }
+        })
+    };
+    tokio::join!(flush, reaper, loader, reconciler);
 }
 
 async fn every_tick<F, Fut, E>(name: &str, every: Duration, stop: CancellationToken, mut step: F)

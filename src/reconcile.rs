@@ -1,0 +1,334 @@
+//! On-call's view: do Redis and Postgres agree about each sale, and if not,
+//! what kind of drift is it and what can be repaired safely.
+//!
+//! `flashsale reconcile` reports; `--apply` repairs what is safe while the
+//! gateways serve (reap overdue holds, flush the outbox, recount counters
+//! from the reservation records, rebuild a sale Redis lost); `--rebuild`
+//! restores a sale from Postgres after Redis lost its data.
+
+use std::time::Duration;
+
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::domain::{to_ms, SaleDef, Stock};
+use crate::engine::{Engine, EngineError, Inspection, Restore};
+use crate::store::{self, Ledger, StoreError};
+use crate::worker::outbox::{FlushError, Outbox};
+
+/// Holds this far past their deadline count as not reaped (the reaper's
+/// promise is one second).
+pub const GRACE_MS: i64 = 1000;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Drift {
+    /// The sale is scheduled in Postgres but Redis does not hold it.
+    MissingInRedis,
+    /// available + held + sold != total, or a counter below zero.
+    CountersDoNotAddUp,
+    /// Redis's total differs from the schedule plus its adjustments.
+    TotalDiffers { redis: i64, scheduled: i64 },
+    /// Holds past their deadline that the reaper has not returned.
+    HoldsNotReaped { holds: i64 },
+    /// Confirmed orders still in the outbox, not yet in Postgres.
+    OrdersNotInPostgres { orders: i64 },
+    /// Units ordered in Postgres that Redis does not count as sold.
+    OrdersNotCountedAsSold { units: i64 },
+    /// Units Redis counts as sold with no order in Postgres or the outbox.
+    SoldWithoutOrder { units: i64 },
+    /// Outbox entries Postgres rejected for good: they need a human.
+    DeadLetters { entries: i64 },
+}
+
+impl Drift {
+    pub fn word(&self) -> &'static str {
+        match self {
+            Drift::MissingInRedis => "missing_in_redis",
+            Drift::CountersDoNotAddUp => "counters_do_not_add_up",
+            Drift::TotalDiffers { .. } => "total_differs",
+            Drift::HoldsNotReaped { .. } => "holds_not_reaped",
+            Drift::OrdersNotInPostgres { .. } => "orders_not_in_postgres",
+            Drift::OrdersNotCountedAsSold { .. } => "orders_not_counted_as_sold",
+            Drift::SoldWithoutOrder { .. } => "sold_without_order",
+            Drift::DeadLetters { .. } => "dead_letters",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SaleReport {
+    pub sale_id: String,
+    pub redis: Option<Inspection>,
+    pub postgres: Ledger,
+    pub drift: Vec<Drift>,
+    /// What `--apply` or `--rebuild` did.
+    pub repairs: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ReconcileError {
+    #[error(transparent)]
+    Redis(#[from] EngineError),
+    #[error(transparent)]
+    Postgres(#[from] StoreError),
+    #[error(transparent)]
+    Flush(#[from] FlushError),
+    #[error("no sale `{0}` in Postgres")]
+    UnknownSale(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Compares one sale's figures in Redis and Postgres.
+pub async fn inspect(
+    engine: &Engine,
+    db: &PgPool,
+    def: &SaleDef,
+) -> Result<SaleReport, ReconcileError> {
+    let redis = engine.inspect(&def.id, GRACE_MS).await?;
+    let pg = store::ledger(db, def).await?;
+    let mut drift = Vec::new();
+    match &redis {
+        None => drift.push(Drift::MissingInRedis),
+        Some(r) => {
+            if r.available + r.held + r.sold != r.total
+                || r.available < 0
+                || r.held < 0
+                || r.sold < 0
+            {
+                drift.push(Drift::CountersDoNotAddUp);
+            }
+            if r.total != pg.scheduled_total {
+                drift.push(Drift::TotalDiffers {
+                    redis: r.total,
+                    scheduled: pg.scheduled_total,
+                });
+            }
+            if r.overdue_holds > 0 {
+                drift.push(Drift::HoldsNotReaped {
+                    holds: r.overdue_holds,
+                });
+            }
+            if r.outbox > 0 {
+                drift.push(Drift::OrdersNotInPostgres { orders: r.outbox });
+            }
+            if pg.order_units > r.sold {
+                drift.push(Drift::OrdersNotCountedAsSold {
+                    units: pg.order_units - r.sold,
+                });
+            } else if r.outbox == 0 && r.dead_letters == 0 && r.sold > pg.order_units {
+                drift.push(Drift::SoldWithoutOrder {
+                    units: r.sold - pg.order_units,
+                });
+            }
+            if r.dead_letters > 0 {
+                drift.push(Drift::DeadLetters {
+                    entries: r.dead_letters,
+                });
+            }
+        }
+    }
+    Ok(SaleReport {
+        sale_id: def.id.clone(),
+        redis,
+        postgres: pg,
+        drift,
+        repairs: Vec::new(),
+    })
+}
+
+/// Repairs what is safe while gateways keep serving, then inspects again.
+/// Dead letters and units sold without an order are left for a human.
+pub async fn apply(
+    engine: &Engine,
+    db: &PgPool,
+    outbox: &Outbox,
+    def: &SaleDef,
+    report: SaleReport,
+) -> Result<SaleReport, ReconcileError> {
+    let mut repairs = Vec::new();
+    for d in &report.drift {
+        match d {
+            Drift::MissingInRedis => {
+                let s = rebuild(engine, db, outbox, def).await?;
+                repairs.push(format!(
+                    "rebuilt from Postgres: total {} sold {} available {}",
+                    s.total, s.sold, s.available
+                ));
+                break; // a rebuild settles every other figure
+            }
+            Drift::HoldsNotReaped { .. } => {
+                let mut n = 0;
+                loop {
+                    let (expired, more) = engine.expire_due(&def.id, 1000).await?;
+                    n += expired;
+                    if !more {
+                        break;
+                    }
+                }
+                repairs.push(format!("returned {n} overdue holds to stock"));
+            }
+            Drift::OrdersNotInPostgres { .. } => {
+                let done = outbox.flush_sale(&def.id, true).await?;
+                repairs.push(format!("flushed {} orders to Postgres", done.orders));
+            }
+            _ => {}
+        }
+    }
+    let needs_recount = report.drift.iter().any(|d| {
+        matches!(
+            d,
+            Drift::CountersDoNotAddUp
+                | Drift::TotalDiffers { .. }
+                | Drift::OrdersNotCountedAsSold { .. }
+        )
+    });
+    if needs_recount && !repairs.iter().any(|r| r.starts_with("rebuilt")) {
+        let ledger = store::ledger(db, def).await?;
+        match engine.recount(&def.id, ledger.scheduled_total).await? {
+            Some(s) => repairs.push(format!(
+                "recounted from the reservation records: total {} available {} held {} sold {}",
+                s.total, s.available, s.held, s.sold
+            )),
+            None => repairs.push("NOT recounted: more units held and sold than the total".into()),
+        }
+        // Orders Postgres has but Redis has no record of: Redis lost them.
+        let after = inspect(engine, db, def).await?;
+        if after
+            .drift
+            .iter()
+            .any(|d| matches!(d, Drift::OrdersNotCountedAsSold { .. }))
+        {
+            repairs.push(format!(
+                "orders in Postgres are unknown to Redis: run `flashsale reconcile --rebuild --sale {}`",
+                def.id
+            ));
+        }
+    }
+    let mut after = inspect(engine, db, def).await?;
+    after.repairs = repairs;
+    Ok(after)
+}
+
+/// Restores a sale's Redis state from Postgres: total from the schedule and
+/// its adjustments, sold from the orders, available = total - sold, held = 0.
+/// Orders still waiting in the outbox are flushed first; the rebuild script
+/// refuses to run while any remain, so `sold` never misses one.
+pub async fn rebuild(
+    engine: &Engine,
+    db: &PgPool,
+    outbox: &Outbox,
+    def: &SaleDef,
+) -> Result<Stock, ReconcileError> {
+    for _ in 0..20 {
+        outbox.flush_sale(&def.id, true).await?;
+        let ledger = store::ledger(db, def).await?;
+        let per_customer = store::units_per_customer(db, &def.id).await?;
+        let restore = Restore {
+            def,
+            total: ledger.scheduled_total,
+            ends_ms: to_ms(ledger.ends_at),
+            paused: ledger.paused,
+            sold: ledger.order_units,
+            per_customer: &per_customer,
+        };
+        match engine.rebuild(&restore).await? {
+            Ok(stock) => {
+                tracing::warn!(sale_id = %def.id, ?stock, "sale rebuilt from Postgres");
+                return Ok(stock);
+            }
+            // Confirms landed between the flush and the rebuild: again.
+            Err(_pending) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    Err(ReconcileError::Refused(format!(
+        "sale {}: the outbox never stayed empty long enough to rebuild; stop confirms or the worker's errors first",
+        def.id
+    )))
+}
+
+/// The sales to look at: one, or every scheduled sale.
+pub async fn sales(db: &PgPool, only: Option<&str>) -> Result<Vec<SaleDef>, ReconcileError> {
+    match only {
+        Some(id) => Ok(vec![store::sale(db, id)
+            .await?
+            .ok_or_else(|| ReconcileError::UnknownSale(id.to_string()))?]),
+        None => Ok(store::sales(db).await?),
+    }
+}
+
+/// The human-readable table.
+pub fn render(reports: &[SaleReport]) -> String {
+    let mut out = format!(
+        "{:<24} {:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>5} | {:>9} {:>7} {:>7}\n",
+        "sale",
+        "available",
+        "held",
+        "sold",
+        "total",
+        "overdue",
+        "outbox",
+        "dead",
+        "scheduled",
+        "orders",
+        "units"
+    );
+    for r in reports {
+        let p = &r.postgres;
+        let redis = match &r.redis {
+            Some(i) => format!(
+                "{:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>5}",
+                i.available, i.held, i.sold, i.total, i.overdue_holds, i.outbox, i.dead_letters
+            ),
+            None => format!("{:>56}", "(not in Redis)"),
+        };
+        out.push_str(&format!(
+            "{:<24} {redis} | {:>9} {:>7} {:>7}\n",
+            r.sale_id, p.scheduled_total, p.orders, p.order_units
+        ));
+        for d in &r.drift {
+            out.push_str(&format!("  drift: {} {}\n", d.word(), describe(d)));
+        }
+        for repair in &r.repairs {
+            out.push_str(&format!("  repaired: {repair}\n"));
+        }
+    }
+    let drifting = reports.iter().filter(|r| !r.drift.is_empty()).count();
+    out.push_str(&if drifting == 0 {
+        format!("{} sales, Redis and Postgres agree\n", reports.len())
+    } else {
+        format!("{} sales, {drifting} with drift\n", reports.len())
+    });
+    out
+}
+
+fn describe(d: &Drift) -> String {
+    match d {
+        Drift::MissingInRedis => {
+            "the sale is scheduled in Postgres but Redis does not hold it (repair: --rebuild)"
+                .into()
+        }
+        Drift::CountersDoNotAddUp => {
+            "available + held + sold != total (repair: --apply recounts)".into()
+        }
+        Drift::TotalDiffers { redis, scheduled } => {
+            format!("Redis total {redis}, schedule plus adjustments {scheduled} (repair: --apply recounts)")
+        }
+        Drift::HoldsNotReaped { holds } => {
+            format!("{holds} holds over a second past their deadline (repair: --apply)")
+        }
+        Drift::OrdersNotInPostgres { orders } => {
+            format!("{orders} confirmed orders not yet in Postgres (is a worker running? repair: --apply flushes)")
+        }
+        Drift::OrdersNotCountedAsSold { units } => {
+            format!("{units} units ordered in Postgres not counted as sold in Redis")
+        }
+        Drift::SoldWithoutOrder { units } => {
+            format!("{units} units sold in Redis with no order anywhere")
+        }
+        Drift::DeadLetters { entries } => {
+            format!("{entries} orders Postgres rejected; see the sale's dead-letter stream")
+        }
+    }
+}
