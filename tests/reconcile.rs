@@ -151,7 +151,7 @@ async fn a_storm_after_a_rebuild_never_sells_more_than_total_minus_sold() {
         let (rid, t) = hold(&app, &sale, &format!("early-{i}")).await;
         assert_eq!(app.confirm(&rid, &t).await.status, 200);
     }
-    let (lost_hold, lost_token) = hold(&app, &sale, &"loser".to_string()).await;
+    let (lost_hold, lost_token) = hold(&app, &sale, "loser").await;
     app.wait_for_orders(&sale, 30, 10).await;
 
     let mut conn = app.engine.connection();
