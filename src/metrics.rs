@@ -45,6 +45,17 @@ pub fn render() -> String {
     }
 }
 
+/// One HTTP request's latency, by route pattern, method and status.
+pub fn request(route: &str, method: &str, status: u16, took: Duration) {
+    histogram!(
+        "flashsale_http_request_seconds",
+        "route" => route.to_owned(),
+        "method" => method.to_owned(),
+        "status" => status.to_string()
+    )
+    .record(took.as_secs_f64());
+}
+
 /// One reserve's outcome: `held` or the contract code it was refused with.
 pub fn reserved(outcome: &'static str) {
     counter!("flashsale_reservations_total", "outcome" => outcome).increment(1);

@@ -261,6 +261,8 @@ async fn poison_entries_go_to_the_dead_letters_and_the_rest_flush() {
         "flashsale_dead_letters_total",
         "flashsale_flush_seconds_bucket",
         "flashsale_flush_batch_size_bucket",
+        "flashsale_http_request_seconds_bucket{route=\"/v1/sales/{sale_id}/reservations\"",
+        "flashsale_reservations_total{outcome=\"held\"}",
     ] {
         assert!(text.contains(name), "/metrics lacks {name}");
     }
