@@ -25,14 +25,15 @@
 //!   --target always=redis://127.0.0.1:7303
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
-use time::OffsetDateTime;
 
-use flashsale::domain::{from_ms, to_ms, SaleDef};
 use flashsale::engine::{Engine, ReserveRequest};
 
 #[derive(Debug, Parser)]
@@ -81,11 +82,7 @@ struct Run {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n);
-    }
-    rt.enable_all().build()?.block_on(run_and_clean(args))
+    support::runtime(args.threads)?.block_on(run_and_clean(args))
 }
 
 async fn run_and_clean(args: Args) -> anyhow::Result<()> {
@@ -125,7 +122,7 @@ async fn run_and_clean(args: Args) -> anyhow::Result<()> {
     let outcome = bench(&args, &targets).await;
     let mut cleaned = Ok(());
     for t in &targets {
-        if let Err(e) = delete_prefix(&t.engine, &prefix).await {
+        if let Err(e) = support::delete_prefix(&t.engine, &prefix).await {
             cleaned = Err(e.context(format!("cleaning {}", t.url)));
         }
     }
@@ -177,7 +174,11 @@ async fn bench(args: &Args, targets: &[Target]) -> anyhow::Result<Vec<Run>> {
 async fn run_once(args: &Args, t: &Target, round: usize) -> anyhow::Result<Run> {
     let engine = &t.engine;
     let n = args.holds;
-    let def = sale_def(&format!("confirm-{}", short_id()), n);
+    let def = support::sale_def(
+        &format!("confirm-{}", support::short_id()),
+        n,
+        "confirm durability benchmark",
+    );
     let sale_id = def.id.as_str();
     engine.create_sale(&def).await?;
 
@@ -261,68 +262,8 @@ async fn run_once(args: &Args, t: &Target, round: usize) -> anyhow::Result<Run> 
     })
 }
 
-fn sale_def(id: &str, stock: usize) -> SaleDef {
-    let now = from_ms(to_ms(OffsetDateTime::now_utc()));
-    SaleDef {
-        id: id.to_string(),
-        sku: "BENCH-CONFIRM".into(),
-        name: "confirm durability benchmark".into(),
-        price_cents: 100,
-        currency: "IDR".into(),
-        stock: stock as i64,
-        starts_at: now - time::Duration::minutes(1),
-        ends_at: now + time::Duration::days(1),
-        per_customer_limit: 10,
-        hold_seconds: 3600,
-    }
-}
-
-fn short_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
-async fn delete_prefix(engine: &Engine, prefix: &str) -> anyhow::Result<()> {
-    let mut conn = engine.connection();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .context("SCAN")?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<()>(&mut conn)
-                .await
-                .context("DEL")?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
 fn ms(us: u64) -> f64 {
     us as f64 / 1000.0
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
 }
 
 fn print_tables(args: &Args, targets: &[Target], runs: &[Run]) {
@@ -350,7 +291,7 @@ fn print_tables(args: &Args, targets: &[Target], runs: &[Run]) {
         );
     }
     let of = |label: &str, f: fn(&Run) -> f64| -> f64 {
-        median(runs.iter().filter(|r| r.label == label).map(f).collect())
+        support::median(runs.iter().filter(|r| r.label == label).map(f).collect())
     };
     let base_rate = of(&targets[0].label, |r| r.confirms_per_s);
     let base_p99 = of(&targets[0].label, |r| ms(r.p99_us));

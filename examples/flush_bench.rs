@@ -36,6 +36,9 @@
 //! target/release/examples/flush_bench --orders 100000 --batch 500,1000,5000 --rounds 2
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context};
@@ -136,11 +139,7 @@ impl Run {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n);
-    }
-    rt.enable_all().build()?.block_on(run_and_clean(args))
+    support::runtime(args.threads)?.block_on(run_and_clean(args))
 }
 
 async fn run_and_clean(args: Args) -> anyhow::Result<()> {
@@ -174,7 +173,7 @@ async fn run_and_clean(args: Args) -> anyhow::Result<()> {
     eprintln!("key prefix {prefix}, database {}", args.database_url);
 
     let outcome = bench(&args, &engine, &db).await;
-    let cleaned = delete_prefix(&engine, &prefix).await;
+    let cleaned = support::delete_prefix(&engine, &prefix).await;
     db.close().await;
     let runs = outcome?;
     cleaned?;
@@ -227,7 +226,11 @@ async fn bench(args: &Args, engine: &Engine, db: &PgPool) -> anyhow::Result<Vec<
     }
 
     // The baseline's orders belong to a sale of their own.
-    let base_sale = sale_def(&format!("base-{}", short_id()), args.baseline_orders);
+    let base_sale = support::sale_def(
+        &format!("base-{}", support::short_id()),
+        args.baseline_orders,
+        "outbox flush benchmark",
+    );
     store::insert_sale(db, &base_sale).await?;
 
     let mut runs = Vec::new();
@@ -274,7 +277,11 @@ async fn flush_case(
     round: usize,
 ) -> anyhow::Result<Run> {
     let n = args.orders;
-    let def = sale_def(&format!("flush-{}", short_id()), n);
+    let def = support::sale_def(
+        &format!("flush-{}", support::short_id()),
+        n,
+        "outbox flush benchmark",
+    );
     let sale_id = def.id.clone();
     // Postgres first (orders reference sales), then Redis, as the API does.
     store::insert_sale(db, &def).await?;
@@ -499,26 +506,6 @@ fn synth_orders(sale: &SaleDef, n: usize) -> Vec<NewOrder> {
         .collect()
 }
 
-fn sale_def(id: &str, stock: usize) -> SaleDef {
-    let now = from_ms(to_ms(OffsetDateTime::now_utc()));
-    SaleDef {
-        id: id.to_string(),
-        sku: "BENCH-FLUSH".into(),
-        name: "outbox flush benchmark".into(),
-        price_cents: 100,
-        currency: "IDR".into(),
-        stock: stock as i64,
-        starts_at: now - time::Duration::minutes(1),
-        ends_at: now + time::Duration::days(1),
-        per_customer_limit: 10,
-        hold_seconds: 3600,
-    }
-}
-
-fn short_id() -> String {
-    uuid::Uuid::new_v4().simple().to_string()[..12].to_string()
-}
-
 /// Frees the memory of a flushed sale before the next case.
 async fn delete_sale(engine: &Engine, sale_id: &str) -> anyhow::Result<()> {
     let keys = engine.keys(sale_id);
@@ -530,49 +517,8 @@ async fn delete_sale(engine: &Engine, sale_id: &str) -> anyhow::Result<()> {
         .context("DEL of the sale's keys")
 }
 
-/// Every key under the run's private prefix (sales, registry, idempotency).
-async fn delete_prefix(engine: &Engine, prefix: &str) -> anyhow::Result<()> {
-    let mut conn = engine.connection();
-    let mut cursor: u64 = 0;
-    loop {
-        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
-            .arg(cursor)
-            .arg("MATCH")
-            .arg(format!("{prefix}:*"))
-            .arg("COUNT")
-            .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .context("SCAN")?;
-        if !keys.is_empty() {
-            redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<()>(&mut conn)
-                .await
-                .context("DEL")?;
-        }
-        if next == 0 {
-            return Ok(());
-        }
-        cursor = next;
-    }
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n == 0 {
-        return 0.0;
-    }
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn print_tables(args: &Args, runs: &[Run]) {
-    let base = median(
+    let base = support::median(
         runs.iter()
             .filter(|r| r.case == Case::OneByOne)
             .map(Run::rate)
@@ -618,8 +564,8 @@ fn print_tables(args: &Args, runs: &[Run]) {
         }
         seen.push(r.case);
         let of: Vec<&Run> = runs.iter().filter(|x| x.case == r.case).collect();
-        let rate = median(of.iter().map(|x| x.rate()).collect());
-        let secs = median(of.iter().map(|x| x.secs).collect());
+        let rate = support::median(of.iter().map(|x| x.rate()).collect());
+        let secs = support::median(of.iter().map(|x| x.secs).collect());
         println!(
             "| {} | {} | {:.2} | {:.0} | {:.1} | {:.1}{} |",
             r.case.name(),
@@ -638,7 +584,7 @@ fn print_tables(args: &Args, runs: &[Run]) {
         .copied();
     for case in flush_cases {
         let of: Vec<&Run> = runs.iter().filter(|x| x.case == case).collect();
-        let rate = median(of.iter().map(|x| x.rate()).collect());
+        let rate = support::median(of.iter().map(|x| x.rate()).collect());
         let worst = of.iter().map(|x| x.secs).fold(0.0, f64::max);
         let ok = rate / base >= 20.0 && worst < 10.0 && n >= 100_000;
         println!(

@@ -27,6 +27,9 @@
 //! target/release/examples/redis_conn --requests 200000 --concurrency 64 --rounds 3
 //! ```
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -168,11 +171,7 @@ fn with_prelude(body: &str) -> Script {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let mut rt = tokio::runtime::Builder::new_multi_thread();
-    if let Some(n) = args.threads {
-        rt.worker_threads(n);
-    }
-    rt.enable_all().build()?.block_on(run_and_clean(args))
+    support::runtime(args.threads)?.block_on(run_and_clean(args))
 }
 
 async fn run_and_clean(args: Args) -> anyhow::Result<()> {
@@ -549,16 +548,6 @@ fn ms(us: u32) -> f64 {
     f64::from(us) / 1000.0
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    let n = v.len();
-    if n % 2 == 1 {
-        v[n / 2]
-    } else {
-        (v[n / 2 - 1] + v[n / 2]) / 2.0
-    }
-}
-
 fn print_tables(args: &Args, modes: &[Mode], stats: &[RunStats]) {
     println!();
     println!(
@@ -588,7 +577,7 @@ fn print_tables(args: &Args, modes: &[Mode], stats: &[RunStats]) {
     println!("|---|---:|---:|---:|---:|---:|");
     for m in modes {
         let of: Vec<&RunStats> = stats.iter().filter(|s| s.mode == m.name).collect();
-        let col = |f: fn(&RunStats) -> f64| median(of.iter().map(|s| f(s)).collect());
+        let col = |f: fn(&RunStats) -> f64| support::median(of.iter().map(|s| f(s)).collect());
         let lo = of.iter().map(|s| s.rps).fold(f64::INFINITY, f64::min);
         let hi = of.iter().map(|s| s.rps).fold(0.0, f64::max);
         println!(

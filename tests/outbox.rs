@@ -245,17 +245,7 @@ async fn poison_entries_go_to_the_dead_letters_and_the_rest_flush() {
     assert_eq!(app.outbox_len(&sale).await, 0);
     assert_eq!(pending(&app, &sale).await, 0);
 
-    let metrics = app.get("/metrics", None).await;
-    assert_eq!(metrics.status, 200);
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for name in [
         "flashsale_orders_flushed_total",
         "flashsale_dead_letters_total",

@@ -51,15 +51,7 @@ async fn a_greedy_customer_gets_429s_while_another_is_served() {
     app.confirm(&rid, &greedy)
         .await
         .assert_problem(429, "rate_limited");
-    let text = app
-        .http
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     assert!(text.contains("flashsale_reservations_total{outcome=\"rate_limited\"}"));
 }
 

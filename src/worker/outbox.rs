@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::domain::from_ms;
-use crate::engine::{Engine, EngineError, SaleKeys};
+use crate::engine::{text, Engine, EngineError, SaleKeys};
 use crate::store::{self, NewOrder};
 
 /// The consumer group every worker joins on every outbox stream.
@@ -350,15 +350,6 @@ fn entries(v: Value) -> Vec<Entry> {
             })
         })
         .collect()
-}
-
-fn text(v: &Value) -> Option<String> {
-    match v {
-        Value::BulkString(b) => String::from_utf8(b.clone()).ok(),
-        Value::SimpleString(s) => Some(s.clone()),
-        Value::Int(i) => Some(i.to_string()),
-        _ => None,
-    }
 }
 
 /// An outbox entry as confirm.lua writes it; anything else is poison.

@@ -301,6 +301,13 @@ impl TestApp {
         }
     }
 
+    /// The `/metrics` text.
+    pub async fn metrics_text(&self) -> String {
+        let res = self.http.get(self.url("/metrics")).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
     /// Stops the gateway and waits for it to drain.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
