@@ -68,6 +68,10 @@ missing=()
 cc_links || missing+=(gcc libc6-dev)
 have redis-server && have redis-cli || missing+=(redis-server)
 _fs_pg_bindir >/dev/null || missing+=(postgresql)
+# The browser tests drive Debian's Chromium (test.sh asks for it; the demo does not).
+if [ "${FLASHSALE_WITH_BROWSER:-0}" = 1 ]; then
+  have chromium && have chromedriver || missing+=(chromium chromium-driver)
+fi
 
 if ((${#missing[@]})); then
   have apt-get || die "missing ${missing[*]} and no apt-get here: install them with your package manager"

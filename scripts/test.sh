@@ -6,7 +6,9 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 # Exports FLASHSALE_STATE and puts initdb/pg_ctl/postgres on PATH: some tests
-# start private servers, and Debian keeps those binaries out of PATH.
+# start private servers, and Debian keeps those binaries out of PATH. The
+# browser tests need Debian's chromium and chromedriver: installed if missing.
+export FLASHSALE_WITH_BROWSER=1
 source scripts/services.sh
 
 # Test databases (flashsale_test_*) left by earlier runs that were killed. No

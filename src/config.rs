@@ -163,6 +163,17 @@ impl Settings {
         if self.http.body_limit_bytes < 256 {
             return bad("http.body_limit_bytes", "must be at least 256");
         }
+        for origin in &self.http.cors_allowed_origins {
+            let ok = (origin.starts_with("https://") || origin.starts_with("http://"))
+                && !origin.trim_end_matches('/').contains(['?', '#', ' '])
+                && origin.splitn(4, '/').nth(3).is_none_or(str::is_empty);
+            if !ok {
+                return bad(
+                    "http.cors_allowed_origins",
+                    &format!("`{origin}` is not an origin such as https://shop.example"),
+                );
+            }
+        }
         if self.redis.timeout_ms == 0 {
             return bad("redis.timeout_ms", "must be above 0");
         }

@@ -9,8 +9,10 @@ mod auth;
 mod error;
 mod extract;
 mod health;
+mod pages;
 mod reservations;
 mod sales;
+mod stream;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +39,7 @@ pub struct AppState {
     pub db: PgPool,
     pub auth: Arc<Auth>,
     pub limits: Arc<Limits>,
+    pub live: crate::engine::live::Live,
     pub settings: Arc<Settings>,
 }
 
@@ -52,6 +55,7 @@ impl AppState {
             engine,
             db,
             limits,
+            live: Default::default(),
             settings,
         }
     }
@@ -72,9 +76,20 @@ pub(crate) async fn db_call<T, E: Into<ApiError>>(
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.http.body_limit_bytes;
     let request_id = axum::http::HeaderName::from_static("x-request-id");
+    let pages = if state.settings.http.pages {
+        Router::new()
+            .route("/sales/{sale_id}", get(pages::sale))
+            .route("/ops", get(pages::ops))
+    } else {
+        Router::new()
+    };
+    let cors = cors(&state.settings.http.cors_allowed_origins);
     Router::new()
+        .merge(pages)
+        .route("/openapi.json", get(pages::openapi))
         .route("/v1/sales", post(sales::create).get(sales::list))
         .route("/v1/sales/{sale_id}", get(sales::get).patch(sales::patch))
+        .route("/v1/sales/{sale_id}/stream", get(stream::stream))
         .route(
             "/v1/sales/{sale_id}/reservations",
             post(reservations::reserve),
@@ -107,9 +122,32 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
             }),
         )
+        .layer(tower::util::option_layer(cors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
         .with_state(state)
+}
+
+/// Browsers on the configured origins may call every path with the headers
+/// the API uses, and read `Retry-After`. No origins: no CORS layer at all.
+fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
+    use axum::http::{header, HeaderName, HeaderValue, Method};
+    if origins.is_empty() {
+        return None;
+    }
+    let allowed: Vec<HeaderValue> = origins.iter().filter_map(|o| o.parse().ok()).collect();
+    Some(
+        tower_http::cors::CorsLayer::new()
+            .allow_origin(allowed)
+            .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE])
+            .allow_headers([
+                header::AUTHORIZATION,
+                header::CONTENT_TYPE,
+                HeaderName::from_static("idempotency-key"),
+            ])
+            .expose_headers([header::RETRY_AFTER])
+            .max_age(std::time::Duration::from_secs(600)),
+    )
 }
 
 /// Request latency by route (the matched pattern, not the raw path, so the

@@ -10,6 +10,7 @@
 //! faster than a pool of connections (see README, "Redis connection").
 
 pub mod keys;
+pub mod live;
 pub mod soldout;
 
 use std::sync::Arc;

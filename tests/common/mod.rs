@@ -6,6 +6,7 @@
 //! URL without a database) point the tests elsewhere.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod proxy;
 pub mod redis_server;
 

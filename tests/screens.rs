@@ -1,0 +1,328 @@
+//! What buyers and on-call see: the live stock stream, server time, the
+//! OpenAPI document, CORS, and the two pages driven in a real (headless)
+//! Chromium.
+
+mod common;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use common::browser::Browser;
+use common::redis_server::PrivateRedis;
+use common::*;
+use serde_json::{json, Value};
+
+/// Reads one SSE stream until `done` says so (or `within` passes); returns the
+/// `stock` events' data in order.
+async fn read_events(
+    http: &reqwest::Client,
+    url: &str,
+    within: Duration,
+    done: impl Fn(&Value) -> bool,
+) -> Vec<(Instant, Value)> {
+    let res = http.get(url).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    let mut res = res;
+    let (mut buf, mut events) = (String::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + within;
+    while let Ok(Ok(Some(chunk))) = tokio::time::timeout_at(deadline, res.chunk()).await {
+        buf.push_str(&String::from_utf8_lossy(&chunk));
+        while let Some(end) = buf.find("\n\n") {
+            let block: String = buf.drain(..end + 2).collect();
+            if let Some(data) = block.lines().find_map(|l| l.strip_prefix("data: ")) {
+                assert!(block.contains("event: stock"), "{block}");
+                let v: Value = serde_json::from_str(data).unwrap();
+                let stop = done(&v);
+                events.push((Instant::now(), v));
+                if stop {
+                    return events;
+                }
+            }
+        }
+    }
+    events
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thousand_streams_see_sold_out_within_a_second_on_one_poller() {
+    let redis = PrivateRedis::start();
+    let mut settings = test_settings();
+    settings.redis.url = redis.url();
+    // No worker: its scripts would blur the count of the pollers' calls.
+    let app = spawn_with_settings(settings, false, true).await;
+    let sale = app.live_sale(50, 1, 600).await;
+    let url = app.url(&format!("/v1/sales/{sale}/stream"));
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+
+    let connected = AtomicUsize::new(0);
+    let streams = futures::future::join_all((0..1000).map(|_| {
+        let (http, url, connected) = (&http, &url, &connected);
+        async move {
+            let first_seen = std::sync::atomic::AtomicBool::new(false);
+            read_events(http, url, Duration::from_secs(20), |v| {
+                if !first_seen.swap(true, Ordering::SeqCst) {
+                    connected.fetch_add(1, Ordering::SeqCst);
+                }
+                v["status"] == "sold_out"
+            })
+            .await
+        }
+    }));
+    let storm = async {
+        while connected.load(Ordering::SeqCst) < 1000 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let calls_before = redis.calls("evalsha").await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let idle_calls = redis.calls("evalsha").await - calls_before;
+        // One poller for the sale (10 reads a second), not one per browser.
+        assert!(
+            idle_calls <= 15,
+            "{idle_calls} script calls in an idle second"
+        );
+        let answers = futures::future::join_all((0..300).map(|i| {
+            let (app, sale) = (&app, &sale);
+            async move {
+                (
+                    app.reserve(sale, &app.token(&format!("s{i}")), 1)
+                        .await
+                        .status,
+                    Instant::now(),
+                )
+            }
+        }))
+        .await;
+        // The last unit went at the latest when the last 201 came back.
+        answers
+            .iter()
+            .filter(|(s, _)| *s == 201)
+            .map(|(_, t)| *t)
+            .max()
+            .unwrap()
+    };
+    let (events, sold_out_at) = tokio::join!(streams, storm);
+    for e in &events {
+        let (seen_at, last) = e.last().unwrap();
+        assert_eq!(last["status"], "sold_out", "{last}");
+        assert_eq!(last["stock"]["available"], 0);
+        let lag = seen_at.saturating_duration_since(sold_out_at);
+        assert!(
+            lag < Duration::from_secs(1),
+            "saw sold_out {lag:?} after the last unit"
+        );
+        // Milliseconds in server_time, and events in order.
+        assert!(last["server_time"].as_str().unwrap().len() == 24);
+        let avail: Vec<i64> = e
+            .iter()
+            .map(|(_, v)| v["stock"]["available"].as_i64().unwrap())
+            .collect();
+        assert!(avail.windows(2).all(|w| w[1] <= w[0]), "{avail:?}");
+    }
+    drop(events);
+    // Everyone gone: the poller stops, and streaming costs Redis nothing.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let before = redis.calls("evalsha").await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        redis.calls("evalsha").await,
+        before,
+        "a poller outlived its browsers"
+    );
+}
+
+#[tokio::test]
+async fn the_openapi_document_names_every_contract_path() {
+    let app = spawn_app().await;
+    let a = app.get("/openapi.json", None).await;
+    assert_eq!(a.status, 200);
+    assert!(a.body["openapi"].as_str().unwrap().starts_with("3.1"));
+    for path in [
+        "/v1/sales",
+        "/v1/sales/{sale_id}",
+        "/v1/sales/{sale_id}/stream",
+        "/v1/sales/{sale_id}/reservations",
+        "/v1/reservations/{id}",
+        "/v1/reservations/{id}/confirm",
+        "/healthz",
+        "/readyz",
+        "/metrics",
+        "/openapi.json",
+        "/sales/{sale_id}",
+        "/ops",
+    ] {
+        assert!(a.body["paths"][path].is_object(), "{path} is missing");
+    }
+}
+
+#[tokio::test]
+async fn cors_lets_configured_origins_in_and_no_others() {
+    let app =
+        spawn_app_with(|s| s.http.cors_allowed_origins = vec!["https://shop.example".into()]).await;
+    let sale = app.live_sale(5, 1, 60).await;
+    let preflight = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url(&format!("/v1/sales/{sale}/reservations")),
+        )
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,content-type,idempotency-key",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let h = preflight.headers();
+    assert_eq!(h["access-control-allow-origin"], "https://shop.example");
+    let allowed = h["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    for name in ["authorization", "content-type", "idempotency-key"] {
+        assert!(allowed.contains(name), "{allowed}");
+    }
+    let res = app
+        .http
+        .get(app.url("/v1/sales"))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        res.headers()["access-control-allow-origin"],
+        "https://shop.example"
+    );
+    assert!(res.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase()
+        .contains("retry-after"));
+    let evil = app
+        .http
+        .get(app.url("/v1/sales"))
+        .header("origin", "https://evil.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(evil.headers().get("access-control-allow-origin").is_none());
+
+    // No origins configured: no CORS headers at all.
+    let plain = spawn_app().await;
+    let res = plain
+        .http
+        .get(plain.url("/v1/sales"))
+        .header("origin", "https://shop.example")
+        .send()
+        .await
+        .unwrap();
+    assert!(res.headers().get("access-control-allow-origin").is_none());
+}
+
+#[tokio::test]
+async fn pages_are_served_only_when_enabled() {
+    let app = spawn_app().await;
+    for path in ["/sales/tv-1212", "/ops"] {
+        let res = app.http.get(app.url(path)).send().await.unwrap();
+        assert_eq!(res.status(), 200);
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let html = res.text().await.unwrap();
+        assert!(
+            !html.contains("http://") && !html.contains("https://"),
+            "{path} loads nothing from outside"
+        );
+    }
+    app.get("/sales/NOT%20VALID", None)
+        .await
+        .assert_problem(422, "invalid_request");
+    let off = spawn_app_with(|s| s.http.pages = false).await;
+    off.get("/ops", None).await.assert_problem(404, "not_found");
+    off.get("/sales/tv-1212", None)
+        .await
+        .assert_problem(404, "not_found");
+}
+
+/// A buyer on a phone-sized window: the page shows the live stock, reserves,
+/// confirms, and says "sold out" in plain words.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_reserves_and_confirms_on_the_landing_page() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(2, 1, 600).await;
+    let browser = Browser::start().await;
+    let token = app.token("phone-buyer");
+    browser
+        .open(&app.url(&format!("/sales/{sale}#token={token}")))
+        .await;
+    browser.wait_text("#available", |t| t == "2").await;
+    browser.wait_text("#status", |t| t == "Live now").await;
+
+    browser.click("#reserve").await;
+    browser
+        .wait_text("#message", |t| t.starts_with("Reserved"))
+        .await;
+    browser.wait_text("#hold-status", |t| t == "held").await;
+    // The stream brings the new stock without a reload.
+    browser.wait_text("#available", |t| t == "1").await;
+    assert_eq!(app.stock(&sale).await.held, 1);
+
+    browser.click("#confirm").await;
+    browser
+        .wait_text("#message", |t| t.starts_with("Paid"))
+        .await;
+    assert_eq!(app.stock(&sale).await.sold, 1);
+
+    // Someone else takes the last unit; our buyer is at the limit anyway.
+    assert_eq!(app.reserve(&sale, &app.token("other"), 1).await.status, 201);
+    browser.wait_text("#status", |t| t == "Sold out").await;
+    browser.wait_text("#available", |t| t == "0").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_call_pauses_a_sale_from_the_ops_page() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(7, 1, 600).await;
+    let browser = Browser::start().await;
+    browser.open(&app.url("/ops")).await;
+    browser
+        .wait_text("#sales", |t| t.contains(&sale) && t.contains("live"))
+        .await;
+    // Without a token, the buttons ask for one and change nothing.
+    browser
+        .click(&format!("button[data-sale='{sale}'][data-act='pause']"))
+        .await;
+    browser
+        .wait_text("#message", |t| t.contains("admin token"))
+        .await;
+    assert_eq!(
+        app.get(&format!("/v1/sales/{sale}"), None).await.body["status"],
+        "live"
+    );
+
+    let admin = app.admin();
+    let set_token = format!(
+        "document.getElementById('token').value = {}; document.getElementById('token').dispatchEvent(new Event('change'));",
+        json!(admin)
+    );
+    browser.execute(&set_token).await;
+    browser
+        .click(&format!("button[data-sale='{sale}'][data-act='pause']"))
+        .await;
+    browser.wait_text("#message", |t| t.contains("done")).await;
+    assert_eq!(
+        app.get(&format!("/v1/sales/{sale}"), None).await.body["status"],
+        "paused"
+    );
+    browser.wait_text("#sales", |t| t.contains("paused")).await;
+}
