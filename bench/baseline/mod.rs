@@ -581,13 +581,4 @@ async fn conditional(
 }
 
 /// A URL without its password, for error lines.
-pub fn redact(url: &str) -> String {
-    match url.split_once("://").and_then(|(scheme, rest)| {
-        let (auth, host) = rest.split_once('@')?;
-        let user = auth.split(':').next().unwrap_or("");
-        Some(format!("{scheme}://{user}@{host}"))
-    }) {
-        Some(u) => u,
-        None => url.to_string(),
-    }
-}
+pub use flashsale::cli::redact;
