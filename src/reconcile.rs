@@ -17,7 +17,8 @@ use crate::store::{self, Ledger, StoreError};
 use crate::worker::outbox::{FlushError, Outbox};
 
 /// Holds this far past their deadline count as not reaped (the reaper's
-/// promise is one second).
+/// promise is one second), and orders waiting this long in the outbox as not
+/// flushed (the worker polls every 100 ms).
 pub const GRACE_MS: i64 = 1000;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -81,6 +82,14 @@ pub enum ReconcileError {
 }
 
 /// Compares one sale's figures in Redis and Postgres.
+///
+/// The gateways and the worker keep going while this looks, and the two
+/// stores cannot be read at one instant, so each check uses the reading that
+/// cannot make it fire falsely: Redis is read before Postgres (an order found
+/// in neither was never sold) and again after it (an order Postgres holds was
+/// sold in Redis before that second reading; `sold` only grows). Orders
+/// waiting in the outbox count only once they wait longer than the worker's
+/// promise, as holds do for the reaper.
 pub async fn inspect(
     engine: &Engine,
     db: &PgPool,
@@ -110,12 +119,20 @@ pub async fn inspect(
                     holds: r.overdue_holds,
                 });
             }
-            if r.outbox > 0 {
+            if r.outbox > 0 && r.oldest_outbox_age_ms > GRACE_MS {
                 drift.push(Drift::OrdersNotInPostgres { orders: r.outbox });
             }
-            if pg.order_units > r.sold {
+            let sold_after = if pg.order_units > r.sold {
+                engine
+                    .inspect(&def.id, GRACE_MS)
+                    .await?
+                    .map_or(0, |later| later.sold)
+            } else {
+                r.sold
+            };
+            if pg.order_units > sold_after {
                 drift.push(Drift::OrdersNotCountedAsSold {
-                    units: pg.order_units - r.sold,
+                    units: pg.order_units - sold_after,
                 });
             } else if r.outbox == 0 && r.dead_letters == 0 && r.sold > pg.order_units {
                 drift.push(Drift::SoldWithoutOrder {
@@ -238,7 +255,7 @@ pub async fn rebuild(
                 tracing::warn!(sale_id = %def.id, ?stock, "sale rebuilt from Postgres");
                 return Ok(stock);
             }
-            // Confirms landed between the flush and the rebuild: again.
+            // Another worker's batch was still in flight: flush again.
             Err(_pending) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }

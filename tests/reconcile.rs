@@ -219,7 +219,9 @@ async fn a_rebuild_during_a_storm_never_oversells() {
         }
         // Its own thread: the storm goes on while the rebuild runs.
         let mut cmd = flashsale_command(&app);
-        cmd.args(["reconcile", "--rebuild", "--sale", &sale]);
+        cmd.args(["reconcile", "--rebuild", "--sale", &sale])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
         let started_at = answered.load(std::sync::atomic::Ordering::Relaxed);
         let out = tokio::task::spawn_blocking(move || cmd.output())
             .await
@@ -228,7 +230,8 @@ async fn a_rebuild_during_a_storm_never_oversells() {
         assert_eq!(
             out.status.code(),
             Some(0),
-            "{}",
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
         (

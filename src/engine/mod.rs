@@ -153,6 +153,8 @@ pub struct Inspection {
     /// Confirmed orders in the outbox, not yet flushed to Postgres.
     pub outbox: i64,
     pub dead_letters: i64,
+    /// How long the oldest outbox entry has waited (0 when empty).
+    pub oldest_outbox_age_ms: i64,
 }
 
 /// What a rebuild restores: the sale as Postgres knows it.
@@ -646,6 +648,7 @@ impl Engine {
             overdue_holds: r.int(4)?,
             outbox: r.int(5)?,
             dead_letters: r.int(6)?,
+            oldest_outbox_age_ms: r.int(7)?,
         }))
     }
 
