@@ -22,7 +22,9 @@ use axum::middleware::{self, Next};
 use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
-use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
 use tower_http::trace::TraceLayer;
 
 use crate::auth::Auth;
@@ -124,7 +126,7 @@ pub fn router(state: AppState) -> Router {
         )
         .layer(tower::util::option_layer(cors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, MakeRequestUuid))
+        .layer(SetRequestIdLayer::new(request_id, RequestIds::new()))
         .with_state(state)
 }
 
@@ -153,21 +155,55 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
 /// Request latency by route (the matched pattern, not the raw path, so the
 /// label set stays small) and status.
 async fn time_request(req: Request, next: Next) -> axum::response::Response {
+    use crate::metrics::label;
+    use axum::http::Method;
     let started = std::time::Instant::now();
     let route = req
         .extensions()
         .get::<axum::extract::MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_default();
-    let method = req.method().clone();
+        .map_or("", |p| label(p.as_str()));
+    // Any method string can reach a matched path; only the ones we route
+    // become labels.
+    let method = match *req.method() {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
     let res = next.run(req).await;
-    crate::metrics::request(
-        &route,
-        method.as_str(),
-        res.status().as_u16(),
-        started.elapsed(),
-    );
+    let status = label(res.status().as_str());
+    crate::metrics::request(route, method, status, started.elapsed());
     res
+}
+
+/// Request ids: a per-process random prefix and a counter. Unique across
+/// restarts and gateways like a UUID, but with no random draw per request.
+#[derive(Clone)]
+struct RequestIds {
+    prefix: Arc<str>,
+    next: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl RequestIds {
+    fn new() -> RequestIds {
+        let boot = uuid::Uuid::new_v4().simple().to_string();
+        RequestIds {
+            prefix: Arc::from(&boot[..12]),
+            next: Default::default(),
+        }
+    }
+}
+
+impl MakeRequestId for RequestIds {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = format!("{}-{n:x}", self.prefix);
+        axum::http::HeaderValue::from_str(&id)
+            .ok()
+            .map(RequestId::new)
+    }
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests.

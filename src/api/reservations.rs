@@ -27,7 +27,7 @@ fn one() -> u32 {
     1
 }
 
-#[tracing::instrument(skip_all, fields(sale_id, customer = %caller.subject))]
+#[tracing::instrument(level = "debug", skip_all, fields(sale_id, customer = %caller.subject))]
 pub async fn reserve(
     State(state): State<AppState>,
     Limited(caller): Limited,
@@ -115,7 +115,7 @@ pub struct ConfirmBody {
     payment_ref: String,
 }
 
-#[tracing::instrument(skip_all, fields(customer = %caller.subject))]
+#[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]
 pub async fn confirm(
     State(state): State<AppState>,
     Limited(caller): Limited,
@@ -135,7 +135,7 @@ pub async fn confirm(
     Ok(Json(confirmed.order))
 }
 
-#[tracing::instrument(skip_all, fields(customer = %caller.subject))]
+#[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]
 pub async fn release(
     State(state): State<AppState>,
     Limited(caller): Limited,
