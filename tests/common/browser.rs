@@ -2,6 +2,7 @@
 //! protocol, for the pages' end-to-end tests. The flags keep Chromium off
 //! the network (this machine has none beyond loopback).
 
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -23,6 +24,8 @@ impl Browser {
         let port = free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
+            // Its own process group, with Chromium in it, for `Drop`.
+            .process_group(0)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -145,8 +148,12 @@ impl Browser {
 }
 
 impl Drop for Browser {
+    /// chromedriver does not take its Chromium down when it is killed, so
+    /// the whole process group goes: nothing outlives the test.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        let group = self.driver.id() as libc::pid_t;
+        // SAFETY: kill(2) with a negative pid signals our own child's group.
+        unsafe { libc::kill(-group, libc::SIGKILL) };
         let _ = self.driver.wait();
     }
 }
