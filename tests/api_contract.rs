@@ -586,23 +586,23 @@ async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
         .await
         .assert_problem(404, "sale_not_found");
 
+    // The worker loads Redis first, then marks the row: wait for both.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {
         let a = app.get(&format!("/v1/sales/{id}"), None).await;
-        if a.status == 200 {
+        let loaded: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT loaded_at FROM sales WHERE id = $1")
+                .bind(&id)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if a.status == 200 && loaded.is_some() {
             assert_eq!(a.body["stock"]["available"], 9);
             break;
         }
         assert!(std::time::Instant::now() < deadline, "never loaded");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let loaded: Option<time::OffsetDateTime> =
-        sqlx::query_scalar("SELECT loaded_at FROM sales WHERE id = $1")
-            .bind(&id)
-            .fetch_one(&app.db)
-            .await
-            .unwrap();
-    assert!(loaded.is_some());
     // Loading is idempotent: a held unit survives the client's retry.
     assert_eq!(app.reserve(&id, &app.token("c"), 1).await.status, 201);
     let retry = app.create_sale(&body).await;
