@@ -575,7 +575,9 @@ async fn unreachable_services_give_prompt_503s() {
 /// the same sale. Never half created.
 #[tokio::test]
 async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
-    let app = spawn_app().await;
+    // No worker in the gateway: it would race the check that a half-created
+    // sale is not served. The real `flashsale worker` starts after it.
+    let app = spawn_with_settings(test_settings(), false, true).await;
     let id = unique("half-");
     let body = live_sale(&id, 9, 1, 60);
     let input: flashsale::domain::SaleInput = serde_json::from_value(body.clone()).unwrap();
@@ -586,6 +588,12 @@ async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
         .await
         .assert_problem(404, "sale_not_found");
 
+    let _worker = KillOnDrop(
+        flashsale_command(&app)
+            .arg("worker")
+            .spawn()
+            .expect("flashsale worker starts"),
+    );
     // The worker loads Redis first, then marks the row: wait for both.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     loop {

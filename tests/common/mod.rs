@@ -379,3 +379,13 @@ pub fn assert_adds_up(s: &Stock) {
         "stock does not add up: {s:?}"
     );
 }
+
+/// A child process that is killed when the test ends, passed or failed.
+pub struct KillOnDrop(pub std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
