@@ -69,7 +69,10 @@ async fn a_greedy_customer_gets_429s_while_another_is_served() {
         }
         assert_eq!(c.status, 200, "{}", c.body);
     }
-    assert!(refused, "a confirm over the customer's budget was let through");
+    assert!(
+        refused,
+        "a confirm over the customer's budget was let through"
+    );
     let text = app.metrics_text().await;
     assert!(text.contains("flashsale_reservations_total{outcome=\"rate_limited\"}"));
 }
