@@ -34,7 +34,7 @@ use anyhow::{ensure, Context};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
-use flashsale::engine::{Engine, ReserveRequest};
+use flashsale::engine::Engine;
 
 #[derive(Debug, Parser)]
 #[command(about = "Confirm throughput and latency per Redis server (e.g. per AOF setting)")]
@@ -185,19 +185,7 @@ async fn run_once(args: &Args, t: &Target, round: usize) -> anyhow::Result<Run> 
     // Not timed: the holds to confirm.
     let started = Instant::now();
     let holds: Vec<(String, String)> = futures::stream::iter(0..n)
-        .map(|i| async move {
-            let customer = format!("c{i}");
-            let held = engine
-                .reserve(&ReserveRequest {
-                    sale_id,
-                    customer: &customer,
-                    quantity: 1,
-                    idempotency: None,
-                })
-                .await
-                .context("reserve")?;
-            anyhow::Ok((held.id, customer))
-        })
+        .map(|i| support::hold_one(engine, sale_id, i))
         .buffer_unordered(args.reserve_concurrency)
         .try_collect()
         .await?;

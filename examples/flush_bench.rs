@@ -48,7 +48,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef};
-use flashsale::engine::{Engine, ReserveRequest};
+use flashsale::engine::Engine;
 use flashsale::store::{self, NewOrder};
 use flashsale::worker::outbox::Outbox;
 
@@ -292,18 +292,9 @@ async fn flush_case(
         .map(|i| {
             let sale_id = sale_id.as_str();
             async move {
-                let customer = format!("c{i}");
-                let held = engine
-                    .reserve(&ReserveRequest {
-                        sale_id,
-                        customer: &customer,
-                        quantity: 1,
-                        idempotency: None,
-                    })
-                    .await
-                    .context("reserve")?;
+                let (rid, customer) = support::hold_one(engine, sale_id, i).await?;
                 engine
-                    .confirm(sale_id, &held.id, &customer, "pay")
+                    .confirm(sale_id, &rid, &customer, "pay")
                     .await
                     .context("confirm")?;
                 anyhow::Ok(())
@@ -346,11 +337,7 @@ async fn flush_case(
         flushed == n && dead == 0,
         "flushed {flushed}, dead {dead}, expected {n} and 0"
     );
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE sale_id = $1")
-        .bind(&sale_id)
-        .fetch_one(db)
-        .await?;
-    ensure!(rows == n as i64, "orders holds {rows} rows, expected {n}");
+    ensure_rows(db, &sale_id, n).await?;
     let (pending, dead_letters) = outbox.backlog(&sale_id).await?;
     ensure!(
         pending == 0 && dead_letters == 0,
@@ -399,15 +386,7 @@ async fn insert_only_case(
         store::insert_orders(db, chunk).await?;
     }
     let secs = started.elapsed().as_secs_f64();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE sale_id = $1")
-        .bind(&sale.id)
-        .fetch_one(db)
-        .await?;
-    ensure!(
-        rows == orders.len() as i64,
-        "orders holds {rows} rows, expected {}",
-        orders.len()
-    );
+    ensure_rows(db, &sale.id, orders.len()).await?;
     Ok(Run {
         case: Case::InsertOnly(batch),
         round,
@@ -447,15 +426,7 @@ async fn baseline_case(
         Case::Flush { .. } | Case::InsertOnly(_) => bail!("not a baseline"),
     }
     let secs = started.elapsed().as_secs_f64();
-    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE sale_id = $1")
-        .bind(&sale.id)
-        .fetch_one(db)
-        .await?;
-    ensure!(
-        rows == orders.len() as i64,
-        "orders holds {rows} rows, expected {}",
-        orders.len()
-    );
+    ensure_rows(db, &sale.id, orders.len()).await?;
     Ok(Run {
         case,
         round,
@@ -595,4 +566,17 @@ fn print_tables(args: &Args, runs: &[Run]) {
             rate / base
         );
     }
+}
+
+/// Every order of the run is one row in `orders`, no more, no fewer.
+async fn ensure_rows(db: &PgPool, sale_id: &str, expected: usize) -> anyhow::Result<()> {
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM orders WHERE sale_id = $1")
+        .bind(sale_id)
+        .fetch_one(db)
+        .await?;
+    ensure!(
+        rows == expected as i64,
+        "orders holds {rows} rows, expected {expected}"
+    );
+    Ok(())
 }

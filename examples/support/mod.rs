@@ -4,7 +4,7 @@
 
 use anyhow::Context;
 use flashsale::domain::{from_ms, to_ms, SaleDef};
-use flashsale::engine::Engine;
+use flashsale::engine::{Engine, ReserveRequest};
 use time::OffsetDateTime;
 
 /// A multi-threaded runtime, with `threads` workers when given.
@@ -76,4 +76,24 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     } else {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     }
+}
+
+/// Holds one unit of the sale for customer `c{i}`: the setup both the flush
+/// and the confirm benchmarks need. Returns (reservation id, customer).
+pub async fn hold_one(
+    engine: &Engine,
+    sale_id: &str,
+    i: usize,
+) -> anyhow::Result<(String, String)> {
+    let customer = format!("c{i}");
+    let held = engine
+        .reserve(&ReserveRequest {
+            sale_id,
+            customer: &customer,
+            quantity: 1,
+            idempotency: None,
+        })
+        .await
+        .context("reserve")?;
+    Ok((held.id, customer))
 }
