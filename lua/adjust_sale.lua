@@ -1,18 +1,21 @@
 -- adjust_sale.lua: an admin's change to a sale (stock, end, pause), once.
 --
 -- KEYS[1] sale hash          KEYS[2] set of applied adjustment ids
+-- KEYS[3] set of voided adjustment ids (a repair settled them as never applied)
 -- ARGV[1] adjustment id (from the Postgres audit row; applying it twice is a no-op)
 -- ARGV[2] stock delta (integer, may be negative)
 -- ARGV[3] new ends_at ms, '' to keep    ARGV[4] '1' pause, '0' resume, '' to keep
 -- Returns {'applied'|'already_applied', now_ms, before, after}
---      or {'sale_not_found'|'insufficient_stock', now_ms}
+--      or {'sale_not_found'|'insufficient_stock'|'voided', now_ms}
 --   before/after: cjson {total, available, held, sold, ends_ms, paused}
 --
 -- Invariant: a delta changes total and available together, and is refused
 -- when available would go below 0, so available + held + sold == total holds
--- and no held or sold unit is ever taken back.
+-- and no held or sold unit is ever taken back. An id is applied at most
+-- once, and never once a repair voided it (settle_adjustment.lua). Any
+-- applied change clears `retired`: the worker's loops take the sale back.
 local now = now_ms()
-local sale, applied = KEYS[1], KEYS[2]
+local sale, applied, voided = KEYS[1], KEYS[2], KEYS[3]
 local function figures()
   local s = redis.call('HMGET', sale, 'total', 'available', 'held', 'sold', 'ends_ms', 'paused')
   return {total = tonumber(s[1]), available = tonumber(s[2]), held = tonumber(s[3]),
@@ -23,6 +26,7 @@ local before = figures()
 if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then
   return {'already_applied', now, cjson.encode(before), cjson.encode(before)}
 end
+if redis.call('SISMEMBER', voided, ARGV[1]) == 1 then return {'voided', now} end
 local delta = tonumber(ARGV[2])
 if before.available + delta < 0 then return {'insufficient_stock', now} end
 if delta ~= 0 then
@@ -32,5 +36,6 @@ end
 if ARGV[3] ~= '' then redis.call('HSET', sale, 'ends_ms', ARGV[3]) end
 if ARGV[4] ~= '' then redis.call('HSET', sale, 'paused', ARGV[4]) end
 redis.call('HINCRBY', sale, 'version', 1)
+redis.call('HSET', sale, 'retired', 0)
 redis.call('SADD', applied, ARGV[1])
 return {'applied', now, cjson.encode(before), cjson.encode(figures())}

@@ -5,7 +5,7 @@
 -- ARGV[2] total units      ARGV[3] starts_at ms   ARGV[4] ends_at ms
 -- ARGV[5] per-customer limit  ARGV[6] hold duration ms
 -- ARGV[7] price_cents      ARGV[8] currency
--- Returns {'created'|'exists'|'conflict', now_ms}
+-- Returns {'created'|'exists'|'sale_conflict', now_ms}
 --
 -- Invariant: a sale's counters are written once, here, with
 -- available = total and held = sold = 0. Running it again never resets
@@ -15,7 +15,7 @@ local now = now_ms()
 local def = redis.call('HGET', KEYS[1], 'def')
 if def then
   if def == ARGV[1] then return {'exists', now} end
-  return {'conflict', now}
+  return {'sale_conflict', now}
 end
 redis.call('HSET', KEYS[1],
   'def', ARGV[1], 'total', ARGV[2], 'available', ARGV[2], 'held', 0, 'sold', 0,

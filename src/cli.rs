@@ -252,26 +252,32 @@ async fn reconcile(
         settings.worker.flush_batch,
         std::time::Duration::from_millis(settings.worker.claim_idle_ms),
         CancellationToken::new(),
-    );
+    )
+    .with_consumer("reconcile");
+    let now = std::time::Duration::ZERO;
     let run = async {
         let mut reports = Vec::new();
         for def in rc::sales(&db, only).await? {
             let report = if rebuild {
                 let stock = rc::rebuild(&engine, &db, &outbox, &def).await?;
-                let mut r = rc::inspect(&engine, &db, &def).await?;
+                let mut r = rc::inspect(&engine, &db, &def, now).await?;
                 r.repairs.push(format!(
                     "rebuilt from Postgres: total {} sold {} available {} held 0",
                     stock.total, stock.sold, stock.available
                 ));
                 r
             } else {
-                let report = rc::inspect(&engine, &db, &def).await?;
+                let report = rc::inspect(&engine, &db, &def, now).await?;
                 if apply && !report.drift.is_empty() {
                     rc::apply(&engine, &db, &outbox, &def, report).await?
                 } else {
                     report
                 }
             };
+            // Only a repair reads the outbox; it leaves no consumer behind.
+            if rebuild || apply {
+                outbox.leave(&def.id).await?;
+            }
             crate::metrics::drift(&report.sale_id, &report.drift);
             reports.push(report);
         }

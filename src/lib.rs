@@ -17,6 +17,7 @@
 //! - [`cli`]: the `flashsale` commands; [`loadtest`] plays a sale against a
 //!   running gateway and checks the invariants.
 
+pub mod adjust;
 pub mod api;
 pub mod auth;
 pub mod cli;

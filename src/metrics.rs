@@ -114,23 +114,12 @@ pub fn backlog(per_sale: &[(String, u64, u64)]) {
 
 /// Drift found by reconcile (the command or the worker's loop), per kind.
 pub fn drift(sale_id: &str, found: &[crate::reconcile::Drift]) {
-    for kind in ALL_DRIFT {
+    for kind in crate::reconcile::DRIFT_KINDS {
         let n = found.iter().filter(|d| d.word() == *kind).count();
         gauge!("flashsale_reconcile_drift", "sale_id" => sale_id.to_string(), "kind" => *kind)
             .set(n as f64);
     }
 }
-
-const ALL_DRIFT: &[&str] = &[
-    "missing_in_redis",
-    "counters_do_not_add_up",
-    "total_differs",
-    "holds_not_reaped",
-    "orders_not_in_postgres",
-    "orders_not_counted_as_sold",
-    "sold_without_order",
-    "dead_letters",
-];
 
 /// A sale's live stock, for dashboards and alerts.
 pub fn stock(sale_id: &str, stock: &crate::domain::Stock) {
@@ -147,4 +136,15 @@ pub fn stock(sale_id: &str, stock: &crate::domain::Stock) {
 /// Holds the reaper returned to stock.
 pub fn reaped(n: u64) {
     counter!("flashsale_holds_reaped_total").increment(n);
+}
+
+/// A script or command that failed inside Redis with an error that will
+/// repeat (a bug of ours or tampered data): each one is also a 500.
+pub fn redis_fault(op: &'static str) {
+    counter!("flashsale_redis_faults_total", "op" => op).increment(1);
+}
+
+/// A sale the loader could not load into Redis (it goes on with the others).
+pub fn load_failed() {
+    counter!("flashsale_sale_load_failures_total").increment(1);
 }

@@ -11,8 +11,9 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
+use crate::adjust::{self, AdjustError};
 use crate::domain::{to_ms, SaleDef, Stock};
-use crate::engine::{Engine, EngineError, Inspection, Restore};
+use crate::engine::{Engine, EngineError, Inspection, Known, Rebuilt, Recounted, Restore};
 use crate::store::{self, Ledger, StoreError};
 use crate::worker::outbox::{FlushError, Outbox};
 
@@ -40,7 +41,23 @@ pub enum Drift {
     SoldWithoutOrder { units: i64 },
     /// Outbox entries Postgres rejected for good: they need a human.
     DeadLetters { entries: i64 },
+    /// The loader could not load the sale into Redis (it goes on with the
+    /// others and retries this one).
+    LoadFailed { reason: String },
 }
+
+/// Every drift kind's word, for the metrics.
+pub const DRIFT_KINDS: &[&str] = &[
+    "missing_in_redis",
+    "counters_do_not_add_up",
+    "total_differs",
+    "holds_not_reaped",
+    "orders_not_in_postgres",
+    "orders_not_counted_as_sold",
+    "sold_without_order",
+    "dead_letters",
+    "load_failed",
+];
 
 impl Drift {
     pub fn word(&self) -> &'static str {
@@ -53,6 +70,7 @@ impl Drift {
             Drift::OrdersNotCountedAsSold { .. } => "orders_not_counted_as_sold",
             Drift::SoldWithoutOrder { .. } => "sold_without_order",
             Drift::DeadLetters { .. } => "dead_letters",
+            Drift::LoadFailed { .. } => "load_failed",
         }
     }
 }
@@ -75,6 +93,8 @@ pub enum ReconcileError {
     Postgres(#[from] StoreError),
     #[error(transparent)]
     Flush(#[from] FlushError),
+    #[error(transparent)]
+    Adjust(#[from] AdjustError),
     #[error("no sale `{0}` in Postgres")]
     UnknownSale(String),
     #[error("{0}")]
@@ -90,14 +110,27 @@ pub enum ReconcileError {
 /// sold in Redis before that second reading; `sold` only grows). Orders
 /// waiting in the outbox count only once they wait longer than the worker's
 /// promise, as holds do for the reaper.
+///
+/// First it settles the sale's pending adjustments recorded at least
+/// `settle_age` ago, so the scheduled total counts every change Redis
+/// applied; while one younger than that is still pending, totals are not
+/// compared (it may be applied in Redis and not yet settled).
 pub async fn inspect(
     engine: &Engine,
     db: &PgPool,
     def: &SaleDef,
+    settle_age: Duration,
 ) -> Result<SaleReport, ReconcileError> {
+    adjust::settle_pending(engine, db, &def.id, settle_age).await?;
+    let in_flight = !store::pending_adjustments(db, &def.id, Duration::ZERO)
+        .await?
+        .is_empty();
     let redis = engine.inspect(&def.id, GRACE_MS).await?;
     let pg = store::ledger(db, def).await?;
     let mut drift = Vec::new();
+    if let Some(reason) = store::load_error(db, &def.id).await? {
+        drift.push(Drift::LoadFailed { reason });
+    }
     match &redis {
         None => drift.push(Drift::MissingInRedis),
         Some(r) => {
@@ -108,7 +141,7 @@ pub async fn inspect(
             {
                 drift.push(Drift::CountersDoNotAddUp);
             }
-            if r.total != pg.scheduled_total {
+            if r.total != pg.scheduled_total && !in_flight {
                 drift.push(Drift::TotalDiffers {
                     redis: r.total,
                     scheduled: pg.scheduled_total,
@@ -178,9 +211,9 @@ pub async fn apply(
             Drift::HoldsNotReaped { .. } => {
                 let mut n = 0;
                 loop {
-                    let (expired, more) = engine.expire_due(&def.id, 1000).await?;
-                    n += expired;
-                    if !more {
+                    let step = engine.expire_due(&def.id, 1000).await?;
+                    n += step.holds;
+                    if !step.more_due {
                         break;
                     }
                 }
@@ -202,36 +235,78 @@ pub async fn apply(
         )
     });
     if needs_recount && !repairs.iter().any(|r| r.starts_with("rebuilt")) {
-        let ledger = store::ledger(db, def).await?;
-        match engine.recount(&def.id, ledger.scheduled_total).await? {
-            Some(s) => repairs.push(format!(
-                "recounted from the reservation records: total {} available {} held {} sold {}",
-                s.total, s.available, s.held, s.sold
-            )),
-            None => repairs.push("NOT recounted: more units held and sold than the total".into()),
-        }
-        // Orders Postgres has but Redis has no record of: Redis lost them.
-        let after = inspect(engine, db, def).await?;
-        if after
-            .drift
-            .iter()
-            .any(|d| matches!(d, Drift::OrdersNotCountedAsSold { .. }))
-        {
-            repairs.push(format!(
-                "orders in Postgres are unknown to Redis: run `flashsale reconcile --rebuild --sale {}`",
-                def.id
-            ));
-        }
+        repairs.push(recount(engine, db, def).await?);
     }
-    let mut after = inspect(engine, db, def).await?;
+    let mut after = inspect(engine, db, def, Duration::ZERO).await?;
     after.repairs = repairs;
     Ok(after)
 }
 
+/// What Postgres knows of the sale, for a repair.
+struct Facts {
+    ledger: Ledger,
+    per_customer: Vec<(String, i64)>,
+    applied: Vec<String>,
+    rejected: Vec<String>,
+}
+
+impl Facts {
+    async fn read(db: &PgPool, def: &SaleDef) -> Result<Facts, ReconcileError> {
+        let (applied, rejected) = store::settled_adjustments(db, &def.id).await?;
+        Ok(Facts {
+            ledger: store::ledger(db, def).await?,
+            per_customer: store::units_per_customer(db, &def.id).await?,
+            applied,
+            rejected,
+        })
+    }
+
+    fn known(&self) -> Known<'_> {
+        Known {
+            total: self.ledger.scheduled_total,
+            sold: self.ledger.order_units,
+            applied: &self.applied,
+            per_customer: &self.per_customer,
+        }
+    }
+}
+
+/// Tries this often when an adjustment lands between the settling of
+/// pending ones and the repair (the repair refuses rather than reverse it).
+const ROUNDS: usize = 5;
+
+/// Recounts the sale's counters (see `lua/recount.lua`): never below any
+/// figure Postgres or Redis knows. Returns what it did, in words.
+async fn recount(engine: &Engine, db: &PgPool, def: &SaleDef) -> Result<String, ReconcileError> {
+    for _ in 0..ROUNDS {
+        let facts = Facts::read(db, def).await?;
+        match engine.recount(&def.id, &facts.known()).await? {
+            Recounted::Done(s) => {
+                tracing::warn!(sale_id = %def.id, stock = ?s, "sale recounted");
+                return Ok(format!(
+                    "recounted: total {} available {} held {} sold {}",
+                    s.total, s.available, s.held, s.sold
+                ));
+            }
+            Recounted::Overcommitted { held, sold } => {
+                return Ok(format!(
+                    "NOT recounted: {held} units held and {sold} sold exceed the total {}; nothing changed",
+                    facts.ledger.scheduled_total
+                ))
+            }
+            Recounted::AdjustmentUnsettled(_) => {
+                adjust::settle_pending(engine, db, &def.id, Duration::ZERO).await?;
+            }
+        }
+    }
+    Ok("NOT recounted: admin changes kept landing while it ran; nothing changed".into())
+}
+
 /// Restores a sale's Redis state from Postgres: total from the schedule and
-/// its adjustments, sold from the orders, available = total - sold, held = 0.
-/// Orders still waiting in the outbox are flushed first; the rebuild script
-/// refuses to run while any remain, so `sold` never misses one.
+/// its adjustments, sold from the orders (or more, where Redis still knows
+/// more), available = total - sold, held = 0. Pending adjustments are
+/// settled and orders still waiting in the outbox flushed first; the rebuild
+/// script refuses to run while any remain, so `sold` never misses one.
 pub async fn rebuild(
     engine: &Engine,
     db: &PgPool,
@@ -239,24 +314,32 @@ pub async fn rebuild(
     def: &SaleDef,
 ) -> Result<Stock, ReconcileError> {
     for _ in 0..20 {
+        adjust::settle_pending(engine, db, &def.id, Duration::ZERO).await?;
         outbox.flush_sale(&def.id, true).await?;
-        let ledger = store::ledger(db, def).await?;
-        let per_customer = store::units_per_customer(db, &def.id).await?;
+        let facts = Facts::read(db, def).await?;
         let restore = Restore {
             def,
-            total: ledger.scheduled_total,
-            ends_ms: to_ms(ledger.ends_at),
-            paused: ledger.paused,
-            sold: ledger.order_units,
-            per_customer: &per_customer,
+            known: facts.known(),
+            ends_ms: to_ms(facts.ledger.ends_at),
+            paused: facts.ledger.paused,
+            rejected: &facts.rejected,
         };
         match engine.rebuild(&restore).await? {
-            Ok(stock) => {
+            Rebuilt::Done(stock) => {
                 tracing::warn!(sale_id = %def.id, ?stock, "sale rebuilt from Postgres");
                 return Ok(stock);
             }
-            // Another worker's batch was still in flight: flush again.
-            Err(_pending) => tokio::time::sleep(Duration::from_millis(50)).await,
+            Rebuilt::Oversold => {
+                return Err(ReconcileError::Refused(format!(
+                    "sale {}: Postgres has more units sold than the total {}; nothing changed",
+                    def.id, facts.ledger.scheduled_total
+                )))
+            }
+            // Another worker's batch was still in flight, or an admin change
+            // landed after the settling: go again.
+            Rebuilt::OutboxNotEmpty(_) | Rebuilt::AdjustmentUnsettled(_) => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
         }
     }
     Err(ReconcileError::Refused(format!(
@@ -346,6 +429,9 @@ fn describe(d: &Drift) -> String {
         }
         Drift::DeadLetters { entries } => {
             format!("{entries} orders Postgres rejected; see the sale's dead-letter stream")
+        }
+        Drift::LoadFailed { reason } => {
+            format!("the loader cannot load the sale into Redis: {reason}")
         }
     }
 }

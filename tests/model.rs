@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use common::*;
 use flashsale::domain::{ReservationStatus, SaleDef};
-use flashsale::engine::{Engine, EngineError, Refusal, ReserveRequest};
+use flashsale::engine::{Adjusted, Change, Engine, EngineError, Refusal, ReserveRequest};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -241,23 +241,34 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
         }
         Op::AdjustStock { delta } => {
             let id = uuid::Uuid::new_v4().to_string();
-            let got = engine.adjust_sale(sale, &id, *delta, None, None).await;
+            let change = Change {
+                id: &id,
+                stock_delta: *delta,
+                ends_ms: None,
+                paused: None,
+            };
+            let got = engine.adjust_sale(sale, &change).await;
             if m.available + delta < 0 {
                 assert!(matches!(
                     got,
                     Err(EngineError::Refused(Refusal::InsufficientStock))
                 ));
             } else {
-                let (before, after) = got.unwrap();
+                let Ok(Adjusted::Applied { before, after }) = got else {
+                    panic!("adjustment not applied: {got:?}");
+                };
                 assert_eq!(after.total - before.total, *delta);
                 m.total += delta;
                 m.available += delta;
                 // Applying the same adjustment again changes nothing.
-                let (_, again) = engine
-                    .adjust_sale(sale, &id, *delta, None, None)
-                    .await
-                    .unwrap();
-                assert_eq!(again, after);
+                let again = engine.adjust_sale(sale, &change).await.unwrap();
+                assert_eq!(
+                    again,
+                    Adjusted::Applied {
+                        before: after.clone(),
+                        after
+                    }
+                );
             }
         }
         Op::Advance => {

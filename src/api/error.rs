@@ -59,6 +59,7 @@ impl From<EngineError> for ApiError {
         match e {
             EngineError::Refused(r) => r.into(),
             EngineError::Unavailable(why) => ApiError::Unavailable(format!("redis: {why}")),
+            e @ EngineError::Fault { .. } => ApiError::Internal(e.to_string()),
             EngineError::Corrupt(why) => ApiError::Internal(format!("redis reply: {why}")),
         }
     }
@@ -99,6 +100,19 @@ impl From<crate::schedule::ScheduleError> for ApiError {
             crate::schedule::ScheduleError::Conflict => ApiError::SaleConflict,
             crate::schedule::ScheduleError::Store(e) => e.into(),
             crate::schedule::ScheduleError::Engine(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::adjust::AdjustError> for ApiError {
+    fn from(e: crate::adjust::AdjustError) -> Self {
+        use crate::adjust::AdjustError as A;
+        match e {
+            A::Refused(r) => r.into(),
+            A::Engine(e) => e.into(),
+            A::Store(e) => e.into(),
+            e @ (A::StoreTimedOut(_) | A::KeptVoided(_)) => ApiError::Unavailable(e.to_string()),
+            e @ A::BadOutcome(_) => ApiError::Internal(e.to_string()),
         }
     }
 }

@@ -58,3 +58,27 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
             .map_err(|e| ApiError::InvalidRequest(format!("invalid path: {e}")))
     }
 }
+
+/// The optional `Idempotency-Key` header: 1 to 128 printable ASCII
+/// characters, or a 422.
+pub struct IdempotencyKey(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        let Some(value) = parts.headers.get("idempotency-key") else {
+            return Ok(IdempotencyKey(None));
+        };
+        value
+            .to_str()
+            .ok()
+            .filter(|k| !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic()))
+            .map(|k| IdempotencyKey(Some(k.to_string())))
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(
+                    "Idempotency-Key must be 1 to 128 printable ASCII characters".into(),
+                )
+            })
+    }
+}

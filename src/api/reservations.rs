@@ -2,19 +2,17 @@
 //! Postgres.
 
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Limited;
 use super::error::ApiError;
-use super::extract::{Body, PathId};
+use super::extract::{Body, IdempotencyKey, PathId};
 use super::sales::sale_id;
 use super::AppState;
 use crate::domain::{sale_of_reservation, Order, Reservation};
 use crate::engine::ReserveRequest;
-
-const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,7 +30,7 @@ pub async fn reserve(
     State(state): State<AppState>,
     Limited(caller): Limited,
     id: PathId,
-    headers: HeaderMap,
+    IdempotencyKey(key): IdempotencyKey,
     Body(body): Body<ReserveBody>,
 ) -> Result<(StatusCode, Json<Reservation>), ApiError> {
     let sale_id = sale_id(id)?;
@@ -43,25 +41,9 @@ pub async fn reserve(
             "`quantity` must be 1 to {max}"
         )));
     }
-    let idempotency = match headers.get(IDEMPOTENCY_KEY) {
-        None => None,
-        Some(v) => {
-            let key = v
-                .to_str()
-                .ok()
-                .filter(|k| {
-                    !k.is_empty() && k.len() <= 128 && k.bytes().all(|b| b.is_ascii_graphic())
-                })
-                .ok_or_else(|| {
-                    ApiError::InvalidRequest(
-                        "Idempotency-Key must be 1 to 128 printable ASCII characters".into(),
-                    )
-                })?;
-            // The request is the path's sale and the body's quantity; the key
-            // is already scoped to this customer and sale.
-            Some((key, body.quantity.to_string()))
-        }
-    };
+    // The request is the path's sale and the body's quantity; the key is
+    // already scoped to this customer and sale.
+    let idempotency = key.as_deref().map(|k| (k, body.quantity.to_string()));
     let _permit = state.limits.enter_reserve().map_err(|shed| {
         let e = ApiError::from(shed);
         crate::metrics::reserved(e.code());

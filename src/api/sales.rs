@@ -8,11 +8,10 @@ use time::OffsetDateTime;
 
 use super::auth::Admin;
 use super::error::ApiError;
-use super::extract::{Body, PathId};
+use super::extract::{Body, IdempotencyKey, PathId};
 use super::{db_call, AppState};
 use crate::domain::{valid_sale_id, Sale, SaleInput, MAX_UNITS};
-use crate::schedule;
-use crate::store::{self, Adjustment};
+use crate::{adjust, schedule};
 
 pub(super) fn sale_id(PathId(id): PathId) -> Result<String, ApiError> {
     if valid_sale_id(&id) {
@@ -74,14 +73,16 @@ pub struct SalePatch {
 }
 
 /// Recorded in Postgres as pending, applied once in Redis (by the
-/// adjustment's id), then settled with the figures before and after.
+/// adjustment's id), then settled with the figures before and after; safe
+/// to retry with an `Idempotency-Key` (see `crate::adjust`).
 #[tracing::instrument(skip_all, fields(sale_id))]
 pub async fn patch(
     State(state): State<AppState>,
     Admin(admin): Admin,
     id: PathId,
+    IdempotencyKey(key): IdempotencyKey,
     Body(patch): Body<SalePatch>,
-) -> Result<Json<Sale>, ApiError> {
+) -> Result<Json<adjust::Answer>, ApiError> {
     let sale_id = sale_id(id)?;
     tracing::Span::current().record("sale_id", sale_id.as_str());
     if patch.stock_delta.abs() > MAX_UNITS {
@@ -102,40 +103,20 @@ pub async fn patch(
             ));
         }
     }
-    let adj = Adjustment {
-        id: uuid::Uuid::now_v7(),
-        sale_id: sale_id.clone(),
-        actor: admin.subject,
+    let request = adjust::Request {
+        sale_id: &sale_id,
+        actor: &admin.subject,
         stock_delta: patch.stock_delta,
         ends_at: patch.ends_at,
         paused: patch.paused,
+        idempotency_key: key.as_deref(),
     };
-    db_call(&state, store::record_adjustment(&state.db, &adj)).await?;
-    let applied = state
-        .engine
-        .adjust_sale(
-            &sale_id,
-            &adj.id.to_string(),
-            adj.stock_delta,
-            adj.ends_at.map(crate::domain::to_ms),
-            adj.paused,
-        )
-        .await;
-    match &applied {
-        Ok((before, after)) => {
-            db_call(
-                &state,
-                store::settle_adjustment(&state.db, adj.id, Some((before, after))),
-            )
-            .await?;
-            tracing::info!(adjustment = %adj.id, ?before, ?after, "sale adjusted");
-        }
-        Err(crate::engine::EngineError::Refused(_)) => {
-            db_call(&state, store::settle_adjustment(&state.db, adj.id, None)).await?;
-        }
-        // Unknown outcome: the row stays pending for reconcile to settle.
-        Err(_) => {}
-    }
-    applied?;
-    Ok(Json(state.engine.sale(&sale_id).await?))
+    let answer = adjust::adjust(
+        &state.engine,
+        &state.db,
+        state.settings.database_timeout(),
+        &request,
+    )
+    .await?;
+    Ok(Json(answer))
 }

@@ -21,6 +21,13 @@ pub struct SaleKeys {
     pub dead_letters: String,
     /// Set: ids of admin adjustments already applied (makes PATCH idempotent).
     pub adjustments: String,
+    /// Set: ids of adjustments a repair settled as never applied; applying
+    /// one of them later is refused, so a repair's verdict stands.
+    pub voided: String,
+    /// Hash: customer id -> confirmed units whose records a rebuild dropped
+    /// (the sale hash's `sold_base` is their sum). Recounts add the records
+    /// to these, so a rebuild followed by a recount never forgets a sale.
+    pub base: String,
     tag_prefix: String,
 }
 
@@ -36,6 +43,8 @@ impl SaleKeys {
             outbox: key("outbox"),
             dead_letters: key("dead"),
             adjustments: key("adj"),
+            voided: key("adjx"),
+            base: key("base"),
             tag_prefix,
         }
     }
@@ -52,7 +61,7 @@ impl SaleKeys {
     }
 
     /// Every key of the sale except the idempotency keys (which expire).
-    pub fn all(&self) -> [&str; 7] {
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.sale,
             &self.reservations,
@@ -61,15 +70,24 @@ impl SaleKeys {
             &self.outbox,
             &self.dead_letters,
             &self.adjustments,
+            &self.voided,
+            &self.base,
         ]
     }
 }
 
-/// The registry of sale ids: how the reaper (and later the outbox worker)
-/// finds every sale without scanning the keyspace. It is the one key outside
-/// any sale's tag, and no script touches it.
+/// The registry of sale ids: how listings find every sale without scanning
+/// the keyspace. Outside any sale's tag; no script touches it.
 pub fn registry(prefix: &str) -> String {
     format!("{prefix}:sales")
+}
+
+/// The sales the worker's loops visit (reaper, flush, backlog): those not
+/// yet retired. A sale leaves once it ended with no hold left and an empty
+/// outbox, so the loops' cost follows the live sales, not every sale ever
+/// run. Outside any sale's tag; no script touches it.
+pub fn active(prefix: &str) -> String {
+    format!("{prefix}:active")
 }
 
 #[cfg(test)]

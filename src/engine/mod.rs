@@ -28,34 +28,83 @@ pub use keys::SaleKeys;
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
 
-/// The scripts, each built once at start-up with the shared prelude.
+/// One script of `lua/`, built once with the shared prelude, and its name
+/// for logs and metrics.
+struct Lua {
+    name: &'static str,
+    script: Script,
+}
+
+impl Lua {
+    fn new(name: &'static str, body: &str) -> Lua {
+        Lua {
+            name,
+            script: Script::new(&format!("{PRELUDE}\n{body}")),
+        }
+    }
+
+    fn key<T: redis::ToRedisArgs>(&self, key: T) -> Call<'_> {
+        Call {
+            name: self.name,
+            inv: self.script.key(key),
+        }
+    }
+}
+
+/// One call of a script being built: its keys and arguments, and whose it is.
+struct Call<'a> {
+    name: &'static str,
+    inv: redis::ScriptInvocation<'a>,
+}
+
+impl Call<'_> {
+    fn key<T: redis::ToRedisArgs>(&mut self, key: T) -> &mut Self {
+        self.inv.key(key);
+        self
+    }
+
+    fn arg<T: redis::ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.inv.arg(arg);
+        self
+    }
+}
+
+/// The scripts, each built once at start-up.
 struct Scripts {
-    create_sale: Script,
-    sale_state: Script,
-    reserve: Script,
-    confirm: Script,
-    release: Script,
-    expire: Script,
-    adjust_sale: Script,
-    inspect: Script,
-    recount: Script,
-    rebuild: Script,
+    create_sale: Lua,
+    sale_state: Lua,
+    reserve: Lua,
+    confirm: Lua,
+    release: Lua,
+    expire: Lua,
+    adjust_sale: Lua,
+    settle_adjustment: Lua,
+    inspect: Lua,
+    recount: Lua,
+    rebuild: Lua,
+    retire: Lua,
 }
 
 impl Scripts {
     fn load() -> Scripts {
-        let with_prelude = |body: &str| Script::new(&format!("{PRELUDE}\n{body}"));
+        macro_rules! lua {
+            ($name:literal) => {
+                Lua::new($name, include_str!(concat!("../../lua/", $name, ".lua")))
+            };
+        }
         Scripts {
-            create_sale: with_prelude(include_str!("../../lua/create_sale.lua")),
-            sale_state: with_prelude(include_str!("../../lua/sale_state.lua")),
-            reserve: with_prelude(include_str!("../../lua/reserve.lua")),
-            confirm: with_prelude(include_str!("../../lua/confirm.lua")),
-            release: with_prelude(include_str!("../../lua/release.lua")),
-            expire: with_prelude(include_str!("../../lua/expire.lua")),
-            adjust_sale: with_prelude(include_str!("../../lua/adjust_sale.lua")),
-            inspect: with_prelude(include_str!("../../lua/inspect.lua")),
-            recount: with_prelude(include_str!("../../lua/recount.lua")),
-            rebuild: with_prelude(include_str!("../../lua/rebuild.lua")),
+            create_sale: lua!("create_sale"),
+            sale_state: lua!("sale_state"),
+            reserve: lua!("reserve"),
+            confirm: lua!("confirm"),
+            release: lua!("release"),
+            expire: lua!("expire"),
+            adjust_sale: lua!("adjust_sale"),
+            settle_adjustment: lua!("settle_adjustment"),
+            inspect: lua!("inspect"),
+            recount: lua!("recount"),
+            rebuild: lua!("rebuild"),
+            retire: lua!("retire"),
         }
     }
 }
@@ -75,21 +124,32 @@ pub enum Refusal {
     SaleConflict,
 }
 
+/// Each refusal and its word: the scripts' outcome and the contract's code.
+const REFUSALS: [(Refusal, &str); 10] = [
+    (Refusal::SaleNotFound, "sale_not_found"),
+    (Refusal::SaleNotLive, "sale_not_live"),
+    (Refusal::LimitExceeded, "limit_exceeded"),
+    (Refusal::SoldOut, "sold_out"),
+    (Refusal::InsufficientStock, "insufficient_stock"),
+    (Refusal::IdempotencyKeyReused, "idempotency_key_reused"),
+    (Refusal::ReservationNotFound, "reservation_not_found"),
+    (Refusal::ReservationNotHeld, "reservation_not_held"),
+    (Refusal::HoldExpired, "hold_expired"),
+    (Refusal::SaleConflict, "sale_conflict"),
+];
+
 impl Refusal {
-    fn from_word(word: &str) -> Option<Refusal> {
-        Some(match word {
-            "sale_not_found" => Refusal::SaleNotFound,
-            "sale_not_live" => Refusal::SaleNotLive,
-            "limit_exceeded" => Refusal::LimitExceeded,
-            "sold_out" => Refusal::SoldOut,
-            "insufficient_stock" => Refusal::InsufficientStock,
-            "idempotency_key_reused" => Refusal::IdempotencyKeyReused,
-            "reservation_not_found" => Refusal::ReservationNotFound,
-            "reservation_not_held" => Refusal::ReservationNotHeld,
-            "hold_expired" => Refusal::HoldExpired,
-            "conflict" => Refusal::SaleConflict,
-            _ => return None,
-        })
+    /// The refusal a script's outcome word (or a stored contract code) names.
+    pub fn from_word(word: &str) -> Option<Refusal> {
+        REFUSALS.iter().find(|(_, w)| *w == word).map(|(r, _)| *r)
+    }
+
+    /// The contract's code for it.
+    pub fn code(self) -> &'static str {
+        REFUSALS
+            .iter()
+            .find(|(r, _)| *r == self)
+            .map_or("internal", |(_, w)| w)
     }
 }
 
@@ -97,17 +157,88 @@ impl Refusal {
 pub enum EngineError {
     #[error("refused: {0:?}")]
     Refused(Refusal),
-    /// Redis did not answer in time or the connection failed.
+    /// Redis cannot serve for now: unreachable, timed out, or answering
+    /// with an error that passes (BUSY, LOADING, READONLY, TRYAGAIN,
+    /// CLUSTERDOWN, MASTERDOWN, OOM). A retry may succeed.
     #[error("redis unavailable: {0}")]
-    Unavailable(String),
+    Unavailable(Unavailable),
+    /// A script (or a plain command, `op` "command") failed inside Redis: a
+    /// runtime error, a wrong type. A bug of ours or tampered data; retrying
+    /// never helps.
+    #[error("{op} failed: {source}")]
+    Fault {
+        op: &'static str,
+        source: redis::RedisError,
+    },
     /// Redis answered something the scripts never return: a bug or tampering.
     #[error("unexpected reply from redis: {0}")]
     Corrupt(String),
 }
 
+/// Why Redis could not serve, with the source kept.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("no answer within {0} ms")]
+    TimedOut(u128),
+    #[error(transparent)]
+    Redis(redis::RedisError),
+}
+
+impl EngineError {
+    /// The Redis error code (`NOGROUP`, `BUSYGROUP`, …) of a command's
+    /// failure, for callers that handle one code themselves.
+    pub fn redis_code(&self) -> Option<&str> {
+        match self {
+            EngineError::Unavailable(Unavailable::Redis(e))
+            | EngineError::Fault { source: e, .. } => e.code(),
+            _ => None,
+        }
+    }
+}
+
+/// Whether a Redis failure passes by itself (a retry may succeed) rather
+/// than being a fault that will repeat. Judged by the error's kind and
+/// code, never by its text.
+pub(crate) fn is_transient(e: &redis::RedisError) -> bool {
+    use redis::{ErrorKind, ServerErrorKind as S};
+    if e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal() {
+        return true;
+    }
+    match e.kind() {
+        ErrorKind::Io | ErrorKind::ClusterConnectionNotFound | ErrorKind::AuthenticationFailed => {
+            true
+        }
+        ErrorKind::Server(
+            S::BusyLoading
+            | S::TryAgain
+            | S::ClusterDown
+            | S::MasterDown
+            | S::ReadOnly
+            | S::Moved
+            | S::Ask,
+        ) => true,
+        ErrorKind::Extension => matches!(e.code(), Some("BUSY" | "OOM" | "NOREPLICAS")),
+        _ => false,
+    }
+}
+
+impl EngineError {
+    /// Classifies a failure of `op` (a script's name, or "command").
+    fn redis(op: &'static str, e: redis::RedisError) -> EngineError {
+        if is_transient(&e) {
+            EngineError::Unavailable(Unavailable::Redis(e))
+        } else {
+            crate::metrics::redis_fault(op);
+            EngineError::Fault { op, source: e }
+        }
+    }
+}
+
 impl From<redis::RedisError> for EngineError {
+    /// A failure of a plain command. Errors of our scripts go through
+    /// `Engine::run`, which names the script.
     fn from(e: redis::RedisError) -> Self {
-        EngineError::Unavailable(e.to_string())
+        EngineError::redis("command", e)
     }
 }
 
@@ -157,15 +288,86 @@ pub struct Inspection {
     pub oldest_outbox_age_ms: i64,
 }
 
+/// What Postgres knows of a sale's stock, for the repairs: they take no
+/// figure below it.
+#[derive(Debug, Clone)]
+pub struct Known<'a> {
+    /// The scheduled stock plus the applied adjustments.
+    pub total: i64,
+    /// Units of the sale's orders.
+    pub sold: i64,
+    /// Ids of the adjustments settled as applied.
+    pub applied: &'a [String],
+    /// Units ordered per customer.
+    pub per_customer: &'a [(String, i64)],
+}
+
 /// What a rebuild restores: the sale as Postgres knows it.
 #[derive(Debug, Clone)]
 pub struct Restore<'a> {
     pub def: &'a SaleDef,
-    pub total: i64,
+    pub known: Known<'a>,
     pub ends_ms: i64,
     pub paused: bool,
-    pub sold: i64,
-    pub per_customer: &'a [(String, i64)],
+    /// Ids of the adjustments settled as rejected: they stay refused.
+    pub rejected: &'a [String],
+}
+
+/// What one reaper step did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expired {
+    pub holds: u64,
+    /// More holds were already due: go again.
+    pub more_due: bool,
+    /// The sale has ended with nothing held and nothing in its outbox.
+    pub over: bool,
+}
+
+/// An admin's change to a live sale; `id` makes applying it idempotent.
+#[derive(Debug, Clone)]
+pub struct Change<'a> {
+    pub id: &'a str,
+    pub stock_delta: i64,
+    pub ends_ms: Option<i64>,
+    pub paused: Option<bool>,
+}
+
+/// What became of an adjustment in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Adjusted {
+    /// Applied now (or, for a retry of the same id, earlier): the figures
+    /// before and after it.
+    Applied { before: Figures, after: Figures },
+    /// Found applied by an earlier call (settling a pending row).
+    AppliedEarlier,
+    /// A repair settled it as never applied; it never will be.
+    Voided,
+}
+
+/// What a recount did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Recounted {
+    Done(Stock),
+    /// More units held and sold than the total: nothing changed.
+    Overcommitted {
+        held: i64,
+        sold: i64,
+    },
+    /// Redis applied an adjustment Postgres does not count yet: nothing
+    /// changed (the total would have reversed it).
+    AdjustmentUnsettled(String),
+}
+
+/// What a rebuild did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Rebuilt {
+    Done(Stock),
+    /// The sale is gone but its outbox still holds orders: flush first.
+    OutboxNotEmpty(i64),
+    /// As for a recount.
+    AdjustmentUnsettled(String),
+    /// Postgres has more units sold than the total.
+    Oversold,
 }
 
 /// A reservation as the scripts store it (one field of the reservations hash).
@@ -349,9 +551,8 @@ impl Engine {
     ) -> EngineResult<T> {
         match tokio::time::timeout(self.timeout, fut).await {
             Ok(r) => Ok(r?),
-            Err(_) => Err(EngineError::Unavailable(format!(
-                "no answer within {} ms",
-                self.timeout.as_millis()
+            Err(_) => Err(EngineError::Unavailable(Unavailable::TimedOut(
+                self.timeout.as_millis(),
             ))),
         }
     }
@@ -359,15 +560,24 @@ impl Engine {
     /// Starts a call of one of the hold scripts (reserve, confirm, release,
     /// expire): they all take the sale, its reservations, its customers and
     /// its deadline index as their first four keys.
-    fn hold_call<'a>(script: &'a Script, k: &SaleKeys) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.key(&k.sale);
-        inv.key(&k.reservations).key(&k.customers).key(&k.due);
-        inv
+    fn hold_call<'a>(script: &'a Lua, k: &SaleKeys) -> Call<'a> {
+        let mut call = script.key(&k.sale);
+        call.key(&k.reservations).key(&k.customers).key(&k.due);
+        call
     }
 
-    async fn run(&self, inv: &redis::ScriptInvocation<'_>) -> EngineResult<Reply> {
+    async fn run(&self, call: &Call<'_>) -> EngineResult<Reply> {
         let mut conn = self.conn.clone();
-        let value: Value = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let value: Value =
+            match tokio::time::timeout(self.timeout, call.inv.invoke_async(&mut conn)).await {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => return Err(EngineError::redis(call.name, e)),
+                Err(_) => {
+                    return Err(EngineError::Unavailable(Unavailable::TimedOut(
+                        self.timeout.as_millis(),
+                    )))
+                }
+            };
         Reply::parse(value)
     }
 
@@ -385,11 +595,7 @@ impl Engine {
             .map_err(|e| EngineError::Corrupt(format!("sale definition: {e}")))?;
         // The registry first: a crash after it leaves an id the reaper skips,
         // never a sale the reaper cannot find.
-        let mut conn = self.conn.clone();
-        let registry = keys::registry(&self.prefix);
-        let id = def.id.clone();
-        self.bounded(async move { conn.sadd::<_, _, ()>(registry, id).await })
-            .await?;
+        self.register(&def.id).await?;
         let reply = self
             .run(
                 self.scripts
@@ -454,6 +660,86 @@ impl Engine {
         let registry = keys::registry(&self.prefix);
         self.bounded(async move { conn.smembers(registry).await })
             .await
+    }
+
+    /// The sales the worker's loops visit: every sale not retired.
+    pub async fn active_ids(&self) -> EngineResult<Vec<String>> {
+        let mut conn = self.conn.clone();
+        let active = keys::active(&self.prefix);
+        self.bounded(async move { conn.smembers(active).await })
+            .await
+    }
+
+    /// Puts a sale in the registry and in the worker's loops.
+    async fn register(&self, sale_id: &str) -> EngineResult<()> {
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.sadd(keys::registry(&self.prefix), sale_id)
+            .ignore()
+            .sadd(keys::active(&self.prefix), sale_id)
+            .ignore();
+        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
+            .await
+    }
+
+    /// Takes every registered sale back into the worker's loops: a worker
+    /// starting on a Redis written by a version without the active set, or
+    /// after on-call deleted it, finds every sale again. Sales that are over
+    /// retire again on the next pass.
+    pub async fn activate_all(&self) -> EngineResult<()> {
+        let mut conn = self.conn.clone();
+        let (active, registry) = (keys::active(&self.prefix), keys::registry(&self.prefix));
+        self.bounded(async move {
+            redis::cmd("SUNIONSTORE")
+                .arg(&active)
+                .arg(&active)
+                .arg(registry)
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await
+    }
+
+    /// Takes a sale out of the worker's loops if it is over (ended, nothing
+    /// held, outbox empty). Returns whether it left.
+    ///
+    /// The sale is marked retired in its own hash first (one script, so the
+    /// check and the mark are atomic), then removed from the active set, then
+    /// the mark is read again: an adjustment that reopened the sale in
+    /// between cleared the mark before it re-added the sale, so whichever
+    /// order the two removals and additions take, a reopened sale ends up in
+    /// the set.
+    pub async fn retire_if_over(&self, sale_id: &str) -> EngineResult<bool> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(self.scripts.retire.key(&k.sale).key(&k.outbox))
+            .await?;
+        match r.word.as_str() {
+            "retired" => {}
+            "sale_not_found" => {
+                // Registered but gone (Redis lost it): a rebuild registers
+                // it again; until then nothing of it is left to visit.
+            }
+            _ => {
+                r.expect(&["active"])?;
+                return Ok(false);
+            }
+        }
+        let mut conn = self.conn.clone();
+        let active = keys::active(&self.prefix);
+        let id = sale_id.to_string();
+        self.bounded(async move { conn.srem::<_, _, ()>(active, id).await })
+            .await?;
+        let mut conn = self.conn.clone();
+        let sale = k.sale.clone();
+        let retired: Option<i64> = self
+            .bounded(async move { conn.hget(sale, "retired").await })
+            .await?;
+        if retired == Some(0) {
+            self.register(sale_id).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     /// Takes `quantity` units for the customer and returns the hold.
@@ -579,26 +865,26 @@ impl Engine {
     }
 
     /// One reaper step for one sale: expires up to `batch` holds past their
-    /// deadline. Returns how many it expired and whether more are due.
-    pub async fn expire_due(&self, sale_id: &str, batch: u32) -> EngineResult<(u64, bool)> {
+    /// deadline.
+    pub async fn expire_due(&self, sale_id: &str, batch: u32) -> EngineResult<Expired> {
         let k = self.keys(sale_id);
         let r = self
-            .run(Self::hold_call(&self.scripts.expire, &k).arg(batch))
+            .run(
+                Self::hold_call(&self.scripts.expire, &k)
+                    .key(&k.outbox)
+                    .arg(batch),
+            )
             .await?
             .expect(&["ok"])?;
-        Ok((r.int(0)?.max(0) as u64, r.int(1)? == 1))
+        Ok(Expired {
+            holds: r.int(0)?.max(0) as u64,
+            more_due: r.int(1)? == 1,
+            over: r.int(2)? == 1,
+        })
     }
 
-    /// Applies an admin adjustment once (by its id). Returns the figures
-    /// before and after.
-    pub async fn adjust_sale(
-        &self,
-        sale_id: &str,
-        adjustment_id: &str,
-        stock_delta: i64,
-        ends_ms: Option<i64>,
-        paused: Option<bool>,
-    ) -> EngineResult<(Figures, Figures)> {
+    /// Applies an admin adjustment once (by its id).
+    pub async fn adjust_sale(&self, sale_id: &str, change: &Change<'_>) -> EngineResult<Adjusted> {
         let k = self.keys(sale_id);
         let r = self
             .run(
@@ -606,19 +892,54 @@ impl Engine {
                     .adjust_sale
                     .key(&k.sale)
                     .key(&k.adjustments)
-                    .arg(adjustment_id)
-                    .arg(stock_delta)
-                    .arg(ends_ms.map(|v| v.to_string()).unwrap_or_default())
-                    .arg(paused.map(|p| if p { "1" } else { "0" }).unwrap_or("")),
+                    .key(&k.voided)
+                    .arg(change.id)
+                    .arg(change.stock_delta)
+                    .arg(change.ends_ms.map(|v| v.to_string()).unwrap_or_default())
+                    .arg(
+                        change
+                            .paused
+                            .map(|p| if p { "1" } else { "0" })
+                            .unwrap_or(""),
+                    ),
             )
-            .await?
-            .expect(&["applied", "already_applied"])?;
+            .await?;
+        if r.word == "voided" {
+            return Ok(Adjusted::Voided);
+        }
+        let r = r.expect(&["applied", "already_applied"])?;
         self.soldout.forget(sale_id);
+        // A new end may reopen a retired sale: the loops take it back.
+        self.register(sale_id).await?;
         let figures = |i| {
             serde_json::from_str::<Figures>(&r.text(i)?)
                 .map_err(|e| EngineError::Corrupt(format!("figures: {e}")))
         };
-        Ok((figures(0)?, figures(1)?))
+        Ok(Adjusted::Applied {
+            before: figures(0)?,
+            after: figures(1)?,
+        })
+    }
+
+    /// Decides whether an adjustment Postgres has as pending was applied;
+    /// one not applied is voided in the same step, so it never will be.
+    pub async fn settle_adjustment(&self, sale_id: &str, id: &str) -> EngineResult<Adjusted> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(
+                self.scripts
+                    .settle_adjustment
+                    .key(&k.adjustments)
+                    .key(&k.voided)
+                    .arg(id),
+            )
+            .await?
+            .expect(&["applied", "voided"])?;
+        Ok(if r.word == "applied" {
+            Adjusted::AppliedEarlier
+        } else {
+            Adjusted::Voided
+        })
     }
 
     /// A consistent snapshot of the sale's figures; `None` when Redis does
@@ -652,42 +973,60 @@ impl Engine {
         }))
     }
 
-    /// Recomputes held, sold and the customers' counts from the reservation
-    /// records, with `total` from the schedule. `Ok(None)`: more units are
-    /// held and sold than the total, and nothing was changed.
-    pub async fn recount(&self, sale_id: &str, total: i64) -> EngineResult<Option<Stock>> {
+    /// Recomputes held, sold and the customers' counts from every source
+    /// that knows them (see `lua/recount.lua`), with `total` from Postgres.
+    pub async fn recount(&self, sale_id: &str, known: &Known<'_>) -> EngineResult<Recounted> {
         let k = self.keys(sale_id);
-        let r = self
-            .run(Self::hold_call(&self.scripts.recount, &k).arg(total))
-            .await?
-            .expect(&["recounted", "overcommitted"])?;
-        self.soldout.forget(sale_id);
-        if r.word == "overcommitted" {
-            return Ok(None);
+        let mut call = self.scripts.recount.key(&k.sale);
+        call.key(&k.reservations)
+            .key(&k.customers)
+            .key(&k.base)
+            .key(&k.adjustments)
+            .arg(known.total)
+            .arg(known.sold)
+            .arg(known.applied.len());
+        for id in known.applied {
+            call.arg(id);
         }
-        Ok(Some(Stock {
-            total: r.int(0)?,
-            available: r.int(1)?,
-            held: r.int(2)?,
-            sold: r.int(3)?,
-        }))
+        for (customer, units) in known.per_customer {
+            call.arg(customer).arg(*units);
+        }
+        let r = self.run(&call).await?;
+        self.soldout.forget(sale_id);
+        Ok(match r.word.as_str() {
+            "overcommitted" => Recounted::Overcommitted {
+                held: r.int(0)?,
+                sold: r.int(1)?,
+            },
+            "adjustment_unsettled" => Recounted::AdjustmentUnsettled(r.text(0)?),
+            _ => {
+                let r = r.expect(&["recounted"])?;
+                Recounted::Done(Stock {
+                    total: r.int(0)?,
+                    available: r.int(1)?,
+                    held: r.int(2)?,
+                    sold: r.int(3)?,
+                })
+            }
+        })
     }
 
-    /// Replaces the sale's Redis state with `restore`, atomically. Refused
-    /// (`Err(outbox entries)`) while confirmed orders wait in the outbox.
-    pub async fn rebuild(&self, restore: &Restore<'_>) -> EngineResult<Result<Stock, i64>> {
+    /// Replaces the sale's Redis state with `restore`, atomically (see
+    /// `lua/rebuild.lua` for when it refuses).
+    pub async fn rebuild(&self, restore: &Restore<'_>) -> EngineResult<Rebuilt> {
         let def = restore.def;
         let k = self.keys(&def.id);
         let json = serde_json::to_string(def)
             .map_err(|e| EngineError::Corrupt(format!("sale definition: {e}")))?;
-        let mut conn = self.conn.clone();
-        let (registry, id) = (keys::registry(&self.prefix), def.id.clone());
-        self.bounded(async move { conn.sadd::<_, _, ()>(registry, id).await })
-            .await?;
-        let mut inv = Self::hold_call(&self.scripts.rebuild, &k);
-        inv.key(&k.outbox)
+        self.register(&def.id).await?;
+        let known = &restore.known;
+        let mut call = Self::hold_call(&self.scripts.rebuild, &k);
+        call.key(&k.outbox)
+            .key(&k.base)
+            .key(&k.adjustments)
+            .key(&k.voided)
             .arg(json)
-            .arg(restore.total)
+            .arg(known.total)
             .arg(crate::domain::to_ms(def.starts_at))
             .arg(restore.ends_ms)
             .arg(def.per_customer_limit)
@@ -695,27 +1034,30 @@ impl Engine {
             .arg(def.price_cents)
             .arg(&def.currency)
             .arg(if restore.paused { "1" } else { "0" })
-            .arg(restore.sold);
-        for (customer, units) in restore.per_customer {
-            inv.arg(customer).arg(*units);
+            .arg(known.sold)
+            .arg(known.applied.len())
+            .arg(restore.rejected.len());
+        for id in known.applied.iter().chain(restore.rejected) {
+            call.arg(id);
         }
-        let r = self.run(&inv).await?;
+        for (customer, units) in known.per_customer {
+            call.arg(customer).arg(*units);
+        }
+        let r = self.run(&call).await?;
         self.soldout.forget(&def.id);
-        match r.word.as_str() {
-            "outbox_not_empty" => Ok(Err(r.int(0)?)),
-            "oversold" => Err(EngineError::Corrupt(format!(
-                "Postgres has more units sold than the total of sale {}",
-                def.id
-            ))),
+        Ok(match r.word.as_str() {
+            "outbox_not_empty" => Rebuilt::OutboxNotEmpty(r.int(0)?),
+            "adjustment_unsettled" => Rebuilt::AdjustmentUnsettled(r.text(0)?),
+            "oversold" => Rebuilt::Oversold,
             _ => {
                 let r = r.expect(&["rebuilt"])?;
-                Ok(Ok(Stock {
+                Rebuilt::Done(Stock {
                     total: r.int(0)?,
                     available: r.int(1)?,
                     held: 0,
                     sold: r.int(2)?,
-                }))
+                })
             }
-        }
+        })
     }
 }

@@ -24,10 +24,11 @@ pub struct Reaped {
     pub expired: u64,
 }
 
-/// One reaper pass over every sale: expires every hold whose deadline has
-/// passed, in batches, from each sale's deadline index.
+/// One reaper pass over every active sale: expires every hold whose
+/// deadline has passed, in batches, from each sale's deadline index. A sale
+/// that is over (ended, nothing held, outbox empty) then leaves the loops.
 pub async fn reap_once(engine: &Engine, batch: u32) -> Result<Reaped, EngineError> {
-    let ids = engine.sale_ids().await?;
+    let ids = engine.active_ids().await?;
     let mut reaped = Reaped {
         sales: ids.len(),
         expired: 0,
@@ -35,11 +36,15 @@ pub async fn reap_once(engine: &Engine, batch: u32) -> Result<Reaped, EngineErro
     for id in &ids {
         loop {
             match engine.expire_due(id, batch).await {
-                Ok((n, more)) => {
-                    reaped.expired += n;
-                    if !more {
-                        break;
+                Ok(step) => {
+                    reaped.expired += step.holds;
+                    if step.more_due {
+                        continue;
                     }
+                    if step.over && engine.retire_if_over(id).await? {
+                        tracing::info!(sale_id = %id, "sale is over: it leaves the worker's loops");
+                    }
+                    break;
                 }
                 // A registered id whose keys are gone (Redis lost them): skip.
                 Err(EngineError::Refused(Refusal::SaleNotFound)) => break,
@@ -51,19 +56,41 @@ pub async fn reap_once(engine: &Engine, batch: u32) -> Result<Reaped, EngineErro
 }
 
 /// Loads into Redis the sales whose creation stopped half way (Postgres
-/// written, Redis not). Returns how many it loaded.
+/// written, Redis not). A sale that fails to load is skipped, with the
+/// reason kept in Postgres (shown by reconcile), logged when it first fails
+/// (or fails anew), and counted; the others load. Returns how many loaded.
 pub async fn load_pending_sales(engine: &Engine, db: &PgPool) -> anyhow::Result<usize> {
-    let pending = store::sales_not_loaded(db).await?;
-    for def in &pending {
-        engine.create_sale(def).await?;
-        store::mark_loaded(db, &def.id).await?;
-        tracing::info!(sale_id = %def.id, "loaded a sale whose creation was interrupted");
+    let mut loaded = 0;
+    for (def, previous) in store::sales_not_loaded(db).await? {
+        match engine.create_sale(&def).await {
+            Ok(_) => {
+                store::mark_loaded(db, &def.id).await?;
+                loaded += 1;
+                tracing::info!(sale_id = %def.id, "loaded a sale whose creation was interrupted");
+            }
+            // Redis down is down for every sale: stop the pass here.
+            Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
+            Err(e) => {
+                let why = match &e {
+                    EngineError::Refused(Refusal::SaleConflict) => {
+                        "Redis holds a different sale under this id".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                crate::metrics::load_failed();
+                if previous.as_deref() != Some(why.as_str()) {
+                    tracing::error!(sale_id = %def.id, reason = %why, "cannot load a sale into Redis; loading the others");
+                    store::mark_load_failed(db, &def.id, &why).await?;
+                }
+            }
+        }
     }
-    Ok(pending.len())
+    Ok(loaded)
 }
 
-/// One pass of the outbox flush over every sale in the registry (so sales
-/// created after the worker started are found without scanning keys).
+/// One pass of the outbox flush over every active sale (so sales created
+/// after the worker started are found without scanning keys, and sales
+/// that are over cost nothing).
 /// `claim` also takes over entries idle at dead consumers. Stops at the first
 /// failure: the entries in question stay pending and are retried.
 pub async fn flush_once(
@@ -73,7 +100,7 @@ pub async fn flush_once(
 ) -> Result<outbox::Flushed, outbox::FlushError> {
     let mut total = outbox::Flushed::default();
     let mut failed = None;
-    for id in engine.sale_ids().await? {
+    for id in engine.active_ids().await? {
         match outbox.flush_sale(&id, claim).await {
             Ok(done) => total.add(done),
             // Postgres down is down for every sale: stop the pass here.
@@ -141,7 +168,7 @@ async fn flush_loop(
         }
         if report && last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = Instant::now();
-            if let Ok(ids) = engine.sale_ids().await {
+            if let Ok(ids) = engine.active_ids().await {
                 let mut per_sale = Vec::with_capacity(ids.len());
                 for id in ids {
                     if let Ok((pending, dead)) = outbox.backlog(&id).await {
@@ -154,6 +181,10 @@ async fn flush_loop(
     }
 }
 
+/// The worker settles only adjustments pending this long: younger ones are
+/// most likely a PATCH still on its way, which settles them itself.
+const SETTLE_AGE: Duration = Duration::from_secs(5);
+
 /// The light reconcile: every sale that is live now (or ended within the
 /// hour) is compared with Postgres, and its drift and stock exported as
 /// metrics, so drift alerts before anyone is paged. It repairs nothing.
@@ -163,7 +194,7 @@ pub async fn reconcile_live(engine: &Engine, db: &PgPool) -> anyhow::Result<()> 
         if def.starts_at > now || def.ends_at < now - time::Duration::hours(1) {
             continue;
         }
-        let report = crate::reconcile::inspect(engine, db, &def).await?;
+        let report = crate::reconcile::inspect(engine, db, &def, SETTLE_AGE).await?;
         crate::metrics::drift(&def.id, &report.drift);
         if let Some(r) = &report.redis {
             let stock = crate::domain::Stock {
@@ -185,6 +216,11 @@ pub async fn reconcile_live(engine: &Engine, db: &PgPool) -> anyhow::Result<()> 
 /// Runs the background loops until `stop` is cancelled. Failures are logged
 /// once per change of state (down, then back up), not once per attempt.
 pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: CancellationToken) {
+    // Sales registered before the active set existed (or after it was lost)
+    // come back into the loops; those that are over leave on the first pass.
+    if let Err(e) = engine.activate_all().await {
+        tracing::warn!(error = %e, "cannot refresh the active sales; the loops use the set as it is");
+    }
     // Several consumers per worker: one reads and acknowledges in Redis while
     // another writes to Postgres (the group never hands both the same entry).
     let flush = futures::future::join_all(

@@ -113,6 +113,48 @@ impl Outbox {
         }
     }
 
+    /// The same outbox under a fixed consumer name. One-shot commands use
+    /// one (`reconcile`), so runs share one consumer, a crashed run's
+    /// pending entries are the next run's own, and no run leaves a new one.
+    pub fn with_consumer(mut self, name: &str) -> Outbox {
+        self.consumer = name.to_string();
+        self
+    }
+
+    /// Removes this consumer from the sale's group once it holds no pending
+    /// entry (removing it with some would strand them: delivered, never
+    /// acknowledged, and no longer anyone's to re-read). Returns whether it
+    /// was removed.
+    pub async fn leave(&self, sale_id: &str) -> Result<bool, FlushError> {
+        let keys = self.engine.keys(sale_id);
+        let mut conn = self.engine.connection();
+        let mut pending = redis::cmd("XPENDING");
+        pending
+            .arg(&keys.outbox)
+            .arg(GROUP)
+            .arg("-")
+            .arg("+")
+            .arg(1)
+            .arg(&self.consumer);
+        let held: Vec<Value> = match self.engine.bounded(pending.query_async(&mut conn)).await {
+            Ok(v) => v,
+            Err(e) if e.redis_code() == Some("NOGROUP") => return Ok(false),
+            Err(e) => return Err(e.into()),
+        };
+        if !held.is_empty() {
+            return Ok(false);
+        }
+        let mut del = redis::cmd("XGROUP");
+        del.arg("DELCONSUMER")
+            .arg(&keys.outbox)
+            .arg(GROUP)
+            .arg(&self.consumer);
+        self.engine
+            .bounded(del.query_async::<()>(&mut conn))
+            .await?;
+        Ok(true)
+    }
+
     /// Flushes everything this worker can take from one sale's outbox:
     /// its own pending entries, then idle entries of dead consumers (when
     /// `claim` is set), then new ones, batch by batch until none are left.
@@ -177,7 +219,7 @@ impl Outbox {
             }
         };
         let reply: Value = match self.engine.bounded(cmd.query_async(&mut conn)).await {
-            Err(EngineError::Unavailable(msg)) if msg.contains("NOGROUP") => {
+            Err(e) if e.redis_code() == Some("NOGROUP") => {
                 self.create_group(keys).await?;
                 return Ok(Vec::new());
             }
@@ -212,7 +254,7 @@ impl Outbox {
             .arg("0")
             .arg("MKSTREAM");
         match self.engine.bounded(cmd.query_async::<()>(&mut conn)).await {
-            Err(EngineError::Unavailable(msg)) if msg.contains("BUSYGROUP") => Ok(()),
+            Err(e) if e.redis_code() == Some("BUSYGROUP") => Ok(()),
             other => Ok(other?),
         }
     }
