@@ -113,18 +113,55 @@ fn server_ms(time: &Value) -> Option<i64> {
     Some(secs * 1000 + micros / 1000)
 }
 
-/// The refusal the sale would give every buyer now, if any.
+/// The refusal the sale would give every buyer now, if any. An ended sale
+/// keeps no mark: polling it would cost a read every 50 ms for every sale
+/// ever refused, for ever. A reserve on it goes to Redis once, is refused,
+/// and marks it again until the next poll.
 fn still_refused(hmget: &Value, now: i64) -> Option<Refusal> {
     let Value::Array(f) = hmget else {
         return None;
     };
     let field = |i: usize| f.get(i).and_then(super::int);
     let (available, starts, ends) = (field(0)?, field(1)?, field(2)?);
-    if field(3) == Some(1) || now < starts || now >= ends {
+    if now >= ends {
+        None
+    } else if field(3) == Some(1) || now < starts {
         Some(Refusal::SaleNotLive)
     } else if available <= 0 {
         Some(Refusal::SoldOut)
     } else {
         None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sale(available: i64, starts: i64, ends: i64, paused: i64) -> Value {
+        Value::Array([available, starts, ends, paused].map(Value::Int).to_vec())
+    }
+
+    #[test]
+    fn marks_follow_the_sale_and_ended_sales_keep_none() {
+        assert_eq!(
+            still_refused(&sale(0, 0, 100, 0), 50),
+            Some(Refusal::SoldOut)
+        );
+        assert_eq!(
+            still_refused(&sale(3, 0, 100, 1), 50),
+            Some(Refusal::SaleNotLive)
+        );
+        assert_eq!(
+            still_refused(&sale(3, 60, 100, 0), 50),
+            Some(Refusal::SaleNotLive)
+        );
+        assert_eq!(still_refused(&sale(3, 0, 100, 0), 50), None);
+        assert_eq!(
+            still_refused(&sale(0, 0, 100, 0), 100),
+            None,
+            "ended: dropped"
+        );
+        assert_eq!(still_refused(&Value::Nil, 50), None);
     }
 }
