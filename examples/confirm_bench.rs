@@ -197,7 +197,12 @@ async fn run_once(args: &Args, t: &Target, round: usize) -> anyhow::Result<Run> 
         .map(|(rid, customer)| async move {
             let t0 = Instant::now();
             engine
-                .confirm(sale_id, rid, customer, "pay")
+                .confirm(&flashsale::engine::ConfirmRequest {
+                    sale_id,
+                    reservation_id: rid,
+                    customer,
+                    payment_ref: "pay",
+                })
                 .await
                 .context("confirm")?;
             anyhow::Ok(u64::try_from(t0.elapsed().as_micros()).unwrap_or(u64::MAX))

@@ -5,7 +5,7 @@
 //! through the engine (the real reserve and confirm scripts, quantity 1, one
 //! customer per order, `--build-concurrency` calls in flight), so the sale's
 //! outbox stream holds one entry per order exactly as production writes
-//! them. Then the real worker code (`worker::outbox::Outbox::flush_sale`,
+//! them. Then the real worker code (`flush::Outbox::flush_sale`,
 //! batch size B) is called until it reports nothing left; that loop is timed.
 //! Afterwards `orders` holds exactly `--orders` rows of the sale, the outbox
 //! and the dead letters are empty, and the sale's `sold` counter matches.
@@ -49,8 +49,8 @@ use time::OffsetDateTime;
 
 use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef};
 use flashsale::engine::Engine;
+use flashsale::flush::Outbox;
 use flashsale::store::{self, NewOrder};
-use flashsale::worker::outbox::Outbox;
 
 #[derive(Debug, Parser)]
 #[command(about = "Outbox flush throughput vs one INSERT per order")]
@@ -294,7 +294,12 @@ async fn flush_case(
             async move {
                 let (rid, customer) = support::hold_one(engine, sale_id, i).await?;
                 engine
-                    .confirm(sale_id, &rid, &customer, "pay")
+                    .confirm(&flashsale::engine::ConfirmRequest {
+                        sale_id,
+                        reservation_id: &rid,
+                        customer: &customer,
+                        payment_ref: "pay",
+                    })
                     .await
                     .context("confirm")?;
                 anyhow::Ok(())

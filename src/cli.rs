@@ -246,7 +246,7 @@ async fn reconcile(
         Ok(h) => h,
         Err(code) => return code,
     };
-    let outbox = crate::worker::outbox::Outbox::new(
+    let outbox = crate::flush::Outbox::new(
         engine.clone(),
         db.clone(),
         settings.worker.flush_batch,
@@ -278,7 +278,7 @@ async fn reconcile(
             if rebuild || apply {
                 outbox.leave(&def.id).await?;
             }
-            crate::metrics::drift(&report.sale_id, &report.drift);
+            report.export();
             reports.push(report);
         }
         Ok::<_, rc::ReconcileError>(reports)

@@ -134,6 +134,20 @@ pub struct Stock {
     pub sold: i64,
 }
 
+/// A confirmed order on its way from the outbox to the `orders` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewOrder {
+    pub order_id: uuid::Uuid,
+    pub reservation_id: String,
+    pub sale_id: String,
+    pub customer_id: String,
+    pub quantity: i32,
+    pub price_cents: i64,
+    pub currency: String,
+    pub payment_ref: String,
+    pub confirmed_at: OffsetDateTime,
+}
+
 /// A sale with its live figures, as `GET /v1/sales/{id}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sale {

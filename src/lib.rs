@@ -24,6 +24,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
+pub mod flush;
 pub mod limits;
 pub mod loadtest;
 pub mod metrics;

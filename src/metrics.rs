@@ -112,11 +112,11 @@ pub fn backlog(per_sale: &[(String, u64, u64)]) {
     gauge!("flashsale_outbox_pending_total").set(total as f64);
 }
 
-/// Drift found by reconcile (the command or the worker's loop), per kind.
-pub fn drift(sale_id: &str, found: &[crate::reconcile::Drift]) {
-    for kind in crate::reconcile::DRIFT_KINDS {
-        let n = found.iter().filter(|d| d.word() == *kind).count();
-        gauge!("flashsale_reconcile_drift", "sale_id" => sale_id.to_string(), "kind" => *kind)
+/// Drift found by reconcile (the command or the worker's loop): how many
+/// of each kind (every kind is given, so a repaired one drops to 0).
+pub fn drift(sale_id: &str, per_kind: impl IntoIterator<Item = (&'static str, usize)>) {
+    for (kind, n) in per_kind {
+        gauge!("flashsale_reconcile_drift", "sale_id" => sale_id.to_string(), "kind" => kind)
             .set(n as f64);
     }
 }

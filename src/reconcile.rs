@@ -14,8 +14,8 @@ use sqlx::PgPool;
 use crate::adjust::{self, AdjustError};
 use crate::domain::{to_ms, SaleDef, Stock};
 use crate::engine::{Engine, EngineError, Inspection, Known, Rebuilt, Recounted, Restore};
+use crate::flush::{FlushError, Outbox};
 use crate::store::{self, Ledger, StoreError};
-use crate::worker::outbox::{FlushError, Outbox};
 
 /// Holds this far past their deadline count as not reaped (the reaper's
 /// promise is one second), and orders waiting this long in the outbox as not
@@ -58,6 +58,18 @@ pub const DRIFT_KINDS: &[&str] = &[
     "dead_letters",
     "load_failed",
 ];
+
+impl SaleReport {
+    /// Exports the report's drift, per kind, as metrics.
+    pub fn export(&self) {
+        crate::metrics::drift(
+            &self.sale_id,
+            DRIFT_KINDS
+                .iter()
+                .map(|k| (*k, self.drift.iter().filter(|d| d.word() == *k).count())),
+        );
+    }
+}
 
 impl Drift {
     pub fn word(&self) -> &'static str {
@@ -346,6 +358,38 @@ pub async fn rebuild(
         "sale {}: the outbox never stayed empty long enough to rebuild; stop confirms or the worker's errors first",
         def.id
     )))
+}
+
+/// The worker settles only adjustments pending this long: younger ones are
+/// most likely a PATCH still on its way, which settles them itself.
+const SETTLE_AGE: Duration = Duration::from_secs(5);
+
+/// The light reconcile: every sale that is live now (or ended within the
+/// hour) is compared with Postgres, and its drift and stock exported as
+/// metrics, so drift alerts before anyone is paged. It repairs nothing.
+pub async fn watch_live(engine: &Engine, db: &PgPool) -> Result<(), ReconcileError> {
+    let now = time::OffsetDateTime::now_utc();
+    for def in store::sales(db).await? {
+        if def.starts_at > now || def.ends_at < now - time::Duration::hours(1) {
+            continue;
+        }
+        let report = inspect(engine, db, &def, SETTLE_AGE).await?;
+        report.export();
+        if let Some(r) = &report.redis {
+            let stock = crate::domain::Stock {
+                total: r.total,
+                available: r.available,
+                held: r.held,
+                sold: r.sold,
+            };
+            crate::metrics::stock(&def.id, &stock);
+        }
+        if !report.drift.is_empty() {
+            let kinds: Vec<&str> = report.drift.iter().map(|d| d.word()).collect();
+            tracing::warn!(sale_id = %def.id, drift = ?kinds, "reconcile found drift");
+        }
+    }
+    Ok(())
 }
 
 /// The sales to look at: one, or every scheduled sale.

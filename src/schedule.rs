@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sqlx::PgPool;
 
 use crate::domain::{SaleDef, SaleInput};
-use crate::engine::{Engine, EngineError};
+use crate::engine::{Engine, EngineError, Refusal};
 use crate::store::{self, Scheduled, StoreError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +43,39 @@ pub async fn schedule(
     engine.create_sale(def).await?;
     store::mark_loaded(db, &def.id).await?;
     Ok(outcome)
+}
+
+/// Loads into Redis the sales whose creation stopped half way (Postgres
+/// written, Redis not). A sale that fails to load is skipped, with the
+/// reason kept in Postgres (shown by reconcile), logged when it first fails
+/// (or fails anew), and counted; the others load. Returns how many loaded.
+pub async fn load_pending(engine: &Engine, db: &PgPool) -> Result<usize, ScheduleError> {
+    let mut loaded = 0;
+    for (def, previous) in store::sales_not_loaded(db).await? {
+        match engine.create_sale(&def).await {
+            Ok(_) => {
+                store::mark_loaded(db, &def.id).await?;
+                loaded += 1;
+                tracing::info!(sale_id = %def.id, "loaded a sale whose creation was interrupted");
+            }
+            // Redis down is down for every sale: stop the pass here.
+            Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
+            Err(e) => {
+                let why = match &e {
+                    EngineError::Refused(Refusal::SaleConflict) => {
+                        "Redis holds a different sale under this id".to_string()
+                    }
+                    other => other.to_string(),
+                };
+                crate::metrics::load_failed();
+                if previous.as_deref() != Some(why.as_str()) {
+                    tracing::error!(sale_id = %def.id, reason = %why, "cannot load a sale into Redis; loading the others");
+                    store::mark_load_failed(db, &def.id, &why).await?;
+                }
+            }
+        }
+    }
+    Ok(loaded)
 }
 
 /// Parses and validates a sales file (`[[sale]]` tables with the fields of

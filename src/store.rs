@@ -15,22 +15,25 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::config::Settings;
+pub use crate::domain::NewOrder;
 use crate::domain::SaleDef;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("postgres unavailable: {0}")]
-    Unavailable(String),
+    /// Postgres did not answer, or answered with an error (the source says
+    /// which; callers that care ask `is_permanent`).
+    #[error("postgres: {0}")]
+    Postgres(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("invalid database url: {0}")]
-    BadUrl(String),
-}
-
-impl From<sqlx::Error> for StoreError {
-    fn from(e: sqlx::Error) -> Self {
-        StoreError::Unavailable(e.to_string())
-    }
+    BadUrl(#[source] sqlx::Error),
+    /// A sale's row conflicted on insert, then was gone when read: it was
+    /// deleted in between (by hand; flashsale never deletes sales).
+    #[error("sale `{0}` vanished after a conflicting insert")]
+    SaleVanished(String),
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;
@@ -46,7 +49,7 @@ pub fn pool(settings: &Settings) -> StoreResult<PgPool> {
 }
 
 fn connect_options(url: &str) -> StoreResult<PgConnectOptions> {
-    PgConnectOptions::from_str(url).map_err(|e| StoreError::BadUrl(e.to_string()))
+    PgConnectOptions::from_str(url).map_err(StoreError::BadUrl)
 }
 
 /// Creates the database if missing, then applies the migrations. Idempotent.
@@ -64,10 +67,7 @@ pub async fn migrate(url: &str) -> StoreResult<()> {
         .acquire_timeout(Duration::from_secs(10))
         .connect_with(connect_options(url)?)
         .await?;
-    MIGRATOR
-        .run(&pool)
-        .await
-        .map_err(|e| StoreError::Unavailable(e.to_string()))?;
+    MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(())
 }
@@ -105,7 +105,7 @@ pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
     }
     let existing = sale(db, &def.id)
         .await?
-        .ok_or_else(|| StoreError::Unavailable("sale vanished after conflict".into()))?;
+        .ok_or_else(|| StoreError::SaleVanished(def.id.clone()))?;
     Ok(Scheduled::Existing(existing))
 }
 
@@ -423,20 +423,6 @@ pub async fn settled_adjustments(
 pub async fn ping(db: &PgPool) -> StoreResult<()> {
     sqlx::query("SELECT 1").execute(db).await?;
     Ok(())
-}
-
-/// A confirmed order on its way from the outbox to the `orders` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NewOrder {
-    pub order_id: Uuid,
-    pub reservation_id: String,
-    pub sale_id: String,
-    pub customer_id: String,
-    pub quantity: i32,
-    pub price_cents: i64,
-    pub currency: String,
-    pub payment_ref: String,
-    pub confirmed_at: OffsetDateTime,
 }
 
 /// Writes a batch of orders in one round trip. An order already there (same

@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::*;
 use flashsale::domain::{ReservationStatus, SaleDef};
-use flashsale::engine::{Adjusted, Change, Engine, EngineError, Refusal, ReserveRequest};
+use flashsale::engine::{
+    Adjusted, Change, ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest,
+};
 use proptest::prelude::*;
 use time::OffsetDateTime;
 
@@ -168,7 +170,14 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
             let i = pick % m.holds.len();
             let h = m.holds[i].clone();
             let before = wall_ms();
-            let got = engine.confirm(sale, &h.id, &h.customer, "pay").await;
+            let got = engine
+                .confirm(&ConfirmRequest {
+                    sale_id: sale,
+                    reservation_id: &h.id,
+                    customer: &h.customer,
+                    payment_ref: "pay",
+                })
+                .await;
             let when = side(h.expires_ms, before, wall_ms());
             match (h.status, got) {
                 (ReservationStatus::Held, Ok(_)) if when != Side::After => {

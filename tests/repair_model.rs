@@ -23,9 +23,9 @@ use std::time::Duration;
 use common::*;
 use flashsale::adjust;
 use flashsale::domain::{ReservationStatus, SaleDef};
-use flashsale::engine::{Engine, EngineError, Refusal, ReserveRequest};
+use flashsale::engine::{ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest};
+use flashsale::flush::Outbox;
 use flashsale::reconcile::{self, Drift};
-use flashsale::worker::outbox::Outbox;
 use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -246,7 +246,12 @@ impl Walk<'_> {
         let h = &self.model.holds[i];
         match self
             .engine()
-            .confirm(self.sale(), &h.id, &h.customer, "pay")
+            .confirm(&ConfirmRequest {
+                sale_id: self.sale(),
+                reservation_id: &h.id,
+                customer: &h.customer,
+                payment_ref: "pay",
+            })
             .await
         {
             Ok(c) => {

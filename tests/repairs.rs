@@ -397,7 +397,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     for def in [&bad, &good] {
         store::insert_sale(&app.db, def).await.unwrap();
     }
-    let loaded = flashsale::worker::load_pending_sales(&app.engine, &app.db)
+    let loaded = flashsale::schedule::load_pending(&app.engine, &app.db)
         .await
         .unwrap();
     assert_eq!(loaded, 1);
@@ -406,7 +406,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     assert_eq!(code, 1);
     assert!(kinds.contains(&"load_failed".to_string()), "{kinds:?}");
     // Loading again changes nothing and stops at nothing.
-    let loaded = flashsale::worker::load_pending_sales(&app.engine, &app.db)
+    let loaded = flashsale::schedule::load_pending(&app.engine, &app.db)
         .await
         .unwrap();
     assert_eq!(loaded, 0);

@@ -16,34 +16,18 @@ pub enum ApiError {
     Unauthorized(String),
     #[error("this endpoint needs the admin role")]
     Forbidden,
-    #[error("no such sale")]
-    SaleNotFound,
-    #[error("no such reservation")]
-    ReservationNotFound,
+    /// A refusal of the contract: its code, status and words come from the
+    /// one table in `engine::Refusal`.
+    #[error("{}", .0.message())]
+    Refused(Refusal),
     #[error("no such route")]
     RouteNotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
-    #[error("the sale is sold out")]
-    SoldOut,
-    #[error("fewer units are available than asked for")]
-    InsufficientStock,
-    #[error("this would take the customer past the sale's per-customer limit")]
-    LimitExceeded,
-    #[error("the sale is not live (not started, ended or paused)")]
-    SaleNotLive,
-    #[error("the reservation is not held (already released, confirmed or expired)")]
-    ReservationNotHeld,
-    #[error("a sale with this id exists with a different definition")]
-    SaleConflict,
-    #[error("the hold expired before it was confirmed")]
-    HoldExpired,
     #[error("{0}")]
     InvalidRequest(String),
     #[error("the request body is larger than {0} bytes")]
     PayloadTooLarge(usize),
-    #[error("this Idempotency-Key was used with a different request")]
-    IdempotencyKeyReused,
     #[error("too many requests")]
     RateLimited { retry_after_secs: u64 },
     #[error("a backing service is unavailable")]
@@ -67,18 +51,7 @@ impl From<EngineError> for ApiError {
 
 impl From<Refusal> for ApiError {
     fn from(r: Refusal) -> Self {
-        match r {
-            Refusal::SaleNotFound => ApiError::SaleNotFound,
-            Refusal::SaleNotLive => ApiError::SaleNotLive,
-            Refusal::LimitExceeded => ApiError::LimitExceeded,
-            Refusal::SoldOut => ApiError::SoldOut,
-            Refusal::InsufficientStock => ApiError::InsufficientStock,
-            Refusal::IdempotencyKeyReused => ApiError::IdempotencyKeyReused,
-            Refusal::ReservationNotFound => ApiError::ReservationNotFound,
-            Refusal::ReservationNotHeld => ApiError::ReservationNotHeld,
-            Refusal::HoldExpired => ApiError::HoldExpired,
-            Refusal::SaleConflict => ApiError::SaleConflict,
-        }
+        ApiError::Refused(r)
     }
 }
 
@@ -97,7 +70,7 @@ impl From<crate::limits::Shed> for ApiError {
 impl From<crate::schedule::ScheduleError> for ApiError {
     fn from(e: crate::schedule::ScheduleError) -> Self {
         match e {
-            crate::schedule::ScheduleError::Conflict => ApiError::SaleConflict,
+            crate::schedule::ScheduleError::Conflict => Refusal::SaleConflict.into(),
             crate::schedule::ScheduleError::Store(e) => e.into(),
             crate::schedule::ScheduleError::Engine(e) => e.into(),
         }
@@ -119,7 +92,14 @@ impl From<crate::adjust::AdjustError> for ApiError {
 
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
-        ApiError::Unavailable(format!("postgres: {e}"))
+        match e {
+            // A Postgres that refused the data itself will refuse it again.
+            StoreError::Postgres(ref db) if crate::store::is_permanent(db) => {
+                ApiError::Internal(e.to_string())
+            }
+            StoreError::Postgres(_) => ApiError::Unavailable(e.to_string()),
+            other => ApiError::Internal(other.to_string()),
+        }
     }
 }
 
@@ -129,12 +109,12 @@ impl ApiError {
         match self {
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden => StatusCode::FORBIDDEN,
-            SaleNotFound | ReservationNotFound | RouteNotFound => StatusCode::NOT_FOUND,
+            Refused(r) => {
+                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+            }
+            RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            SoldOut | InsufficientStock | LimitExceeded | SaleNotLive | ReservationNotHeld
-            | SaleConflict => StatusCode::CONFLICT,
-            HoldExpired => StatusCode::GONE,
-            InvalidRequest(_) | IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Unavailable(_) | Overloaded => StatusCode::SERVICE_UNAVAILABLE,
@@ -148,21 +128,12 @@ impl ApiError {
         match self {
             Unauthorized(_) => "unauthorized",
             Forbidden => "forbidden",
-            SaleNotFound => "sale_not_found",
-            ReservationNotFound => "reservation_not_found",
+            Refused(r) => r.code(),
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
-            SoldOut => "sold_out",
-            InsufficientStock => "insufficient_stock",
-            LimitExceeded => "limit_exceeded",
-            SaleNotLive => "sale_not_live",
-            ReservationNotHeld => "reservation_not_held",
-            SaleConflict => "sale_conflict",
-            HoldExpired => "hold_expired",
             // An oversized body is an out-of-range body: the contract's code,
             // with the status HTTP clients expect.
             InvalidRequest(_) | PayloadTooLarge(_) => "invalid_request",
-            IdempotencyKeyReused => "idempotency_key_reused",
             RateLimited { .. } => "rate_limited",
             Unavailable(_) | Overloaded => "unavailable",
             Internal(_) => "internal",

@@ -12,7 +12,7 @@ use super::extract::{Body, IdempotencyKey, PathId};
 use super::sales::sale_id;
 use super::AppState;
 use crate::domain::{sale_of_reservation, Order, Reservation};
-use crate::engine::ReserveRequest;
+use crate::engine::{ConfirmRequest, ReserveRequest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,7 +67,9 @@ pub async fn reserve(
 fn split(PathId(id): PathId) -> Result<(String, String), ApiError> {
     match sale_of_reservation(&id) {
         Some(sale) => Ok((sale.to_string(), id)),
-        None => Err(ApiError::ReservationNotFound),
+        None => Err(ApiError::Refused(
+            crate::engine::Refusal::ReservationNotFound,
+        )),
     }
 }
 
@@ -112,7 +114,12 @@ pub async fn confirm(
     }
     let confirmed = state
         .engine
-        .confirm(&sale, &rid, &caller.subject, &body.payment_ref)
+        .confirm(&ConfirmRequest {
+            sale_id: &sale,
+            reservation_id: &rid,
+            customer: &caller.subject,
+            payment_ref: &body.payment_ref,
+        })
         .await?;
     Ok(Json(confirmed.order))
 }

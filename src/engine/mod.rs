@@ -11,6 +11,7 @@
 
 pub mod keys;
 pub mod live;
+pub mod outbox;
 pub mod soldout;
 
 use std::sync::Arc;
@@ -124,32 +125,92 @@ pub enum Refusal {
     SaleConflict,
 }
 
-/// Each refusal and its word: the scripts' outcome and the contract's code.
-const REFUSALS: [(Refusal, &str); 10] = [
-    (Refusal::SaleNotFound, "sale_not_found"),
-    (Refusal::SaleNotLive, "sale_not_live"),
-    (Refusal::LimitExceeded, "limit_exceeded"),
-    (Refusal::SoldOut, "sold_out"),
-    (Refusal::InsufficientStock, "insufficient_stock"),
-    (Refusal::IdempotencyKeyReused, "idempotency_key_reused"),
-    (Refusal::ReservationNotFound, "reservation_not_found"),
-    (Refusal::ReservationNotHeld, "reservation_not_held"),
-    (Refusal::HoldExpired, "hold_expired"),
-    (Refusal::SaleConflict, "sale_conflict"),
+/// Every refusal, once: the word the scripts answer with (also the
+/// contract's code), the HTTP status the contract gives it, and what it
+/// tells the client.
+const REFUSALS: [(Refusal, &str, u16, &str); 10] = [
+    (Refusal::SaleNotFound, "sale_not_found", 404, "no such sale"),
+    (
+        Refusal::SaleNotLive,
+        "sale_not_live",
+        409,
+        "the sale is not live (not started, ended or paused)",
+    ),
+    (
+        Refusal::LimitExceeded,
+        "limit_exceeded",
+        409,
+        "this would take the customer past the sale's per-customer limit",
+    ),
+    (Refusal::SoldOut, "sold_out", 409, "the sale is sold out"),
+    (
+        Refusal::InsufficientStock,
+        "insufficient_stock",
+        409,
+        "fewer units are available than asked for",
+    ),
+    (
+        Refusal::IdempotencyKeyReused,
+        "idempotency_key_reused",
+        422,
+        "this Idempotency-Key was used with a different request",
+    ),
+    (
+        Refusal::ReservationNotFound,
+        "reservation_not_found",
+        404,
+        "no such reservation",
+    ),
+    (
+        Refusal::ReservationNotHeld,
+        "reservation_not_held",
+        409,
+        "the reservation is not held (already released, confirmed or expired)",
+    ),
+    (
+        Refusal::HoldExpired,
+        "hold_expired",
+        410,
+        "the hold expired before it was confirmed",
+    ),
+    (
+        Refusal::SaleConflict,
+        "sale_conflict",
+        409,
+        "a sale with this id exists with a different definition",
+    ),
 ];
 
 impl Refusal {
+    fn entry(self) -> (Refusal, &'static str, u16, &'static str) {
+        REFUSALS
+            .iter()
+            .copied()
+            .find(|(r, ..)| *r == self)
+            .unwrap_or((self, "internal", 500, "internal error"))
+    }
+
     /// The refusal a script's outcome word (or a stored contract code) names.
     pub fn from_word(word: &str) -> Option<Refusal> {
-        REFUSALS.iter().find(|(_, w)| *w == word).map(|(r, _)| *r)
+        REFUSALS
+            .iter()
+            .find(|(_, w, ..)| *w == word)
+            .map(|(r, ..)| *r)
     }
 
     /// The contract's code for it.
     pub fn code(self) -> &'static str {
-        REFUSALS
-            .iter()
-            .find(|(r, _)| *r == self)
-            .map_or("internal", |(_, w)| w)
+        self.entry().1
+    }
+
+    /// The HTTP status the contract answers it with.
+    pub fn status(self) -> u16 {
+        self.entry().2
+    }
+
+    /// What it tells the client.
+    pub fn message(self) -> &'static str {
+        self.entry().3
     }
 }
 
@@ -252,6 +313,16 @@ pub struct ReserveRequest<'a> {
     pub quantity: u32,
     /// `(Idempotency-Key, fingerprint of the request)`.
     pub idempotency: Option<(&'a str, String)>,
+}
+
+/// One confirm call, as the API validated it.
+#[derive(Debug, Clone, Copy)]
+pub struct ConfirmRequest<'a> {
+    pub sale_id: &'a str,
+    pub reservation_id: &'a str,
+    /// Must own the hold.
+    pub customer: &'a str,
+    pub payment_ref: &'a str,
 }
 
 /// A sale as the gateway created it: new, or the same one again.
@@ -786,13 +857,13 @@ impl Engine {
     }
 
     /// Confirms the customer's hold; confirming again returns the same order.
-    pub async fn confirm(
-        &self,
-        sale_id: &str,
-        reservation_id: &str,
-        customer: &str,
-        payment_ref: &str,
-    ) -> EngineResult<Confirmed> {
+    pub async fn confirm(&self, req: &ConfirmRequest<'_>) -> EngineResult<Confirmed> {
+        let ConfirmRequest {
+            sale_id,
+            reservation_id,
+            customer,
+            payment_ref,
+        } = *req;
         let k = self.keys(sale_id);
         let order_id = uuid::Uuid::now_v7().to_string();
         let r = self

@@ -6,8 +6,6 @@
 //! Each step is idempotent and returns what it did, so tests can drive the
 //! worker one step at a time; the loops only repeat the steps.
 
-pub mod outbox;
-
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -15,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::engine::{Engine, EngineError, Refusal};
-use crate::store;
+use crate::flush::{flush_once, Outbox};
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -55,63 +53,6 @@ pub async fn reap_once(engine: &Engine, batch: u32) -> Result<Reaped, EngineErro
     Ok(reaped)
 }
 
-/// Loads into Redis the sales whose creation stopped half way (Postgres
-/// written, Redis not). A sale that fails to load is skipped, with the
-/// reason kept in Postgres (shown by reconcile), logged when it first fails
-/// (or fails anew), and counted; the others load. Returns how many loaded.
-pub async fn load_pending_sales(engine: &Engine, db: &PgPool) -> anyhow::Result<usize> {
-    let mut loaded = 0;
-    for (def, previous) in store::sales_not_loaded(db).await? {
-        match engine.create_sale(&def).await {
-            Ok(_) => {
-                store::mark_loaded(db, &def.id).await?;
-                loaded += 1;
-                tracing::info!(sale_id = %def.id, "loaded a sale whose creation was interrupted");
-            }
-            // Redis down is down for every sale: stop the pass here.
-            Err(e @ EngineError::Unavailable(_)) => return Err(e.into()),
-            Err(e) => {
-                let why = match &e {
-                    EngineError::Refused(Refusal::SaleConflict) => {
-                        "Redis holds a different sale under this id".to_string()
-                    }
-                    other => other.to_string(),
-                };
-                crate::metrics::load_failed();
-                if previous.as_deref() != Some(why.as_str()) {
-                    tracing::error!(sale_id = %def.id, reason = %why, "cannot load a sale into Redis; loading the others");
-                    store::mark_load_failed(db, &def.id, &why).await?;
-                }
-            }
-        }
-    }
-    Ok(loaded)
-}
-
-/// One pass of the outbox flush over every active sale (so sales created
-/// after the worker started are found without scanning keys, and sales
-/// that are over cost nothing).
-/// `claim` also takes over entries idle at dead consumers. Stops at the first
-/// failure: the entries in question stay pending and are retried.
-pub async fn flush_once(
-    outbox: &outbox::Outbox,
-    engine: &Engine,
-    claim: bool,
-) -> Result<outbox::Flushed, outbox::FlushError> {
-    let mut total = outbox::Flushed::default();
-    let mut failed = None;
-    for id in engine.active_ids().await? {
-        match outbox.flush_sale(&id, claim).await {
-            Ok(done) => total.add(done),
-            // Postgres down is down for every sale: stop the pass here.
-            Err(e @ outbox::FlushError::Postgres(_)) => return Err(e),
-            // A Redis failure may be this sale's alone: the others go on.
-            Err(e) => failed = Some(e),
-        }
-    }
-    failed.map_or(Ok(total), Err)
-}
-
 /// The flush loop: a pass every `flush_interval_ms` while there is work,
 /// backing off (capped, doubling) while Postgres or Redis is down.
 ///
@@ -125,7 +66,7 @@ async fn flush_loop(
 ) {
     let w = &settings.worker;
     let claim_idle = Duration::from_millis(w.claim_idle_ms);
-    let outbox = outbox::Outbox::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
+    let outbox = Outbox::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
     let interval = Duration::from_millis(w.flush_interval_ms);
     let max_backoff = Duration::from_millis(w.max_backoff_ms);
     let mut delay = Duration::ZERO;
@@ -140,7 +81,7 @@ async fn flush_loop(
             _ = tokio::time::sleep(delay) => {}
         }
         let claim = last_claim.is_none_or(|t| t.elapsed() >= claim_idle / 2);
-        match flush_once(&outbox, &engine, claim).await {
+        match flush_once(&outbox, claim).await {
             Ok(done) => {
                 if claim {
                     last_claim = Some(Instant::now());
@@ -181,38 +122,6 @@ async fn flush_loop(
     }
 }
 
-/// The worker settles only adjustments pending this long: younger ones are
-/// most likely a PATCH still on its way, which settles them itself.
-const SETTLE_AGE: Duration = Duration::from_secs(5);
-
-/// The light reconcile: every sale that is live now (or ended within the
-/// hour) is compared with Postgres, and its drift and stock exported as
-/// metrics, so drift alerts before anyone is paged. It repairs nothing.
-pub async fn reconcile_live(engine: &Engine, db: &PgPool) -> anyhow::Result<()> {
-    let now = time::OffsetDateTime::now_utc();
-    for def in store::sales(db).await? {
-        if def.starts_at > now || def.ends_at < now - time::Duration::hours(1) {
-            continue;
-        }
-        let report = crate::reconcile::inspect(engine, db, &def, SETTLE_AGE).await?;
-        crate::metrics::drift(&def.id, &report.drift);
-        if let Some(r) = &report.redis {
-            let stock = crate::domain::Stock {
-                total: r.total,
-                available: r.available,
-                held: r.held,
-                sold: r.sold,
-            };
-            crate::metrics::stock(&def.id, &stock);
-        }
-        if !report.drift.is_empty() {
-            let kinds: Vec<&str> = report.drift.iter().map(|d| d.word()).collect();
-            tracing::warn!(sale_id = %def.id, drift = ?kinds, "reconcile found drift");
-        }
-    }
-    Ok(())
-}
-
 /// Runs the background loops until `stop` is cancelled. Failures are logged
 /// once per change of state (down, then back up), not once per attempt.
 pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: CancellationToken) {
@@ -248,14 +157,14 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
         let (engine, db) = (engine.clone(), db.clone());
         every_tick("loader", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
-            async move { load_pending_sales(&engine, &db).await.map(drop) }
+            async move { crate::schedule::load_pending(&engine, &db).await.map(drop) }
         })
     };
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
         every_tick("reconcile", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
-            async move { reconcile_live(&engine, &db).await }
+            async move { crate::reconcile::watch_live(&engine, &db).await }
         })
     };
     tokio::join!(flush, reaper, loader, reconciler);
