@@ -19,6 +19,12 @@ local function now_ms()
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
+-- Whether a sale takes reserves now: started, not ended, not paused. The
+-- same rule as `Window::at` in src/domain.rs, which judges it outside Redis.
+local function is_live(starts_ms, ends_ms, paused, now)
+  return paused ~= '1' and now >= tonumber(starts_ms) and now < tonumber(ends_ms)
+end
+
 -- Ends a hold that is still `held`: its units go back to `available`, the
 -- customer's count drops, and it leaves the deadline index. `status` is
 -- 'released' or 'expired'. Returns the record as stored.

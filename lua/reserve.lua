@@ -40,9 +40,7 @@ local s = redis.call('HMGET', sale, 'available', 'starts_ms', 'ends_ms', 'paused
   'limit', 'hold_ms', 'price_cents', 'currency')
 if not s[1] then return {'sale_not_found', now} end
 local available = tonumber(s[1])
-if s[4] == '1' or now < tonumber(s[2]) or now >= tonumber(s[3]) then
-  return {'sale_not_live', now}
-end
+if not is_live(s[2], s[3], s[4], now) then return {'sale_not_live', now} end
 local mine = tonumber(redis.call('HGET', customers, cust) or '0')
 if mine + qty > tonumber(s[5]) then return {'limit_exceeded', now} end
 if available == 0 then return {'sold_out', now} end

@@ -148,6 +148,31 @@ pub struct NewOrder {
     pub confirmed_at: OffsetDateTime,
 }
 
+/// Where a sale stands in its window: the one rule of when it takes
+/// reserves, on the Redis clock. `lua/prelude.lua`'s `is_live` is the same
+/// rule inside Redis, where the reserve applies it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Window {
+    Scheduled,
+    Open,
+    Paused,
+    Ended,
+}
+
+impl Window {
+    pub fn at(now_ms: i64, starts_ms: i64, ends_ms: i64, paused: bool) -> Window {
+        if now_ms >= ends_ms {
+            Window::Ended
+        } else if now_ms < starts_ms {
+            Window::Scheduled
+        } else if paused {
+            Window::Paused
+        } else {
+            Window::Open
+        }
+    }
+}
+
 /// A sale with its live figures, as `GET /v1/sales/{id}` shows it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Sale {
@@ -177,16 +202,12 @@ impl Sale {
         paused: bool,
         now: OffsetDateTime,
     ) -> Sale {
-        let status = if now >= ends_at {
-            SaleStatus::Ended
-        } else if now < def.starts_at {
-            SaleStatus::Scheduled
-        } else if paused {
-            SaleStatus::Paused
-        } else if stock.available == 0 {
-            SaleStatus::SoldOut
-        } else {
-            SaleStatus::Live
+        let status = match Window::at(to_ms(now), to_ms(def.starts_at), to_ms(ends_at), paused) {
+            Window::Ended => SaleStatus::Ended,
+            Window::Scheduled => SaleStatus::Scheduled,
+            Window::Paused => SaleStatus::Paused,
+            Window::Open if stock.available == 0 => SaleStatus::SoldOut,
+            Window::Open => SaleStatus::Live,
         };
         Sale {
             id: def.id,

@@ -1,37 +1,50 @@
 //! flashsale: a flash-sale reservation gateway that never sells a unit twice.
 //!
-//! The parts, and how a reserve flows through them:
+//! The parts, in layers (each uses only the ones below it):
 //!
-//! - [`api`]: axum routes. A `POST /v1/sales/{id}/reservations` is checked
-//!   (token, body) and handed to the engine; errors become problem+json in
-//!   one place (`api::error`).
-//! - [`engine`]: the Lua scripts in `lua/` and their typed calls. The reserve
-//!   is one EVALSHA that checks the window, the customer's limit and the stock
-//!   and moves units from available to held, atomically, by Redis's clock.
-//! - [`worker`]: background loops: the outbox flush writes confirmed orders
-//!   to Postgres exactly once; the reaper returns expired holds to stock; the
-//!   loader finishes sales whose creation was interrupted.
-//! - [`store`]: Postgres, the durable record: sales as scheduled, orders,
-//!   the audit of admin changes, and migrations.
-//! - [`config`], [`auth`], [`domain`]: settings, tokens, the nouns.
-//! - [`cli`]: the `flashsale` commands; [`loadtest`] plays a sale against a
-//!   running gateway and checks the invariants.
+//! - `api` (axum routes, extractors, `api::error`: every failure to
+//!   problem+json in one place), [`cli`] (the `flashsale` commands) and
+//!   [`worker`] (loops and signals only) are the three ways in.
+//! - The use cases they all call: [`schedule`] (create a sale, load the ones
+//!   whose creation was interrupted), [`adjust`] (an admin's change, applied
+//!   once), [`flush`] (a sale's outbox to Postgres, exactly once),
+//!   [`reconcile`] (inspect, `--apply`, `--rebuild`).
+//! - [`engine`]: the only code that speaks Redis. The Lua scripts in `lua/`
+//!   and their typed calls, the outbox streams, the registry of sales, the
+//!   sold-out marks and the live view of a sale.
+//! - [`store`]: the only code that speaks Postgres: sales as scheduled,
+//!   orders, the audit of admin changes, migrations. It knows nothing of the
+//!   engine.
+//! - [`domain`] (the nouns and their validation), [`config`], [`auth`].
+//!
+//! A tour. **A reserve**: `api::reservations::reserve` checks the token, the
+//! rate limits and the body, then `Engine::reserve` runs `lua/reserve.lua`:
+//! one EVALSHA that checks the window, the customer's limit and the stock and
+//! moves units from available to held, with a deadline, by Redis's clock.
+//! **A confirm**: `Engine::confirm` runs `lua/confirm.lua`, which judges the
+//! deadline, moves the units from held to sold and appends the order to the
+//! sale's outbox stream, in one atomic step. **An order**: the worker's flush
+//! ([`flush::Outbox`]) reads the outbox through a consumer group, writes a
+//! batch to Postgres with `ON CONFLICT DO NOTHING`, and only then acknowledges
+//! it; the reaper returns holds past their deadline to stock. **A repair**:
+//! [`reconcile`] compares both stores and, asked to, repairs without ever
+//! offering a unit that is held or sold (invariant 6).
 
 pub mod adjust;
-pub mod api;
+mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod flush;
-pub mod limits;
+mod limits;
 pub mod loadtest;
-pub mod metrics;
+mod metrics;
 pub mod reconcile;
 pub mod schedule;
 pub mod store;
-pub mod telemetry;
+mod telemetry;
 pub mod worker;
 
 use std::sync::Arc;

@@ -131,7 +131,8 @@ impl Limits {
     }
 
     /// Keys currently tracked by the keyed limiters.
-    pub fn tracked_keys(&self) -> usize {
+    #[cfg(test)]
+    fn tracked_keys(&self) -> usize {
         self.per_customer.as_ref().map_or(0, |l| l.len())
             + self.per_ip.as_ref().map_or(0, |l| l.len())
     }

@@ -69,13 +69,7 @@ impl FromRequestParts<AppState> for Limited {
             .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
         let ip = state.limits.client_ip(peer, &parts.headers);
         if let Err(shed) = state.limits.check(&id.subject, ip) {
-            let e = ApiError::from(shed);
-            if parts.method == axum::http::Method::POST
-                && parts.uri.path().ends_with("/reservations")
-            {
-                crate::metrics::reserved(e.code());
-            }
-            return Err(e);
+            return Err(shed.into());
         }
         Ok(Limited(id))
     }

@@ -141,6 +141,11 @@ impl ApiError {
     }
 }
 
+/// The contract code of an error response, for middleware that counts
+/// outcomes without parsing bodies.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ProblemCode(pub &'static str);
+
 #[derive(Serialize)]
 struct Problem<'a> {
     #[serde(rename = "type")]
@@ -174,6 +179,7 @@ impl IntoResponse for ApiError {
             code,
         };
         let mut res = (status, axum::Json(body)).into_response();
+        res.extensions_mut().insert(ProblemCode(code));
         let headers = res.headers_mut();
         headers.insert(
             header::CONTENT_TYPE,

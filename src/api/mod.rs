@@ -94,7 +94,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/sales/{sale_id}/stream", get(stream::stream))
         .route(
             "/v1/sales/{sale_id}/reservations",
-            post(reservations::reserve),
+            post(reservations::reserve)
+                .route_layer(middleware::from_fn(reservations::count_outcome)),
         )
         .route(
             "/v1/reservations/{id}",

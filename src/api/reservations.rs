@@ -44,11 +44,7 @@ pub async fn reserve(
     // The request is the path's sale and the body's quantity; the key is
     // already scoped to this customer and sale.
     let idempotency = key.as_deref().map(|k| (k, body.quantity.to_string()));
-    let _permit = state.limits.enter_reserve().map_err(|shed| {
-        let e = ApiError::from(shed);
-        crate::metrics::reserved(e.code());
-        e
-    })?;
+    let _permit = state.limits.enter_reserve()?;
     let reservation = state
         .engine
         .reserve(&ReserveRequest {
@@ -57,10 +53,25 @@ pub async fn reserve(
             quantity: body.quantity,
             idempotency,
         })
-        .await
-        .map_err(ApiError::from);
-    crate::metrics::reserved(reservation.as_ref().map_or_else(ApiError::code, |_| "held"));
-    Ok((StatusCode::CREATED, Json(reservation?)))
+        .await?;
+    Ok((StatusCode::CREATED, Json(reservation)))
+}
+
+/// Counts every reserve's outcome, once, whatever answered it (a limit in
+/// an extractor, the in-flight bound, the engine): `held`, or the problem's
+/// code, which `ApiError` leaves in the response's extensions.
+pub(super) async fn count_outcome(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let res = next.run(req).await;
+    let outcome = match res.extensions().get::<super::error::ProblemCode>() {
+        Some(code) => code.0,
+        None if res.status().is_success() => "held",
+        None => "other",
+    };
+    crate::metrics::reserved(outcome);
+    res
 }
 
 /// Any id that does not name a sale is simply not found: ids are opaque.

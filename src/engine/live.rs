@@ -42,11 +42,6 @@ impl Live {
         tokio::spawn(poll(self.clone(), engine.clone(), sale_id.to_string(), tx));
         rx
     }
-
-    /// Sales with a poller running (for tests and the ops page).
-    pub fn watched(&self) -> usize {
-        self.sales.lock().map(|s| s.len()).unwrap_or(0)
-    }
 }
 
 async fn poll(live: Live, engine: Engine, sale_id: String, tx: Channel) {

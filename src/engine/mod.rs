@@ -10,9 +10,9 @@
 //! faster than a pool of connections (see README, "Redis connection").
 
 pub mod keys;
-pub mod live;
+pub(crate) mod live;
 pub mod outbox;
-pub mod soldout;
+pub(crate) mod soldout;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -603,10 +603,6 @@ impl Engine {
 
     pub fn keys(&self, sale_id: &str) -> SaleKeys {
         SaleKeys::new(&self.prefix, sale_id)
-    }
-
-    pub fn prefix(&self) -> &str {
-        &self.prefix
     }
 
     /// A connection handle for commands outside the scripts (tests, tools).

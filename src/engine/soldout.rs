@@ -15,6 +15,7 @@ use redis::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::{Engine, Refusal};
+use crate::domain::Window;
 
 pub const POLL: Duration = Duration::from_millis(50);
 
@@ -123,14 +124,11 @@ fn still_refused(hmget: &Value, now: i64) -> Option<Refusal> {
     };
     let field = |i: usize| f.get(i).and_then(super::int);
     let (available, starts, ends) = (field(0)?, field(1)?, field(2)?);
-    if now >= ends {
-        None
-    } else if field(3) == Some(1) || now < starts {
-        Some(Refusal::SaleNotLive)
-    } else if available <= 0 {
-        Some(Refusal::SoldOut)
-    } else {
-        None
+    match Window::at(now, starts, ends, field(3) == Some(1)) {
+        Window::Ended => None,
+        Window::Scheduled | Window::Paused => Some(Refusal::SaleNotLive),
+        Window::Open if available <= 0 => Some(Refusal::SoldOut),
+        Window::Open => None,
     }
 }
 
