@@ -24,6 +24,9 @@ use crate::engine::outbox::{Delivery, Entry};
 use crate::engine::{Engine, EngineError};
 use crate::store::{self, NewOrder};
 
+/// A consumer idle this many claim periods, with nothing pending, stopped.
+const PRUNE_AFTER_CLAIMS: u32 = 10;
+
 /// Why a flush stopped early.
 #[derive(Debug, thiserror::Error)]
 pub enum FlushError {
@@ -137,6 +140,13 @@ impl Outbox {
                     break;
                 }
             }
+        }
+        if claim {
+            // Whatever dead consumers held is claimed by now: their names go,
+            // so the group does not grow by one per worker ever started.
+            self.engine
+                .outbox_prune(sale_id, self.claim_idle * PRUNE_AFTER_CLAIMS)
+                .await?;
         }
         Ok(total)
     }

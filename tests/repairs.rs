@@ -523,3 +523,60 @@ async fn repairs_leave_no_consumer_in_the_outbox_group() {
         assert!(consumers.is_empty(), "{consumers:?}");
     }
 }
+
+/// Every worker ever started joined each outbox group under a new name;
+/// once a stopped one's entries are claimed, its name goes too.
+#[tokio::test]
+async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
+    let app = gateway_without_worker().await;
+    let sale = app.live_sale(10, 5, 600).await;
+    buy(&app, &sale, "a", 1).await;
+    let outbox = app.engine.keys(&sale).outbox;
+    let mut conn = app.engine.connection();
+    let group = flashsale::engine::outbox::GROUP;
+    let _: () = redis::cmd("XGROUP")
+        .arg("CREATE")
+        .arg(&outbox)
+        .arg(group)
+        .arg("0")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    // A worker that read the order and died before writing it.
+    let _: redis::Value = redis::cmd("XREADGROUP")
+        .arg("GROUP")
+        .arg(group)
+        .arg("ghost")
+        .arg("STREAMS")
+        .arg(&outbox)
+        .arg(">")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let names = |conn: &mut redis::aio::ConnectionManager| {
+        let (mut conn, outbox) = (conn.clone(), outbox.clone());
+        async move {
+            let v: Vec<redis::Value> = redis::cmd("XINFO")
+                .arg("CONSUMERS")
+                .arg(&outbox)
+                .arg(group)
+                .query_async(&mut conn)
+                .await
+                .unwrap();
+            format!("{v:?}")
+        }
+    };
+    assert!(names(&mut conn).await.contains("ghost"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let flusher = flashsale::flush::Outbox::new(
+        app.engine.clone(),
+        app.db.clone(),
+        100,
+        Duration::from_millis(20),
+        tokio_util::sync::CancellationToken::new(),
+    );
+    let done = flusher.flush_sale(&sale, true).await.unwrap();
+    assert_eq!((done.orders, done.claimed), (1, 1));
+    assert_eq!(app.orders(&sale).await.0, 1);
+    assert!(!names(&mut conn).await.contains("ghost"), "pruned");
+}

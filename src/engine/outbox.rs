@@ -203,6 +203,58 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Removes the sale's consumers that hold no pending entry and have not
+    /// read for `idle`: the names of workers that stopped. A worker that is
+    /// alive after all is only slow; its next read makes it a consumer
+    /// again, and with nothing pending nothing is lost. Returns how many
+    /// were removed.
+    pub async fn outbox_prune(&self, sale_id: &str, idle: Duration) -> EngineResult<usize> {
+        let outbox = self.keys(sale_id).outbox;
+        let mut conn = self.connection();
+        let mut info = redis::cmd("XINFO");
+        info.arg("CONSUMERS").arg(&outbox).arg(GROUP);
+        let consumers: Vec<Value> = match self.bounded(info.query_async(&mut conn)).await {
+            Ok(v) => v,
+            Err(e) if e.redis_code() == Some("NOGROUP") => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let mut removed = 0;
+        for c in consumers {
+            let Some((name, pending, idle_ms)) = consumer(&c) else {
+                continue;
+            };
+            if pending > 0 || idle_ms < idle.as_millis() as i64 {
+                continue;
+            }
+            // It may have read (and taken entries) since XINFO: only a
+            // consumer that still holds nothing is removed.
+            if self.outbox_leave(sale_id, &name).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}
+
+/// `name`, `pending` and `idle` of one XINFO CONSUMERS entry.
+fn consumer(v: &Value) -> Option<(String, i64, i64)> {
+    let fields: Vec<(String, &Value)> = match v {
+        Value::Array(kv) => kv
+            .chunks(2)
+            .filter_map(|c| Some((text(&c[0])?, c.get(1)?)))
+            .collect(),
+        Value::Map(kv) => kv.iter().filter_map(|(k, v)| Some((text(k)?, v))).collect(),
+        _ => return None,
+    };
+    let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
+    Some((
+        text(get("name")?)?,
+        super::int(get("pending")?)?,
+        super::int(get("idle")?)?,
+    ))
+}
+
 fn entries(v: Value) -> Vec<Entry> {
     let Value::Array(items) = v else {
         return Vec::new();
