@@ -10,29 +10,13 @@ use std::time::Duration;
 use common::*;
 use futures::stream::{self, StreamExt};
 use redis::AsyncCommands;
-use serde_json::Value;
 
 fn run(app: &TestApp, args: &[&str]) -> Output {
-    flashsale_command(app)
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("flashsale runs")
+    run_flashsale(app, args)
 }
 
-/// `reconcile --json` for one sale: (exit code, drift kinds).
 fn drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
-    let out = run(app, &["reconcile", "--sale", sale, "--json"]);
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let kinds = report["sales"][0]["drift"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap().to_string())
-        .collect();
-    (out.status.code().unwrap(), kinds)
+    reconcile_drift(app, sale)
 }
 
 async fn gateway_without_worker() -> TestApp {

@@ -14,12 +14,7 @@ use redis::AsyncCommands;
 use serde_json::{json, Value};
 
 fn run(app: &TestApp, args: &[&str]) -> Output {
-    flashsale_command(app)
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("flashsale runs")
+    run_flashsale(app, args)
 }
 
 fn text(out: &Output) -> String {
@@ -30,18 +25,8 @@ fn text(out: &Output) -> String {
     )
 }
 
-/// `reconcile --json` for one sale: (exit code, drift kinds).
 fn drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
-    let out = run(app, &["reconcile", "--sale", sale, "--json"]);
-    let report: Value =
-        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)));
-    let kinds = report["sales"][0]["drift"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap().to_string())
-        .collect();
-    (out.status.code().unwrap(), kinds)
+    reconcile_drift(app, sale)
 }
 
 async fn gateway_without_worker() -> TestApp {
@@ -66,6 +51,32 @@ async fn storm(app: &TestApp, sale: &str, n: usize) -> usize {
         }
     }
     granted
+}
+
+/// An admin's stock change as the PATCH handler records it, before Redis.
+fn stock_change(sale: &str, delta: i64) -> Adjustment {
+    Adjustment {
+        id: uuid::Uuid::now_v7(),
+        sale_id: sale.to_string(),
+        actor: "ops".into(),
+        stock_delta: delta,
+        ends_at: None,
+        paused: None,
+    }
+}
+
+/// What a PATCH call with `key` did before its connection died: the pending
+/// row, carrying the key (the fingerprint is the handler's, for a stock
+/// change).
+async fn recorded_with_key(app: &TestApp, adj: &Adjustment, key: &str) {
+    let fingerprint = format!("{}||", adj.stock_delta);
+    let key = AdjustmentKey {
+        key,
+        fingerprint: &fingerprint,
+    };
+    store::record_adjustment(&app.db, adj, Some(&key))
+        .await
+        .unwrap();
 }
 
 async fn patch(app: &TestApp, sale: &str, key: Option<&str>, body: &Value) -> Answer {
@@ -235,23 +246,10 @@ async fn a_patch_retried_with_its_key_applies_once() {
 async fn a_patch_whose_reply_was_lost_is_retried_without_applying_twice() {
     let app = spawn_app().await;
     let sale = app.live_sale(10, 5, 600).await;
-    let adj = Adjustment {
-        id: uuid::Uuid::now_v7(),
-        sale_id: sale.clone(),
-        actor: "ops".into(),
-        stock_delta: 7,
-        ends_at: None,
-        paused: None,
-    };
     // What the first call did before its connection died: the row (with
     // the key), then Redis.
-    let key = AdjustmentKey {
-        key: "lost-1",
-        fingerprint: "7||",
-    };
-    store::record_adjustment(&app.db, &adj, Some(&key))
-        .await
-        .unwrap();
+    let adj = stock_change(&sale, 7);
+    recorded_with_key(&app, &adj, "lost-1").await;
     let id = adj.id.to_string();
     let change = Change {
         id: &id,
@@ -283,15 +281,7 @@ async fn a_patch_whose_reply_was_lost_is_retried_without_applying_twice() {
 async fn pending_adjustments_are_settled_and_never_reversed() {
     let app = gateway_without_worker().await;
     let sale = app.live_sale(10, 5, 600).await;
-    let pending = |delta| Adjustment {
-        id: uuid::Uuid::now_v7(),
-        sale_id: sale.clone(),
-        actor: "ops".into(),
-        stock_delta: delta,
-        ends_at: None,
-        paused: None,
-    };
-    let (landed, stray) = (pending(-4), pending(3));
+    let (landed, stray) = (stock_change(&sale, -4), stock_change(&sale, 3));
     for adj in [&landed, &stray] {
         store::record_adjustment(&app.db, adj, None).await.unwrap();
     }
@@ -351,21 +341,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
 async fn a_patch_voided_in_flight_is_applied_once_after_all() {
     let app = spawn_app().await;
     let sale = app.live_sale(10, 5, 600).await;
-    let adj = Adjustment {
-        id: uuid::Uuid::now_v7(),
-        sale_id: sale.clone(),
-        actor: "ops".into(),
-        stock_delta: 2,
-        ends_at: None,
-        paused: None,
-    };
-    let key = AdjustmentKey {
-        key: "slow-1",
-        fingerprint: "2||",
-    };
-    store::record_adjustment(&app.db, &adj, Some(&key))
-        .await
-        .unwrap();
+    recorded_with_key(&app, &stock_change(&sale, 2), "slow-1").await;
     // Reconcile runs while the first call is stalled before Redis.
     let out = run(&app, &["reconcile", "--sale", &sale]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));

@@ -340,6 +340,30 @@ pub fn flashsale_command(app: &TestApp) -> std::process::Command {
     cmd
 }
 
+/// Runs the real binary with `args` to the end, capturing its output.
+pub fn run_flashsale(app: &TestApp, args: &[&str]) -> std::process::Output {
+    flashsale_command(app)
+        .args(args)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .output()
+        .expect("flashsale runs")
+}
+
+/// `reconcile --json` for one sale: (exit code, drift kinds).
+pub fn reconcile_drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
+    let out = run_flashsale(app, &["reconcile", "--sale", sale, "--json"]);
+    let report: Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let kinds = report["sales"][0]["drift"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["kind"].as_str().unwrap().to_string())
+        .collect();
+    (out.status.code().unwrap(), kinds)
+}
+
 /// kill(2), without needing a `kill` binary on the machine.
 pub fn send_signal(pid: u32, sig: libc::c_int) -> bool {
     // SAFETY: kill() has no memory effects; a stale pid just fails.
