@@ -33,6 +33,8 @@ end
 redis.call('HINCRBY', sale, 'held', -rec.q)
 redis.call('HINCRBY', sale, 'sold', rec.q)
 redis.call('HINCRBY', sale, 'version', 1)
+tally(sale, 'th', -rec.q)
+tally(sale, 'ts', rec.q)
 redis.call('ZREM', due, rid)
 rec.s = 'confirmed'
 rec.o = ARGV[3]

@@ -8,7 +8,7 @@
 -- Returns {'created'|'exists'|'sale_conflict', now_ms}
 --
 -- Invariant: a sale's counters are written once, here, with
--- available = total and held = sold = 0. Running it again never resets
+-- available = total and held = sold = 0 (and its record tallies at 0). Running it again never resets
 -- them (Postgres is written first and this load is retried until it lands,
 -- so it must be safe to run twice).
 local now = now_ms()
@@ -20,5 +20,6 @@ end
 redis.call('HSET', KEYS[1],
   'def', ARGV[1], 'total', ARGV[2], 'available', ARGV[2], 'held', 0, 'sold', 0,
   'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'limit', ARGV[5], 'hold_ms', ARGV[6],
-  'price_cents', ARGV[7], 'currency', ARGV[8], 'paused', 0, 'version', 1)
+  'price_cents', ARGV[7], 'currency', ARGV[8], 'paused', 0, 'version', 1,
+  'tallied', 1, 'th', 0, 'ts', 0)
 return {'created', now}

@@ -9,7 +9,10 @@
 --
 -- Sale hash fields: total available held sold starts_ms ends_ms paused limit
 -- hold_ms price_cents currency def version, sold_base (units sold whose
--- records a rebuild dropped) and retired (1 once the worker's loops let go).
+-- records a rebuild dropped), retired (1 once the worker's loops let go),
+-- and the record tallies th and ts (units of held and of confirmed records),
+-- kept up to date by every script that writes a record once `tallied` is 1,
+-- so that no repair needs to read every record.
 -- A reservation is one field of the reservations hash: id -> cjson record
 -- {c = customer, q = quantity, s = status, e = expires_ms, t = created_ms,
 --  pc = price_cents, cu = currency, o = order_id, pr = payment_ref, ct = confirmed_ms}.
@@ -25,6 +28,13 @@ local function is_live(starts_ms, ends_ms, paused, now)
   return paused ~= '1' and now >= tonumber(starts_ms) and now < tonumber(ends_ms)
 end
 
+-- Moves a record tally (th or ts) of a sale by q, if the sale keeps them.
+-- A sale created before the tallies existed has none until a recount counts
+-- its records once and sets `tallied`.
+local function tally(sale, field, q)
+  if redis.call('HGET', sale, 'tallied') == '1' then redis.call('HINCRBY', sale, field, q) end
+end
+
 -- Ends a hold that is still `held`: its units go back to `available`, the
 -- customer's count drops, and it leaves the deadline index. `status` is
 -- 'released' or 'expired'. Returns the record as stored.
@@ -32,6 +42,7 @@ local function end_hold(sale, reservations, customers, due, rid, rec, status)
   redis.call('HINCRBY', sale, 'held', -rec.q)
   redis.call('HINCRBY', sale, 'available', rec.q)
   redis.call('HINCRBY', sale, 'version', 1)
+  tally(sale, 'th', -rec.q)
   if redis.call('HINCRBY', customers, rec.c, -rec.q) <= 0 then
     redis.call('HDEL', customers, rec.c)
   end
@@ -53,33 +64,25 @@ local function unknown_adjustment(applied, known)
   return nil
 end
 
--- Units per customer of the sale's held and confirmed records, and their sums.
-local function tally(reservations)
-  local held, confirmed, per_held, per_confirmed = 0, 0, {}, {}
+-- The units of the sale's held and confirmed records, by reading every
+-- record: only for a sale created before the tallies existed, once.
+local function count_records(reservations)
+  local held, confirmed = 0, 0
   local all = redis.call('HGETALL', reservations)
   for i = 2, #all, 2 do
     local rec = cjson.decode(all[i])
-    if rec.s == 'held' then
-      held = held + rec.q
-      per_held[rec.c] = (per_held[rec.c] or 0) + rec.q
-    elseif rec.s == 'confirmed' then
-      confirmed = confirmed + rec.q
-      per_confirmed[rec.c] = (per_confirmed[rec.c] or 0) + rec.q
-    end
+    if rec.s == 'held' then held = held + rec.q
+    elseif rec.s == 'confirmed' then confirmed = confirmed + rec.q end
   end
-  return held, confirmed, per_held, per_confirmed
+  return held, confirmed
 end
 
--- A flat list of name, number, name, number, ... (from ARGV) as a table.
-local function pairs_from(list, first)
-  local t = {}
-  for i = first, #list, 2 do t[list[i]] = tonumber(list[i + 1]) end
-  return t
-end
-
--- The confirmed units a customer is known to have bought: their confirmed
--- records on top of what a rebuild kept, or Postgres's orders, whichever is
--- more. Neither source alone can be trusted to be complete.
-local function bought(base, confirmed, postgres, c)
-  return math.max((base[c] or 0) + (confirmed[c] or 0), postgres[c] or 0)
+-- The record tallies (held units, confirmed units) of a sale, counting the
+-- records once if the sale has none yet.
+local function tallies(sale, reservations)
+  local t = redis.call('HMGET', sale, 'tallied', 'th', 'ts')
+  if t[1] == '1' then return tonumber(t[2]), tonumber(t[3]) end
+  local held, confirmed = count_records(reservations)
+  redis.call('HSET', sale, 'tallied', 1, 'th', held, 'ts', confirmed)
+  return held, confirmed
 end

@@ -1,15 +1,12 @@
 -- rebuild.lua: restore a sale from Postgres after Redis lost it.
 --
--- KEYS[1] sale hash   KEYS[2] reservations hash   KEYS[3] customers hash
--- KEYS[4] deadline index   KEYS[5] outbox   KEYS[6] rebuild base
--- KEYS[7] applied adjustment ids   KEYS[8] voided adjustment ids
+-- KEYS[1] sale hash   KEYS[2] reservations hash   KEYS[3] deadline index
+-- KEYS[4] outbox   KEYS[5] applied adjustment ids   KEYS[6] voided adjustment ids
 -- ARGV[1] definition JSON   ARGV[2] total   ARGV[3] starts ms   ARGV[4] ends ms
 -- ARGV[5] limit   ARGV[6] hold ms   ARGV[7] price_cents   ARGV[8] currency
 -- ARGV[9] paused ('1'/'0')   ARGV[10] sold (units of the orders in Postgres)
 -- ARGV[11] a, adjustments Postgres settled as applied
--- ARGV[12] r, adjustments Postgres settled as rejected
--- ARGV[13 .. 12+a] applied ids, then r rejected ids
--- ARGV[13+a+r ..] customer, units, customer, units, ... (orders per customer)
+-- ARGV[12 .. 11+a] their ids; ARGV[12+a ..] ids of the rejected ones
 -- Returns {'rebuilt', now_ms, total, available, sold}
 --      or {'outbox_not_empty', now_ms, entries}: the sale is gone from Redis
 --         but confirmed orders not yet in Postgres are not; flush them first
@@ -25,50 +22,43 @@
 -- `sold` is never below what any store knows. Where the sale survived in
 -- Redis (a rebuild of a live sale, a partial loss), confirms went on while
 -- Postgres was read and the worker flushes behind them, so Postgres's figure
--- can be late: the largest count wins, in all and per customer. The dropped
--- records' units are kept as the rebuild base (`sold_base` and the base
--- hash), so a later recount, which counts records, still counts them.
--- The adjustment sets are restored from Postgres, so a PATCH replayed with
--- an old id stays a no-op and a voided one stays refused.
+-- can be late: the largest count wins (the counter, the base plus the tally
+-- of confirmed records, Postgres). The dropped records' units become the
+-- rebuild base (`sold_base`), so a later recount still counts them.
+-- Customers' counts were raised to their orders beforehand
+-- (floor_customers.lua) and are never lowered here: where the sale
+-- survived, a customer's dropped hold still counts against their limit
+-- (never more units than the limit, possibly fewer).
+--
+-- The cost does not grow with the sale: the records and the deadline index
+-- are UNLINKed (freed in the background), never read. The adjustment sets
+-- are restored from Postgres, so a PATCH replayed with an old id stays a
+-- no-op and a voided one stays refused.
 local now = now_ms()
-local sale, reservations, customers, due, outbox, base_key, applied, voided =
-  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8]
-local total, sold = tonumber(ARGV[2]), tonumber(ARGV[10])
-local a, r = tonumber(ARGV[11]), tonumber(ARGV[12])
+local sale, reservations, due, outbox, applied, voided =
+  KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6]
+local total, sold, a = tonumber(ARGV[2]), tonumber(ARGV[10]), tonumber(ARGV[11])
 local known = {}
-for i = 13, 12 + a do known[ARGV[i]] = true end
-local postgres = pairs_from(ARGV, 13 + a + r)
-local per = {}
-for c, q in pairs(postgres) do per[c] = q end
+for i = 12, 11 + a do known[ARGV[i]] = true end
 if redis.call('EXISTS', sale) == 1 then
   local stray = unknown_adjustment(applied, known)
   if stray then return {'adjustment_unsettled', now, stray} end
-  local base = pairs_from(redis.call('HGETALL', base_key), 1)
-  local _, confirmed, _, per_confirmed = tally(reservations)
+  local _, confirmed = tallies(sale, reservations)
   local counted = tonumber(redis.call('HGET', sale, 'sold') or '0')
   local sold_base = tonumber(redis.call('HGET', sale, 'sold_base') or '0')
   sold = math.max(sold, counted, sold_base + confirmed)
-  for _, t in ipairs({base, per_confirmed}) do
-    for c in pairs(t) do per[c] = bought(base, per_confirmed, postgres, c) end
-  end
 else
   local pending = redis.call('XLEN', outbox)
   if pending > 0 then return {'outbox_not_empty', now, pending} end
 end
 if sold > total then return {'oversold', now} end
 local version = tonumber(redis.call('HGET', sale, 'version') or '0')
-redis.call('DEL', sale, reservations, customers, due, base_key)
+redis.call('UNLINK', sale, reservations, due)
 redis.call('HSET', sale,
   'def', ARGV[1], 'total', total, 'available', total - sold, 'held', 0, 'sold', sold,
-  'sold_base', sold,
+  'sold_base', sold, 'tallied', 1, 'th', 0, 'ts', 0,
   'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'limit', ARGV[5], 'hold_ms', ARGV[6],
   'price_cents', ARGV[7], 'currency', ARGV[8], 'paused', ARGV[9], 'version', version + 1)
-for c, q in pairs(per) do
-  if q > 0 then
-    redis.call('HSET', customers, c, q)
-    redis.call('HSET', base_key, c, q)
-  end
-end
-for i = 13, 12 + a do redis.call('SADD', applied, ARGV[i]) end
-for i = 13 + a, 12 + a + r do redis.call('SADD', voided, ARGV[i]) end
+for i = 12, 11 + a do redis.call('SADD', applied, ARGV[i]) end
+for i = 12 + a, #ARGV do redis.call('SADD', voided, ARGV[i]) end
 return {'rebuilt', now, total, total - sold, sold}

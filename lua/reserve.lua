@@ -50,6 +50,7 @@ redis.call('HINCRBY', sale, 'available', -qty)
 redis.call('HINCRBY', sale, 'held', qty)
 redis.call('HINCRBY', sale, 'version', 1)
 redis.call('HINCRBY', customers, cust, qty)
+tally(sale, 'th', qty)
 local expires = now + tonumber(s[6])
 local rec = cjson.encode({c = cust, q = qty, s = 'held', e = expires, t = now,
   pc = tonumber(s[7]), cu = s[8]})

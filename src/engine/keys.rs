@@ -24,10 +24,6 @@ pub struct SaleKeys {
     /// Set: ids of adjustments a repair settled as never applied; applying
     /// one of them later is refused, so a repair's verdict stands.
     pub voided: String,
-    /// Hash: customer id -> confirmed units whose records a rebuild dropped
-    /// (the sale hash's `sold_base` is their sum). Recounts add the records
-    /// to these, so a rebuild followed by a recount never forgets a sale.
-    pub base: String,
     tag_prefix: String,
 }
 
@@ -44,7 +40,6 @@ impl SaleKeys {
             dead_letters: key("dead"),
             adjustments: key("adj"),
             voided: key("adjx"),
-            base: key("base"),
             tag_prefix,
         }
     }
@@ -61,7 +56,7 @@ impl SaleKeys {
     }
 
     /// Every key of the sale except the idempotency keys (which expire).
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 8] {
         [
             &self.sale,
             &self.reservations,
@@ -71,7 +66,6 @@ impl SaleKeys {
             &self.dead_letters,
             &self.adjustments,
             &self.voided,
-            &self.base,
         ]
     }
 }

@@ -82,6 +82,7 @@ struct Scripts {
     settle_adjustment: Lua,
     inspect: Lua,
     recount: Lua,
+    floor_customers: Lua,
     rebuild: Lua,
     retire: Lua,
 }
@@ -104,11 +105,16 @@ impl Scripts {
             settle_adjustment: lua!("settle_adjustment"),
             inspect: lua!("inspect"),
             recount: lua!("recount"),
+            floor_customers: lua!("floor_customers"),
             rebuild: lua!("rebuild"),
             retire: lua!("retire"),
         }
     }
 }
+
+/// Customers per call when their counts are raised to their orders: a
+/// thousand keeps each call well under a millisecond.
+const FLOOR_CHUNK: usize = 1000;
 
 /// Why the engine said no: each maps to one contract error code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1040,23 +1046,20 @@ impl Engine {
         }))
     }
 
-    /// Recomputes held, sold and the customers' counts from every source
-    /// that knows them (see `lua/recount.lua`), with `total` from Postgres.
+    /// Recomputes held and sold from every source that knows them (see
+    /// `lua/recount.lua`), with `total` from Postgres, after raising each
+    /// customer's count to their orders. Every call is short, however large
+    /// the sale.
     pub async fn recount(&self, sale_id: &str, known: &Known<'_>) -> EngineResult<Recounted> {
         let k = self.keys(sale_id);
+        self.floor_customers(&k, known.per_customer).await?;
         let mut call = self.scripts.recount.key(&k.sale);
         call.key(&k.reservations)
-            .key(&k.customers)
-            .key(&k.base)
             .key(&k.adjustments)
             .arg(known.total)
-            .arg(known.sold)
-            .arg(known.applied.len());
+            .arg(known.sold);
         for id in known.applied {
             call.arg(id);
-        }
-        for (customer, units) in known.per_customer {
-            call.arg(customer).arg(*units);
         }
         let r = self.run(&call).await?;
         self.soldout.forget(sale_id);
@@ -1078,6 +1081,23 @@ impl Engine {
         })
     }
 
+    /// Raises customers' counts to their units in Postgres, a chunk per
+    /// call, so that no call grows with the number of buyers.
+    async fn floor_customers(
+        &self,
+        k: &SaleKeys,
+        per_customer: &[(String, i64)],
+    ) -> EngineResult<()> {
+        for chunk in per_customer.chunks(FLOOR_CHUNK) {
+            let mut call = self.scripts.floor_customers.key(&k.customers);
+            for (customer, units) in chunk {
+                call.arg(customer).arg(*units);
+            }
+            self.run(&call).await?.expect(&["ok"])?;
+        }
+        Ok(())
+    }
+
     /// Replaces the sale's Redis state with `restore`, atomically (see
     /// `lua/rebuild.lua` for when it refuses).
     pub async fn rebuild(&self, restore: &Restore<'_>) -> EngineResult<Rebuilt> {
@@ -1087,9 +1107,11 @@ impl Engine {
             .map_err(|e| EngineError::Corrupt(format!("sale definition: {e}")))?;
         self.register(&def.id).await?;
         let known = &restore.known;
-        let mut call = Self::hold_call(&self.scripts.rebuild, &k);
-        call.key(&k.outbox)
-            .key(&k.base)
+        self.floor_customers(&k, known.per_customer).await?;
+        let mut call = self.scripts.rebuild.key(&k.sale);
+        call.key(&k.reservations)
+            .key(&k.due)
+            .key(&k.outbox)
             .key(&k.adjustments)
             .key(&k.voided)
             .arg(json)
@@ -1102,13 +1124,9 @@ impl Engine {
             .arg(&def.currency)
             .arg(if restore.paused { "1" } else { "0" })
             .arg(known.sold)
-            .arg(known.applied.len())
-            .arg(restore.rejected.len());
+            .arg(known.applied.len());
         for id in known.applied.iter().chain(restore.rejected) {
             call.arg(id);
-        }
-        for (customer, units) in known.per_customer {
-            call.arg(customer).arg(*units);
         }
         let r = self.run(&call).await?;
         self.soldout.forget(&def.id);
