@@ -148,3 +148,14 @@ pub fn redis_fault(op: &'static str) {
 pub fn load_failed() {
     counter!("flashsale_sale_load_failures_total").increment(1);
 }
+
+/// Redis's `used_memory`: what every sale kept there costs, for the alert
+/// that fires before `maxmemory` does.
+pub fn redis_memory(bytes: u64) {
+    gauge!("flashsale_redis_used_memory_bytes").set(bytes as f64);
+}
+
+/// Sales the worker's loops visit (the ones not over yet).
+pub fn active_sales(n: usize) {
+    gauge!("flashsale_active_sales").set(n as f64);
+}

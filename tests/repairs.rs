@@ -453,6 +453,12 @@ async fn an_ended_sale_leaves_the_loops_until_it_is_reopened() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(!active(&mut conn).await, "an ended, settled sale leaves");
+    let metrics = app.metrics_text().await;
+    let memory = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("flashsale_redis_used_memory_bytes "))
+        .and_then(|v| v.parse::<f64>().ok());
+    assert!(memory.is_some_and(|b| b > 0.0), "{metrics}");
     let listed = app.get("/v1/sales", None).await;
     assert!(listed.body["sales"]
         .as_array()

@@ -654,6 +654,23 @@ impl Engine {
         Reply::parse(value)
     }
 
+    /// Redis's `used_memory`, from `INFO memory`.
+    pub async fn memory_used(&self) -> EngineResult<u64> {
+        let mut conn = self.conn.clone();
+        let info: String = self
+            .bounded(async move {
+                redis::cmd("INFO")
+                    .arg("memory")
+                    .query_async(&mut conn)
+                    .await
+            })
+            .await?;
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .ok_or_else(|| EngineError::Corrupt("INFO memory without used_memory".into()))
+    }
+
     pub async fn ping(&self) -> EngineResult<()> {
         let mut conn = self.conn.clone();
         self.bounded(async move { redis::cmd("PING").query_async::<()>(&mut conn).await })

@@ -117,6 +117,10 @@ async fn flush_loop(
                     }
                 }
                 crate::metrics::backlog(&per_sale);
+                crate::metrics::active_sales(per_sale.len());
+            }
+            if let Ok(bytes) = engine.memory_used().await {
+                crate::metrics::redis_memory(bytes);
             }
         }
     }
