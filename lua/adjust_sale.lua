@@ -21,7 +21,10 @@ local function figures()
   return {total = tonumber(s[1]), available = tonumber(s[2]), held = tonumber(s[3]),
     sold = tonumber(s[4]), ends_ms = tonumber(s[5]), paused = s[6] == '1'}
 end
-if redis.call('EXISTS', sale) == 0 then return {'sale_not_found', now} end
+-- A closed (archived) sale is gone for every purpose but reading.
+if redis.call('EXISTS', sale) == 0 or redis.call('HGET', sale, 'archived') == '1' then
+  return {'sale_not_found', now}
+end
 local before = figures()
 if redis.call('SISMEMBER', applied, ARGV[1]) == 1 then
   return {'already_applied', now, cjson.encode(before), cjson.encode(before)}

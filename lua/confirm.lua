@@ -45,5 +45,5 @@ redis.call('HSET', reservations, rid, enc)
 redis.call('XADD', outbox, '*',
   'order_id', rec.o, 'reservation_id', rid, 'sale_id', ARGV[5], 'customer_id', rec.c,
   'quantity', rec.q, 'price_cents', rec.pc, 'currency', rec.cu,
-  'payment_ref', rec.pr, 'confirmed_ms', now)
+  'payment_ref', rec.pr, 'confirmed_ms', now, 'expires_ms', rec.e)
 return {'confirmed', now, rid, enc}

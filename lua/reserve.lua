@@ -4,6 +4,8 @@
 -- KEYS[3] customers hash (customer -> units held + confirmed)
 -- KEYS[4] deadline index (zset: reservation id -> expires_ms)
 -- KEYS[5] idempotency key of this customer and Idempotency-Key header
+-- KEYS[6] set of the sale's idempotency keys (so retention finds them
+--         without scanning the keyspace)
 -- ARGV[1] reservation id (made by the gateway; retrying the same id is safe)
 -- ARGV[2] customer id        ARGV[3] quantity (>= 1)
 -- ARGV[4] idempotency fingerprint of the request, '' when no header was sent
@@ -19,6 +21,7 @@
 -- admission token to consume) belongs here too, before the move.
 local now = now_ms()
 local sale, reservations, customers, due, idem = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local idem_index = KEYS[6]
 local rid, cust, qty, fp = ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4]
 
 if fp ~= '' then
@@ -58,5 +61,6 @@ redis.call('HSET', reservations, rid, rec)
 redis.call('ZADD', due, expires, rid)
 if fp ~= '' then
   redis.call('SET', idem, fp .. '|' .. rid, 'EX', tonumber(ARGV[5]))
+  redis.call('SADD', idem_index, idem)
 end
 return {'held', now, rid, rec}

@@ -219,10 +219,16 @@ async fn sales_list(settings: &Settings) -> i32 {
                 s.name
             ),
             Err(crate::engine::EngineError::Refused(_)) => {
-                format!(
-                    "{:<24} {:<10} (not in Redis: see `flashsale reconcile`)",
-                    def.id, "missing"
-                )
+                match crate::archive::sale(&db, &def.id).await {
+                    Ok(Some(s)) => format!(
+                        "{:<24} {:<10} {:>9} {:>7} {:>7} {:>7}  (archived: final figures from Postgres)",
+                        s.id, "archived", s.stock.available, s.stock.held, s.stock.sold, s.stock.total
+                    ),
+                    _ => format!(
+                        "{:<24} {:<10} (not in Redis: see `flashsale reconcile`)",
+                        def.id, "missing"
+                    ),
+                }
             }
             Err(e) => {
                 eprintln!("{e}");

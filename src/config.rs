@@ -86,6 +86,8 @@ pub struct LimitSettings {
 pub struct EngineSettings {
     pub idempotency_ttl_seconds: u64,
     pub max_quantity: u32,
+    /// How long after a sale ended (and settled) its Redis keys stay.
+    pub retention_seconds: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -146,6 +146,8 @@ pub struct NewOrder {
     pub currency: String,
     pub payment_ref: String,
     pub confirmed_at: OffsetDateTime,
+    /// The hold's deadline (absent from entries written before it was kept).
+    pub expires_at: Option<OffsetDateTime>,
 }
 
 /// Where a sale stands in its window: the one rule of when it takes

@@ -32,6 +32,7 @@
 
 pub mod adjust;
 mod api;
+pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod config;

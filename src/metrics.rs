@@ -159,3 +159,8 @@ pub fn redis_memory(bytes: u64) {
 pub fn active_sales(n: usize) {
     gauge!("flashsale_active_sales").set(n as f64);
 }
+
+/// A sale archived: its Redis keys removed, its figures kept in Postgres.
+pub fn archived() {
+    counter!("flashsale_sales_archived_total").increment(1);
+}

@@ -95,6 +95,8 @@ pub struct SaleReport {
     pub drift: Vec<Drift>,
     /// What `--apply` or `--rebuild` did.
     pub repairs: Vec<String>,
+    /// The sale left Redis after its retention: Postgres alone holds it.
+    pub archived: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -143,7 +145,9 @@ pub async fn inspect(
     if let Some(reason) = store::load_error(db, &def.id).await? {
         drift.push(Drift::LoadFailed { reason });
     }
+    let archived = redis.is_none() && store::closed_sale(db, &def.id).await?.is_some();
     match &redis {
+        None if archived => {}
         None => drift.push(Drift::MissingInRedis),
         Some(r) => {
             if r.available + r.held + r.sold != r.total
@@ -197,6 +201,7 @@ pub async fn inspect(
         postgres: pg,
         drift,
         repairs: Vec::new(),
+        archived,
     })
 }
 
@@ -325,6 +330,14 @@ pub async fn rebuild(
     outbox: &Outbox,
     def: &SaleDef,
 ) -> Result<Stock, ReconcileError> {
+    if engine.inspect(&def.id, GRACE_MS).await?.is_none()
+        && store::closed_sale(db, &def.id).await?.is_some()
+    {
+        return Err(ReconcileError::Refused(format!(
+            "sale {} is closed and archived (or being archived): it answers from Postgres and is not rebuilt",
+            def.id
+        )));
+    }
     for _ in 0..20 {
         adjust::settle_pending(engine, db, &def.id, Duration::ZERO).await?;
         outbox.flush_sale(&def.id, true).await?;
@@ -425,6 +438,7 @@ pub fn render(reports: &[SaleReport]) -> String {
                 "{:>9} {:>7} {:>7} {:>7} {:>8} {:>7} {:>5}",
                 i.available, i.held, i.sold, i.total, i.overdue_holds, i.outbox, i.dead_letters
             ),
+            None if r.archived => format!("{:>56}", "(archived: in Postgres only)"),
             None => format!("{:>56}", "(not in Redis)"),
         };
         out.push_str(&format!(

@@ -432,9 +432,10 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
     let col = |f: fn(&NewOrder) -> String| orders.iter().map(f).collect::<Vec<_>>();
     let result = sqlx::query(
         "INSERT INTO orders (order_id, reservation_id, sale_id, customer_id, quantity,
-                             price_cents, currency, payment_ref, confirmed_at)
+                             price_cents, currency, payment_ref, confirmed_at, expires_at)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
-                              $6::bigint[], $7::text[], $8::text[], $9::timestamptz[])
+                              $6::bigint[], $7::text[], $8::text[], $9::timestamptz[],
+                              $10::timestamptz[])
          ON CONFLICT (reservation_id) DO NOTHING",
     )
     .bind(orders.iter().map(|o| o.order_id).collect::<Vec<_>>())
@@ -446,6 +447,7 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
     .bind(col(|o| o.currency.clone()))
     .bind(col(|o| o.payment_ref.clone()))
     .bind(orders.iter().map(|o| o.confirmed_at).collect::<Vec<_>>())
+    .bind(orders.iter().map(|o| o.expires_at).collect::<Vec<_>>())
     .execute(db)
     .await?;
     Ok(result.rows_affected())
@@ -523,4 +525,81 @@ pub async fn units_per_customer(db: &PgPool, sale_id: &str) -> StoreResult<Vec<(
     .bind(sale_id)
     .fetch_all(db)
     .await?)
+}
+
+/// Sales not yet archived whose scheduled end is at least `retention` ago
+/// (a moved end is judged by the caller, from the ledger).
+pub async fn sales_to_archive(db: &PgPool, retention: Duration) -> StoreResult<Vec<SaleDef>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {SALE_COLUMNS} FROM sales
+         WHERE archived_at IS NULL AND ends_at <= now() - $1 * interval '1 second'
+         ORDER BY ends_at LIMIT 100"
+    ))
+    .bind(retention.as_secs_f64())
+    .fetch_all(db)
+    .await?;
+    Ok(rows.iter().map(sale_from_row).collect::<Result<_, _>>()?)
+}
+
+/// Keeps a closed sale's final figures, before its Redis keys go.
+pub async fn keep_final(db: &PgPool, id: &str, total: i64, sold: i64) -> StoreResult<()> {
+    sqlx::query("UPDATE sales SET final_total = $2, final_sold = $3 WHERE id = $1")
+        .bind(id)
+        .bind(total)
+        .bind(sold)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Marks a sale archived: its Redis keys are gone.
+pub async fn mark_archived(db: &PgPool, id: &str) -> StoreResult<()> {
+    sqlx::query("UPDATE sales SET archived_at = now() WHERE id = $1 AND archived_at IS NULL")
+        .bind(id)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// A sale closed for archiving (final figures kept): its definition, final
+/// total and sold, and its end as last moved.
+pub async fn closed_sale(db: &PgPool, id: &str) -> StoreResult<Option<(SaleDef, i64, i64)>> {
+    let row = sqlx::query(&format!(
+        "SELECT {SALE_COLUMNS}, final_total, final_sold FROM sales
+         WHERE id = $1 AND final_total IS NOT NULL"
+    ))
+    .bind(id)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some((
+        sale_from_row(&row)?,
+        row.try_get("final_total")?,
+        row.try_get("final_sold")?,
+    )))
+}
+
+/// The order of a reservation, from Postgres.
+pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<NewOrder>> {
+    let row = sqlx::query(
+        "SELECT order_id, reservation_id, sale_id, customer_id, quantity, price_cents, currency,
+                payment_ref, confirmed_at, expires_at
+         FROM orders WHERE reservation_id = $1",
+    )
+    .bind(reservation_id)
+    .fetch_optional(db)
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    Ok(Some(NewOrder {
+        order_id: row.try_get("order_id")?,
+        reservation_id: row.try_get("reservation_id")?,
+        sale_id: row.try_get("sale_id")?,
+        customer_id: row.try_get("customer_id")?,
+        quantity: row.try_get("quantity")?,
+        price_cents: row.try_get("price_cents")?,
+        currency: row.try_get("currency")?,
+        payment_ref: row.try_get("payment_ref")?,
+        confirmed_at: row.try_get("confirmed_at")?,
+        expires_at: row.try_get("expires_at")?,
+    }))
 }

@@ -562,3 +562,100 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     assert_eq!(app.orders(&sale).await.0, 1);
     assert!(!names(&mut conn).await.contains("ghost"), "pruned");
 }
+
+/// Retention: a sale that ended and settled leaves Redis after
+/// `engine.retention_seconds` (every key, idempotency keys included), and
+/// still answers: its figures, its orders, its confirmed reservations.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
+    let app = spawn_app_with(|s| s.engine.retention_seconds = 2).await;
+    let sale = unique("s-");
+    let now = time::OffsetDateTime::now_utc();
+    let mut body = live_sale(&sale, 10, 5, 600);
+    body["ends_at"] = json!(flashsale::domain::rfc3339_ms(now + Duration::from_secs(1)));
+    assert_eq!(app.create_sale(&body).await.status, 201);
+    let t = app.token("alice");
+    let held = app
+        .http
+        .post(app.url(&format!("/v1/sales/{sale}/reservations")))
+        .bearer_auth(&t)
+        .header("Idempotency-Key", "k-1")
+        .json(&json!({"quantity": 2}))
+        .send()
+        .await
+        .unwrap();
+    let held = Answer::from(held).await;
+    assert_eq!(held.status, 201, "{}", held.body);
+    let bought = held.body["id"].as_str().unwrap().to_string();
+    let order = app.confirm(&bought, &t).await;
+    assert_eq!(order.status, 200);
+    let walked = app.reserve(&sale, &t, 1).await;
+    let walked = walked.body["id"].as_str().unwrap().to_string();
+    assert_eq!(app.release(&walked, &t).await.status, 200);
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let archived: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT archived_at FROM sales WHERE id = $1")
+                .bind(&sale)
+                .fetch_one(&app.db)
+                .await
+                .unwrap();
+        if archived.is_some() {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never archived");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut conn = app.engine.connection();
+    let pattern = format!("{}:\\{{{sale}\\}}:*", app.settings.redis.key_prefix);
+    let left: Vec<String> = redis::cmd("KEYS")
+        .arg(&pattern)
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "keys left: {left:?}");
+
+    let s = app.get(&format!("/v1/sales/{sale}"), None).await;
+    assert_eq!(s.status, 200, "{}", s.body);
+    assert_eq!(s.body["status"], "ended");
+    assert_eq!(
+        s.body["stock"],
+        json!({"total": 10, "available": 8, "held": 0, "sold": 2})
+    );
+    let r = app
+        .get(&format!("/v1/reservations/{bought}"), Some(&t))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["status"], "confirmed");
+    assert_eq!(r.body["order"]["order_id"], order.body["order_id"]);
+    let again = app.confirm(&bought, &t).await;
+    assert_eq!(again.status, 200, "{}", again.body);
+    assert_eq!(again.body, order.body, "the same order");
+    // Another customer's, and the sale's other reservations: not found.
+    app.get(
+        &format!("/v1/reservations/{bought}"),
+        Some(&app.token("eve")),
+    )
+    .await
+    .assert_problem(404, "reservation_not_found");
+    app.get(&format!("/v1/reservations/{walked}"), Some(&t))
+        .await
+        .assert_problem(404, "reservation_not_found");
+    app.release(&walked, &t)
+        .await
+        .assert_problem(404, "reservation_not_found");
+    app.confirm(&walked, &t)
+        .await
+        .assert_problem(404, "reservation_not_found");
+    patch(&app, &sale, None, &json!({"stock_delta": 1}))
+        .await
+        .assert_problem(404, "sale_not_found");
+    let out = run(&app, &["reconcile", "--sale", &sale, "--json"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["sales"][0]["archived"], true);
+    let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("archived"), "{}", text(&out));
+}

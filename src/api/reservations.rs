@@ -99,7 +99,13 @@ pub async fn get(
 ) -> Result<Json<ReservationView>, ApiError> {
     let (sale, rid) = split(id)?;
     let owner = (!caller.admin).then_some(caller.subject.as_str());
-    let (reservation, order) = state.engine.reservation(&sale, &rid, owner).await?;
+    let (reservation, order) = match state.engine.reservation(&sale, &rid, owner).await {
+        Err(e) if crate::archive::not_in_redis(&e) => {
+            let (reservation, order) = archived(&state, &sale, &rid, owner, e).await?;
+            (reservation, Some(order))
+        }
+        found => found?,
+    };
     Ok(Json(ReservationView { reservation, order }))
 }
 
@@ -131,8 +137,33 @@ pub async fn confirm(
             customer: &caller.subject,
             payment_ref: &body.payment_ref,
         })
-        .await?;
-    Ok(Json(confirmed.order))
+        .await;
+    match confirmed {
+        Ok(c) => Ok(Json(c.order)),
+        // Confirming again after the sale was archived: the same order.
+        Err(e) if crate::archive::not_in_redis(&e) => {
+            let (_, order) = archived(&state, &sale, &rid, Some(&caller.subject), e).await?;
+            Ok(Json(order))
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A reservation the engine does not know: the confirmed one of an archived
+/// sale answers from its order; anything else keeps the engine's refusal.
+async fn archived(
+    state: &AppState,
+    sale: &str,
+    rid: &str,
+    owner: Option<&str>,
+    not_found: crate::engine::EngineError,
+) -> Result<(Reservation, Order), ApiError> {
+    super::db_call(
+        state,
+        crate::archive::reservation(&state.db, sale, rid, owner),
+    )
+    .await?
+    .ok_or_else(|| not_found.into())
 }
 
 #[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]

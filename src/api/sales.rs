@@ -59,7 +59,22 @@ pub async fn list(State(state): State<AppState>) -> Result<Json<SaleList>, ApiEr
 }
 
 pub async fn get(State(state): State<AppState>, id: PathId) -> Result<Json<Sale>, ApiError> {
-    Ok(Json(state.engine.sale(&sale_id(id)?).await?))
+    let id = sale_id(id)?;
+    match state.engine.sale(&id).await {
+        Err(e) if crate::archive::not_in_redis(&e) => archived(&state, &id, e).await.map(Json),
+        found => Ok(Json(found?)),
+    }
+}
+
+/// A sale Redis no longer holds: archived, it answers from Postgres.
+pub(super) async fn archived(
+    state: &AppState,
+    id: &str,
+    not_found: crate::engine::EngineError,
+) -> Result<Sale, ApiError> {
+    super::db_call(state, crate::archive::sale(&state.db, id))
+        .await?
+        .ok_or_else(|| not_found.into())
 }
 
 #[derive(Debug, Deserialize)]

@@ -21,6 +21,9 @@ pub struct SaleKeys {
     pub dead_letters: String,
     /// Set: ids of admin adjustments already applied (makes PATCH idempotent).
     pub adjustments: String,
+    /// Set: the names of the sale's idempotency keys, so that retention
+    /// removes them without scanning the keyspace.
+    pub idempotency_index: String,
     /// Set: ids of adjustments a repair settled as never applied; applying
     /// one of them later is refused, so a repair's verdict stands.
     pub voided: String,
@@ -40,6 +43,7 @@ impl SaleKeys {
             dead_letters: key("dead"),
             adjustments: key("adj"),
             voided: key("adjx"),
+            idempotency_index: key("idem"),
             tag_prefix,
         }
     }
@@ -55,8 +59,9 @@ impl SaleKeys {
         )
     }
 
-    /// Every key of the sale except the idempotency keys (which expire).
-    pub fn all(&self) -> [&str; 8] {
+    /// Every key of the sale except the idempotency keys (which expire, and
+    /// which the index names).
+    pub fn all(&self) -> [&str; 9] {
         [
             &self.sale,
             &self.reservations,
@@ -66,6 +71,7 @@ impl SaleKeys {
             &self.dead_letters,
             &self.adjustments,
             &self.voided,
+            &self.idempotency_index,
         ]
     }
 }

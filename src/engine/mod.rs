@@ -84,6 +84,7 @@ struct Scripts {
     recount: Lua,
     floor_customers: Lua,
     rebuild: Lua,
+    archive: Lua,
     retire: Lua,
 }
 
@@ -107,10 +108,14 @@ impl Scripts {
             recount: lua!("recount"),
             floor_customers: lua!("floor_customers"),
             rebuild: lua!("rebuild"),
+            archive: lua!("archive"),
             retire: lua!("retire"),
         }
     }
 }
+
+/// Idempotency keys removed per call when a sale is archived.
+const REMOVE_CHUNK: usize = 500;
 
 /// Customers per call when their counts are raised to their orders: a
 /// thousand keeps each call well under a millisecond.
@@ -654,6 +659,76 @@ impl Engine {
         Reply::parse(value)
     }
 
+    /// Closes a sale that is over (see `lua/archive.lua`): its final
+    /// figures, or `None` while it is not over.
+    pub async fn close(&self, sale_id: &str) -> EngineResult<Option<Stock>> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(
+                self.scripts
+                    .archive
+                    .key(&k.sale)
+                    .key(&k.outbox)
+                    .key(&k.dead_letters),
+            )
+            .await?;
+        match r.word.as_str() {
+            "not_over" | "sale_not_found" => Ok(None),
+            _ => {
+                let r = r.expect(&["archived"])?;
+                let (total, sold) = (r.int(0)?, r.int(1)?);
+                Ok(Some(Stock {
+                    total,
+                    available: total - sold,
+                    held: 0,
+                    sold,
+                }))
+            }
+        }
+    }
+
+    /// Removes every Redis key of a closed sale: its idempotency keys a
+    /// chunk at a time (from the sale's index of them), then its own keys,
+    /// UNLINKed so that even a sale of millions of holds is freed in the
+    /// background and no call blocks Redis; then the registries forget it.
+    pub async fn remove_sale(&self, sale_id: &str) -> EngineResult<()> {
+        let k = self.keys(sale_id);
+        loop {
+            let mut conn = self.conn.clone();
+            let index = k.idempotency_index.clone();
+            let names: Vec<String> = self
+                .bounded(async move {
+                    redis::cmd("SRANDMEMBER")
+                        .arg(&index)
+                        .arg(REMOVE_CHUNK)
+                        .query_async(&mut conn)
+                        .await
+                })
+                .await?;
+            if names.is_empty() {
+                break;
+            }
+            let mut conn = self.conn.clone();
+            let mut pipe = redis::pipe();
+            pipe.cmd("UNLINK").arg(&names).ignore();
+            pipe.cmd("SREM")
+                .arg(&k.idempotency_index)
+                .arg(&names)
+                .ignore();
+            self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
+                .await?;
+        }
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("UNLINK").arg(&k.all()[..]).ignore();
+        pipe.srem(keys::active(&self.prefix), sale_id).ignore();
+        pipe.srem(keys::registry(&self.prefix), sale_id).ignore();
+        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
+            .await?;
+        self.soldout.forget(sale_id);
+        Ok(())
+    }
+
     /// Redis's `used_memory`, from `INFO memory`.
     pub async fn memory_used(&self) -> EngineResult<u64> {
         let mut conn = self.conn.clone();
@@ -863,6 +938,7 @@ impl Engine {
             .run(
                 Self::hold_call(&self.scripts.reserve, &k)
                     .key(idem_key)
+                    .key(&k.idempotency_index)
                     .arg(rid)
                     .arg(req.customer)
                     .arg(req.quantity)

@@ -311,6 +311,10 @@ fn parse(fields: &[(String, String)]) -> Result<NewOrder, String> {
         currency: get("currency")?.to_string(),
         payment_ref: get("payment_ref").unwrap_or("").to_string(),
         confirmed_at: from_ms(num("confirmed_ms")?),
+        expires_at: match get("expires_ms") {
+            Ok(_) => Some(from_ms(num("expires_ms")?)),
+            Err(_) => None,
+        },
     })
 }
 

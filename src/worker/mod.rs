@@ -164,6 +164,19 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             async move { crate::schedule::load_pending(&engine, &db).await.map(drop) }
         })
     };
+    let archiver = {
+        let every = Duration::from_millis(settings.worker.loader_interval_ms);
+        let retention = Duration::from_secs(settings.engine.retention_seconds);
+        let (engine, db) = (engine.clone(), db.clone());
+        every_tick("archiver", every, stop.clone(), move || {
+            let (engine, db) = (engine.clone(), db.clone());
+            async move {
+                crate::archive::archive_due(&engine, &db, retention)
+                    .await
+                    .map(drop)
+            }
+        })
+    };
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
         every_tick("reconcile", every, stop.clone(), move || {
@@ -171,7 +184,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             async move { crate::reconcile::watch_live(&engine, &db).await }
         })
     };
-    tokio::join!(flush, reaper, loader, reconciler);
+    tokio::join!(flush, reaper, loader, archiver, reconciler);
 }
 
 async fn every_tick<F, Fut, E>(name: &str, every: Duration, stop: CancellationToken, mut step: F)

@@ -1,0 +1,130 @@
+//! Retention: a sale that ended and settled leaves Redis
+//! `engine.retention_seconds` after its end, and answers from Postgres.
+//!
+//! The steps, each safe to repeat after a crash at any point:
+//! 1. reconcile must agree (no drift); the sale is then *closed* in Redis
+//!    (`lua/archive.lua`: ended, nothing held, outbox and dead letters
+//!    empty), after which no adjustment applies, so its figures are final;
+//! 2. the final figures are kept in Postgres: from here on, a read that no
+//!    longer finds the sale in Redis answers from them;
+//! 3. every Redis key of the sale is removed (idempotency keys included,
+//!    from the sale's own index of them), a chunk at a time;
+//! 4. the sale is marked archived.
+
+use std::time::Duration;
+
+use sqlx::PgPool;
+use time::OffsetDateTime;
+
+use crate::domain::{rfc3339_ms, Order, Reservation, ReservationStatus, Sale, Stock};
+use crate::engine::{Engine, EngineError};
+use crate::reconcile::{self, ReconcileError};
+use crate::store::{self, StoreError};
+
+/// One pass: archives every sale whose retention is over. Returns how many.
+pub async fn archive_due(
+    engine: &Engine,
+    db: &PgPool,
+    retention: Duration,
+) -> Result<usize, ReconcileError> {
+    let mut archived = 0;
+    let now = OffsetDateTime::now_utc();
+    for def in store::sales_to_archive(db, retention).await? {
+        // An end moved by an admin counts, not the scheduled one.
+        let ledger = store::ledger(db, &def).await?;
+        if ledger.ends_at + retention > now {
+            continue;
+        }
+        let report = reconcile::inspect(engine, db, &def, Duration::ZERO).await?;
+        let closed_before = store::closed_sale(db, &def.id).await?.is_some();
+        if report.redis.is_none() && !closed_before {
+            continue; // lost, not archived: reconcile names it
+        }
+        if report.redis.is_some() {
+            if !report.drift.is_empty() {
+                continue; // reconcile must agree first
+            }
+            let Some(last) = engine.close(&def.id).await? else {
+                continue; // not over (held units, orders or dead letters)
+            };
+            store::keep_final(db, &def.id, last.total, last.sold).await?;
+            engine.remove_sale(&def.id).await?;
+        }
+        store::mark_archived(db, &def.id).await?;
+        crate::metrics::archived();
+        tracing::info!(sale_id = %def.id, "sale archived: its Redis keys are removed; it answers from Postgres");
+        archived += 1;
+    }
+    Ok(archived)
+}
+
+/// A sale that left Redis, as its final figures in Postgres show it.
+pub async fn sale(db: &PgPool, id: &str) -> Result<Option<Sale>, StoreError> {
+    let Some((def, total, sold)) = store::closed_sale(db, id).await? else {
+        return Ok(None);
+    };
+    let ledger = store::ledger(db, &def).await?;
+    let stock = Stock {
+        total,
+        available: total - sold,
+        held: 0,
+        sold,
+    };
+    Ok(Some(Sale::new(
+        def,
+        stock,
+        ledger.ends_at,
+        ledger.paused,
+        OffsetDateTime::now_utc(),
+    )))
+}
+
+/// A confirmed reservation of a sale that left Redis, from its order;
+/// `None` for any other (it is not found, as the contract says). `owner`
+/// is the customer who must own it (`None`: an admin or a service).
+pub async fn reservation(
+    db: &PgPool,
+    sale_id: &str,
+    reservation_id: &str,
+    owner: Option<&str>,
+) -> Result<Option<(Reservation, Order)>, StoreError> {
+    if store::closed_sale(db, sale_id).await?.is_none() {
+        return Ok(None);
+    }
+    let Some(o) = store::order_of(db, reservation_id).await? else {
+        return Ok(None);
+    };
+    if o.sale_id != sale_id || owner.is_some_and(|c| c != o.customer_id) {
+        return Ok(None);
+    }
+    let quantity = u32::try_from(o.quantity).unwrap_or(0);
+    let reservation = Reservation {
+        id: o.reservation_id.clone(),
+        sale_id: o.sale_id.clone(),
+        customer_id: o.customer_id.clone(),
+        quantity,
+        status: ReservationStatus::Confirmed,
+        expires_at: rfc3339_ms(o.expires_at.unwrap_or(o.confirmed_at)),
+    };
+    let order = Order {
+        order_id: o.order_id.to_string(),
+        reservation_id: o.reservation_id,
+        sale_id: o.sale_id,
+        customer_id: o.customer_id,
+        quantity,
+        price_cents: o.price_cents,
+        currency: o.currency,
+        confirmed_at: rfc3339_ms(o.confirmed_at),
+    };
+    Ok(Some((reservation, order)))
+}
+
+/// Whether an engine error means "not in Redis", which an archived sale
+/// answers from Postgres instead.
+pub fn not_in_redis(e: &EngineError) -> bool {
+    use crate::engine::Refusal;
+    matches!(
+        e,
+        EngineError::Refused(Refusal::SaleNotFound | Refusal::ReservationNotFound)
+    )
+}
