@@ -1,0 +1,202 @@
+//! Does any call grow with the sale? For sales of 10k, 100k and 1M holds:
+//! Redis's memory, and the longest time Redis itself spent in one call
+//! (SLOWLOG, threshold 0: every call is logged with its duration) for
+//! reserve, confirm, expiry, inspect, a recount and a rebuild of the
+//! surviving sale.
+//!
+//! Run it against a private redis-server (it changes the SLOWLOG settings):
+//!
+//! ```text
+//! bash bench/size.sh            # starts one, runs this, stops it
+//! target/release/examples/size_bench --redis-url redis://127.0.0.1:7401 --sizes 10000,100000
+//! ```
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Parser;
+use futures::{StreamExt, TryStreamExt};
+
+use flashsale::engine::{ConfirmRequest, Engine, Known, Restore};
+
+#[derive(Debug, Parser)]
+#[command(about = "Longest Redis call and memory against sale size")]
+struct Args {
+    #[arg(long)]
+    redis_url: String,
+    /// Sale sizes (holds), comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "10000,100000,1000000")]
+    sizes: Vec<usize>,
+    /// Calls measured per operation (reserve, confirm, expire).
+    #[arg(long, default_value_t = 1000)]
+    sample: usize,
+    #[arg(long, default_value_t = 256)]
+    concurrency: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    support::runtime(None)?.block_on(run(args))
+}
+
+/// The longest call Redis logged since the last reset, in microseconds, and
+/// its command.
+async fn longest(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<(u64, String)> {
+    let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
+        .arg("GET")
+        .arg(-1)
+        .query_async(conn)
+        .await?;
+    let mut worst = (0, String::new());
+    for entry in log {
+        let redis::Value::Array(fields) = entry else {
+            continue;
+        };
+        let us = match fields.get(2) {
+            Some(redis::Value::Int(us)) => *us as u64,
+            _ => continue,
+        };
+        if us > worst.0 {
+            let cmd = match fields.get(3) {
+                Some(redis::Value::Array(args)) => args
+                    .iter()
+                    .take(1)
+                    .filter_map(|a| match a {
+                        redis::Value::BulkString(b) => Some(String::from_utf8_lossy(b).to_string()),
+                        _ => None,
+                    })
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                _ => String::new(),
+            };
+            worst = (us, cmd);
+        }
+    }
+    Ok(worst)
+}
+
+async fn reset(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<()> {
+    redis::cmd("SLOWLOG")
+        .arg("RESET")
+        .query_async::<()>(conn)
+        .await?;
+    Ok(())
+}
+
+async fn memory(engine: &Engine) -> anyhow::Result<u64> {
+    Ok(engine.memory_used().await?)
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let mut settings = flashsale::config::Settings::load(None)?;
+    settings.redis.url = args.redis_url.clone();
+    settings.redis.key_prefix = format!("size-{}", support::short_id());
+    settings.redis.timeout_ms = 60_000;
+    let engine = Engine::new(&settings).context("redis url")?;
+    let mut conn = engine.connection();
+    for (k, v) in [
+        ("slowlog-log-slower-than", "0"),
+        ("slowlog-max-len", "100000"),
+    ] {
+        redis::cmd("CONFIG")
+            .arg("SET")
+            .arg(k)
+            .arg(v)
+            .query_async::<()>(&mut conn)
+            .await?;
+    }
+    println!("| holds | Redis memory | reserve | confirm | expire | inspect | recount | rebuild (surviving) |");
+    println!("|---|---|---|---|---|---|---|---|");
+    for &size in &args.sizes {
+        let sale = format!("s-{}", support::short_id());
+        let def = support::sale_def(&sale, size + args.sample, "size bench");
+        engine.create_sale(&def).await?;
+        let before = memory(&engine).await?;
+        let fill = size - args.sample;
+        let mut holds: Vec<(String, String)> = futures::stream::iter(0..fill)
+            .map(|i| support::hold_one(&engine, &sale, i))
+            .buffer_unordered(args.concurrency)
+            .try_collect()
+            .await?;
+        // The last `sample` reserves are the measured ones.
+        reset(&mut conn).await?;
+        let last: Vec<(String, String)> = futures::stream::iter(fill..size)
+            .map(|i| support::hold_one(&engine, &sale, i))
+            .buffer_unordered(args.concurrency)
+            .try_collect()
+            .await?;
+        let reserve = longest(&mut conn).await?;
+        holds.extend(last);
+        let bytes = memory(&engine).await?.saturating_sub(before);
+
+        reset(&mut conn).await?;
+        for (rid, customer) in holds.iter().take(args.sample) {
+            engine
+                .confirm(&ConfirmRequest {
+                    sale_id: &sale,
+                    reservation_id: rid,
+                    customer,
+                    payment_ref: "pay",
+                })
+                .await?;
+        }
+        let confirm = longest(&mut conn).await?;
+
+        let due = engine.keys(&sale).due;
+        for (rid, _) in holds.iter().skip(args.sample).take(args.sample) {
+            redis::cmd("ZADD")
+                .arg(&due)
+                .arg(0)
+                .arg(rid)
+                .query_async::<()>(&mut conn)
+                .await?;
+        }
+        reset(&mut conn).await?;
+        while engine.expire_due(&sale, 500).await?.more_due {}
+        let expire = longest(&mut conn).await?;
+
+        reset(&mut conn).await?;
+        engine.inspect(&sale, 1000).await?;
+        let inspect = longest(&mut conn).await?;
+
+        let known = Known {
+            total: def.stock,
+            sold: 0,
+            applied: &[],
+            per_customer: &[],
+        };
+        reset(&mut conn).await?;
+        engine.recount(&sale, &known).await?;
+        let recount = longest(&mut conn).await?;
+
+        reset(&mut conn).await?;
+        engine
+            .rebuild(&Restore {
+                def: &def,
+                known,
+                ends_ms: flashsale::domain::to_ms(def.ends_at),
+                paused: false,
+                rejected: &[],
+            })
+            .await?;
+        let rebuild = longest(&mut conn).await?;
+
+        let ms = |(us, _): &(u64, String)| format!("{:.2} ms", *us as f64 / 1000.0);
+        println!(
+            "| {size} | {:.1} MB | {} | {} | {} | {} | {} | {} |",
+            bytes as f64 / 1e6,
+            ms(&reserve),
+            ms(&confirm),
+            ms(&expire),
+            ms(&inspect),
+            ms(&recount),
+            ms(&rebuild),
+        );
+        support::delete_prefix(&engine, &settings.redis.key_prefix).await?;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
