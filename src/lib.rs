@@ -14,8 +14,9 @@
 //! - [`store`]: Postgres, the durable record: sales as scheduled, orders,
 //!   the audit of admin changes, and migrations.
 //! - [`config`], [`auth`], [`domain`]: settings, tokens, the nouns.
-//! - [`cli`]: the `flashsale` commands; [`loadtest`] plays a sale against a
-//!   running gateway and checks the invariants.
+//! - [`cli`]: the `flashsale` commands. The load generator that plays a sale
+//!   against a running gateway (`flashsale-loadtest`) is a crate of its own,
+//!   `loadgen/`, built on this library.
 
 pub mod adjust;
 pub mod api;
@@ -25,7 +26,6 @@ pub mod config;
 pub mod domain;
 pub mod engine;
 pub mod limits;
-pub mod loadtest;
 pub mod metrics;
 pub mod reconcile;
 pub mod schedule;

@@ -1,13 +1,17 @@
-//! `flashsale loadtest`: plays a flash sale against a running gateway, as a
+//! `flashsale-loadtest`: plays a flash sale against a running gateway, as a
 //! crowd of buyers would, then checks the contract's invariants against what
 //! the gateway and Postgres report. The README's demo runs it; it exits 1
 //! when an invariant is broken.
 //!
 //! The same crowd plays against the bench's baselines (`--target-kind
-//! baseline`, see `bench/baseline/mod.rs`), which speak the gateway's paths
-//! for what the crowd uses; `bench/compare.sh` reads the `--json` report.
+//! baseline`, see [`crate::baseline`]), which speak the gateway's paths for
+//! what the crowd uses; `bench/compare.sh` reads the `--json` report.
 //! [`play`] does the work and returns a [`Report`] whose `broken` lists the
 //! invariants that failed; [`run`] prints it and picks the exit code.
+//!
+//! The crowd reads the gateway's answers as the contract writes them (its
+//! own [`Stock`] and [`Hold`], not the gateway's types): a checker that
+//! shared the server's structs would follow them if they drifted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -23,9 +27,8 @@ use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::Auth;
-use crate::config::Settings;
-use crate::domain::{rfc3339_ms, Reservation, Stock};
+use flashsale::auth::Auth;
+use flashsale::config::Settings;
 
 /// Tries of one confirm or release answered 429 (each after its Retry-After).
 const MAX_DECISION_TRIES: usize = 30;
@@ -96,7 +99,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The options as `flashsale loadtest ARGS...` would parse them.
+    /// The options as `flashsale-loadtest ARGS...` would parse them.
     pub fn from_args<I, T>(args: I) -> Result<Options, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -108,10 +111,30 @@ impl Options {
             #[command(flatten)]
             options: Options,
         }
-        let argv = std::iter::once(std::ffi::OsString::from("loadtest"))
+        let argv = std::iter::once(std::ffi::OsString::from("flashsale-loadtest"))
             .chain(args.into_iter().map(Into::into));
         Ok(Command::try_parse_from(argv)?.options)
     }
+}
+
+/// A sale's figures, as `GET /v1/sales/{id}` shows them under `stock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stock {
+    pub total: i64,
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+}
+
+/// What the crowd reads of a reservation (a 201's body); other fields are
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub customer_id: String,
+    pub quantity: u32,
+    /// RFC 3339.
+    pub expires_at: String,
 }
 
 /// Latency of the reserves, in milliseconds.
@@ -708,7 +731,7 @@ struct Crowd {
 /// What one buyer task (or, merged, the crowd) saw.
 struct Tally {
     codes: BTreeMap<String, u64>,
-    held: Vec<Reservation>,
+    held: Vec<Hold>,
     /// Microseconds per reserve.
     latency: Histogram<u64>,
     answered: u64,
@@ -927,7 +950,7 @@ async fn sample_stock(
 /// One reserve's answer: `"<status> <code>"`, and the hold when it was granted.
 struct Answer {
     code: String,
-    held: Option<Reservation>,
+    held: Option<Hold>,
 }
 
 /// A reserve through reqwest (URLs the storm's own client does not speak).
@@ -950,7 +973,7 @@ async fn reserve(
 
 fn read_answer(status: u16, body: &[u8]) -> Answer {
     if status == 201 {
-        return match serde_json::from_slice::<Reservation>(body) {
+        return match serde_json::from_slice::<Hold>(body) {
             Ok(r) => Answer {
                 code: "201 held".into(),
                 held: Some(r),
@@ -981,7 +1004,7 @@ async fn decide(
     http: &reqwest::Client,
     base: &str,
     auth: &Auth,
-    h: &Reservation,
+    h: &Hold,
     i: usize,
     confirm: bool,
 ) -> Decision {
@@ -1094,6 +1117,21 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
+}
+
+/// RFC 3339 in UTC with milliseconds, as the gateway writes its times.
+fn rfc3339_ms(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 /// The storm's HTTP/1.1 client: one kept-alive connection per buyer task,
@@ -1385,6 +1423,12 @@ mod tests {
         let o = Options::from_args(["--target-kind", "baseline", "--duration", "2.5"]).unwrap();
         assert_eq!(o.target_kind, TargetKind::Baseline);
         assert_eq!(o.duration, Some(2.5));
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let t = time::macros::datetime!(2026-12-12 00:00:05.123456 +07:00);
+        assert_eq!(rfc3339_ms(t), "2026-12-11T17:00:05.123Z");
     }
 
     #[test]
