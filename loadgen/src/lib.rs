@@ -5,6 +5,8 @@
 //!   creates a sale on a running gateway, sends a storm of reserves from a
 //!   crowd of buyers, lets them confirm, release or walk away, and checks
 //!   the contract's invariants against the gateway's figures and Postgres.
+//! - `conn`: the storm's HTTP/1.1 client, one bare hyper connection per
+//!   buyer task (the rest of the play goes through reqwest).
 //! - [`baseline`]: Postgres-only stores behind the gateway's paths (the
 //!   naive read-then-write, the row lock, ...) that `bench/compare.sh` and
 //!   `tests/loadtest_checker.rs` play the same sale against, served by
@@ -15,6 +17,7 @@
 //! the `flashsale` library.
 
 pub mod baseline;
+mod conn;
 pub mod loadtest;
 
 pub use loadtest::{play, run, Options, Report, TargetKind};
