@@ -4,7 +4,7 @@
 #   bash bench/compare.sh          # build, measure, write BENCHMARKS.md section D
 #                                  # and bench/comparison.png
 #
-# The same load generator (`flashsale loadtest`) plays the same sale against:
+# The same load generator (`flashsale-loadtest`) plays the same sale against:
 #   naive            bench/baseline: SELECT stock, then UPDATE stock = <read> - n
 #                    and INSERT the order; no transaction, no lock (lost updates)
 #   naive-decrement  the same read and check, then UPDATE stock = stock - n
@@ -15,7 +15,8 @@
 # and, as the limit, `redis-benchmark` runs the engine's own reserve script
 # (prelude + lua/reserve.lua, one EVALSHA per call) straight against Redis:
 #   redis
-# The baselines run in examples/baseline_server (axum, the gateway's paths).
+# The baselines run in loadgen/examples/baseline_server (axum, the gateway's
+# paths; the stores are loadgen/src/baseline.rs).
 #
 # Each case, at each concurrency, is measured twice:
 #   throughput  reserves for DURATION seconds on a sale too large to sell out
@@ -81,11 +82,13 @@ mkdir -p "$OUT/bin" "$OUT/logs"
 rm -f "$OUT"/logs/* "$OUT/results.jsonl"
 
 # --- binaries (pinned copies: the target dir is shared) -----------------------
-log "cargo build --release (flashsale, examples/baseline_server)"
-cargo build --release --bin flashsale --example baseline_server >&2
+log "cargo build --release (flashsale, flashsale-loadtest, examples/baseline_server)"
+cargo build --release --bin flashsale --bin flashsale-loadtest --example baseline_server >&2
 cp target/release/flashsale "$OUT/bin/flashsale"
+cp target/release/flashsale-loadtest "$OUT/bin/flashsale-loadtest"
 cp target/release/examples/baseline_server "$OUT/bin/baseline_server"
 FS=$OUT/bin/flashsale
+LT=$OUT/bin/flashsale-loadtest
 BS=$OUT/bin/baseline_server
 {
   echo "date: $(date -u +%FT%TZ)"
@@ -178,13 +181,13 @@ loadtest() {
   [[ -n $db ]] && common+=(--database-url "$db")
   local name=$case-c$c
   rc=0
-  "$FS" loadtest "${common[@]}" --duration "$DURATION" --customers "$CUSTOMERS" \
+  "$LT" "${common[@]}" --duration "$DURATION" --customers "$CUSTOMERS" \
     --stock 1000000000 --limit 1000000 --sample-ms 0 \
     > "$OUT/logs/$name.throughput.json" 2> "$OUT/logs/$name.throughput.txt" || rc=$?
   (( rc <= 1 )) || die "loadtest failed ($rc); see $OUT/logs/$name.throughput.txt"
   record "$case" "$c" throughput "$OUT/logs/$name.throughput.json"
   rc=0
-  "$FS" loadtest "${common[@]}" --requests "$SELLOUT_REQUESTS" --customers $((SELLOUT_REQUESTS / 2)) \
+  "$LT" "${common[@]}" --requests "$SELLOUT_REQUESTS" --customers $((SELLOUT_REQUESTS / 2)) \
     --stock "$SELLOUT_STOCK" --limit 2 --sample-ms 20 \
     > "$OUT/logs/$name.sellout.json" 2> "$OUT/logs/$name.sellout.txt" || rc=$?
   (( rc <= 1 )) || die "loadtest failed ($rc); see $OUT/logs/$name.sellout.txt"

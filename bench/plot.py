@@ -6,7 +6,7 @@
 
 RESULTS.jsonl has one line per run, as compare.sh writes them:
 {"case", "c", "phase": "throughput"|"sellout", "busy_before", "report": {...}}
-where the report is `flashsale loadtest --json`'s (or the same fields for
+where the report is `flashsale-loadtest --json`'s (or the same fields for
 redis-benchmark). Prints the figures as Markdown; --png draws throughput and
 p99 against concurrency (matplotlib); --benchmarks puts the figures into
 BENCHMARKS.md, between the section D markers (section D is added at the end

@@ -1,18 +1,20 @@
 #!/usr/bin/env bash
 # The README's "run the demo": `bash scripts/demo.sh [LOADTEST OPTIONS]`.
-# Makes sure Redis and Postgres run, builds the release binary, migrates, starts
-# a gateway in the background and plays a flash sale against it with
-# `flashsale loadtest`, whose exit code this script returns (non-zero: an
-# invariant broke). Options after demo.sh go to loadtest (`--help` lists them).
+# Makes sure Redis and Postgres run, builds the release binaries, migrates,
+# starts a gateway in the background and plays a flash sale against it with
+# `flashsale-loadtest` (the load generator, crate loadgen/), whose exit code
+# this script returns (non-zero: an invariant broke). Options after demo.sh go
+# to flashsale-loadtest (`--help` lists them).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 source scripts/services.sh # exports FLASHSALE_STATE
 STATE=$FLASHSALE_STATE
 BIN=target/release/flashsale
+LOADTEST=target/release/flashsale-loadtest
 
-echo "demo: building the release binary (the first build takes a few minutes)"
-cargo build --release --locked --quiet
+echo "demo: building the release binaries (the first build takes a few minutes)"
+cargo build --release --locked --quiet --bin flashsale --bin flashsale-loadtest
 "$BIN" migrate
 
 # Something accepting TCP connections on 127.0.0.1:$1? (bash alone: no curl here)
@@ -47,7 +49,7 @@ trap 'exit 130' INT
 trap 'exit 143' TERM
 
 # A gateway that cannot start (port taken meanwhile, bad config) exits at once:
-# say so here rather than let loadtest wait a minute for /readyz.
+# say so here rather than let the load generator wait a minute for /readyz.
 for ((i = 0; i < 100; i++)); do
   port_open "$port" && break
   kill -0 "$gateway" 2>/dev/null || { tail -n 5 "$log" >&2; echo "demo: error: the gateway did not start (log $log)" >&2; exit 1; }
@@ -63,10 +65,10 @@ demo: now a storm of simulated buyers races for a small stock: each holds units,
 MSG
 
 rc=0
-"$BIN" loadtest --url "http://127.0.0.1:$port" "$@" || rc=$?
+"$LOADTEST" --url "http://127.0.0.1:$port" "$@" || rc=$?
 
 if ((rc != 0)); then
-  echo "demo: loadtest exited $rc; the gateway's log is $log"
+  echo "demo: flashsale-loadtest exited $rc; the gateway's log is $log"
 fi
 cat <<MSG
 demo: the gateway stops now. To keep one running for the README's curl walk-through:

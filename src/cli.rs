@@ -61,8 +61,6 @@ pub enum Command {
         #[arg(long, requires = "sale", conflicts_with = "apply")]
         rebuild: bool,
     },
-    /// Play a flash sale against a running gateway and check the invariants.
-    Loadtest(crate::loadtest::Options),
 }
 
 #[derive(Debug, Subcommand)]
@@ -104,7 +102,6 @@ pub async fn run(cli: Cli) -> i32 {
             json,
             rebuild,
         } => reconcile(&settings, sale.as_deref(), apply, json, rebuild).await,
-        Command::Loadtest(opts) => crate::loadtest::run(&settings, opts).await,
     }
 }
 

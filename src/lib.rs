@@ -16,6 +16,9 @@
 //!   orders, the audit of admin changes, migrations. It knows nothing of the
 //!   engine.
 //! - [`domain`] (the nouns and their validation), [`config`], [`auth`].
+//! - Beside it, not in it: the load generator that plays a sale against a
+//!   running gateway (`flashsale-loadtest`), a crate of its own, `loadgen/`,
+//!   built on this library.
 //!
 //! A tour. **A reserve**: `api::reservations::reserve` checks the token, the
 //! rate limits and the body, then `Engine::reserve` runs `lua/reserve.lua`:
@@ -40,7 +43,6 @@ pub mod domain;
 pub mod engine;
 pub mod flush;
 mod limits;
-pub mod loadtest;
 mod metrics;
 pub mod reconcile;
 pub mod schedule;

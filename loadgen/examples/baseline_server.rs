@@ -5,16 +5,14 @@
 //!     --addr 127.0.0.1:18101 --database-url postgres://postgres@127.0.0.1:5432/flashsale_bench_baseline
 //! ```
 //!
-//! then `flashsale loadtest --url http://127.0.0.1:18101 --target-kind baseline
+//! then `flashsale-loadtest --url http://127.0.0.1:18101 --target-kind baseline
 //! --database-url ...` plays a sale against it. The mechanisms are described
-//! in `bench/baseline/mod.rs`. Stops on SIGTERM or Ctrl-C.
-
-#[path = "../bench/baseline/mod.rs"]
-mod baseline;
+//! in `src/baseline.rs`. Stops on SIGTERM or Ctrl-C.
 
 use std::time::Duration;
 
 use clap::Parser;
+use flashsale_loadgen::baseline;
 
 #[derive(Debug, Parser)]
 #[command(about = "A Postgres-only stock baseline speaking the gateway's reserve paths")]

@@ -1,13 +1,17 @@
-//! `flashsale loadtest`: plays a flash sale against a running gateway, as a
+//! `flashsale-loadtest`: plays a flash sale against a running gateway, as a
 //! crowd of buyers would, then checks the contract's invariants against what
 //! the gateway and Postgres report. The README's demo runs it; it exits 1
 //! when an invariant is broken.
 //!
 //! The same crowd plays against the bench's baselines (`--target-kind
-//! baseline`, see `bench/baseline/mod.rs`), which speak the gateway's paths
-//! for what the crowd uses; `bench/compare.sh` reads the `--json` report.
+//! baseline`, see [`crate::baseline`]), which speak the gateway's paths for
+//! what the crowd uses; `bench/compare.sh` reads the `--json` report.
 //! [`play`] does the work and returns a [`Report`] whose `broken` lists the
 //! invariants that failed; [`run`] prints it and picks the exit code.
+//!
+//! The crowd reads the gateway's answers as the contract writes them (its
+//! own [`Stock`] and [`Hold`], not the gateway's types): a checker that
+//! shared the server's structs would follow them if they drifted.
 
 use std::collections::{BTreeMap, HashMap};
 use std::io::IsTerminal;
@@ -15,17 +19,21 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use futures::stream::{self, StreamExt};
 use hdrhistogram::Histogram;
+use hyper::body::Bytes;
+use hyper::header::HeaderValue;
 use indicatif::{ProgressBar, ProgressStyle};
 use rand::seq::SliceRandom;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::auth::Auth;
-use crate::config::Settings;
-use crate::domain::{rfc3339_ms, Reservation, Stock};
+use flashsale::auth::Auth;
+use flashsale::config::Settings;
+
+use crate::conn;
 
 /// Tries of one confirm or release answered 429 (each after its Retry-After).
 const MAX_DECISION_TRIES: usize = 30;
@@ -96,7 +104,7 @@ pub struct Options {
 }
 
 impl Options {
-    /// The options as `flashsale loadtest ARGS...` would parse them.
+    /// The options as `flashsale-loadtest ARGS...` would parse them.
     pub fn from_args<I, T>(args: I) -> Result<Options, clap::Error>
     where
         I: IntoIterator<Item = T>,
@@ -108,10 +116,30 @@ impl Options {
             #[command(flatten)]
             options: Options,
         }
-        let argv = std::iter::once(std::ffi::OsString::from("loadtest"))
+        let argv = std::iter::once(std::ffi::OsString::from("flashsale-loadtest"))
             .chain(args.into_iter().map(Into::into));
         Ok(Command::try_parse_from(argv)?.options)
     }
+}
+
+/// A sale's figures, as `GET /v1/sales/{id}` shows them under `stock`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stock {
+    pub total: i64,
+    pub available: i64,
+    pub held: i64,
+    pub sold: i64,
+}
+
+/// What the crowd reads of a reservation (a 201's body); other fields are
+/// ignored.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Hold {
+    pub id: String,
+    pub customer_id: String,
+    pub quantity: u32,
+    /// RFC 3339.
+    pub expires_at: String,
 }
 
 /// Latency of the reserves, in milliseconds.
@@ -336,7 +364,11 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
     let crowd = Arc::new(Crowd {
         http: http.clone(),
         url: format!("{base}/v1/sales/{sale_id}/reservations"),
-        plain: wire::Target::parse(&format!("{base}/v1/sales/{sale_id}/reservations")),
+        plain: conn::Target::parse(&format!("{base}/v1/sales/{sale_id}/reservations")),
+        bearers: tokens
+            .iter()
+            .map(|t| conn::bearer(t).context("a token that is not a header value"))
+            .collect::<anyhow::Result<_>>()?,
         tokens,
         next: AtomicU64::new(0),
         done: AtomicU64::new(0),
@@ -691,10 +723,12 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
 struct Crowd {
     http: reqwest::Client,
     url: String,
-    /// `host:port` and path when the URL is plain `http://`: the storm then
-    /// speaks HTTP/1.1 itself (see [`wire`]).
-    plain: Option<wire::Target>,
+    /// The reserve URL when it is plain `http://`: the storm then goes
+    /// through one bare connection per buyer task (see [`conn`]).
+    plain: Option<conn::Target>,
     tokens: Vec<String>,
+    /// `Bearer <token>` of each token, for [`conn`].
+    bearers: Vec<HeaderValue>,
     /// The next request's number: request i comes from buyer i % customers.
     next: AtomicU64,
     /// Requests answered so far (for the progress bar).
@@ -708,7 +742,7 @@ struct Crowd {
 /// What one buyer task (or, merged, the crowd) saw.
 struct Tally {
     codes: BTreeMap<String, u64>,
-    held: Vec<Reservation>,
+    held: Vec<Hold>,
     /// Microseconds per reserve.
     latency: Histogram<u64>,
     answered: u64,
@@ -765,7 +799,7 @@ async fn buyer(crowd: Arc<Crowd>) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
     let customers = crowd.tokens.len() as u64;
     // One kept-alive connection per buyer task, as a browser tab would have.
-    let mut conn = crowd.plain.as_ref().map(|_| wire::Conn::default());
+    let mut conn = crowd.plain.as_ref().map(|_| conn::Conn::default());
     loop {
         let i = crowd.next.fetch_add(1, Ordering::Relaxed);
         let over = match crowd.deadline {
@@ -775,7 +809,7 @@ async fn buyer(crowd: Arc<Crowd>) -> anyhow::Result<Tally> {
         if over {
             return Ok(tally);
         }
-        let token = &crowd.tokens[(i % customers) as usize];
+        let buyer = (i % customers) as usize;
         let quantity = if crowd.max_quantity <= 1 {
             1
         } else {
@@ -784,13 +818,13 @@ async fn buyer(crowd: Arc<Crowd>) -> anyhow::Result<Tally> {
         let t = Instant::now();
         let answer = match (&crowd.plain, conn.as_mut()) {
             (Some(target), Some(conn)) => {
-                let body = format!("{{\"quantity\":{quantity}}}");
-                match conn.post(target, token, body.as_bytes()).await {
+                let body = Bytes::from(format!("{{\"quantity\":{quantity}}}"));
+                match conn.post(target, &crowd.bearers[buyer], body).await {
                     Ok((status, body)) => Ok(read_answer(status, &body)),
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => reserve(&crowd.http, &crowd.url, token, quantity)
+            _ => reserve(&crowd.http, &crowd.url, &crowd.tokens[buyer], quantity)
                 .await
                 .map_err(|e| e.to_string()),
         };
@@ -927,7 +961,7 @@ async fn sample_stock(
 /// One reserve's answer: `"<status> <code>"`, and the hold when it was granted.
 struct Answer {
     code: String,
-    held: Option<Reservation>,
+    held: Option<Hold>,
 }
 
 /// A reserve through reqwest (URLs the storm's own client does not speak).
@@ -950,7 +984,7 @@ async fn reserve(
 
 fn read_answer(status: u16, body: &[u8]) -> Answer {
     if status == 201 {
-        return match serde_json::from_slice::<Reservation>(body) {
+        return match serde_json::from_slice::<Hold>(body) {
             Ok(r) => Answer {
                 code: "201 held".into(),
                 held: Some(r),
@@ -981,7 +1015,7 @@ async fn decide(
     http: &reqwest::Client,
     base: &str,
     auth: &Auth,
-    h: &Reservation,
+    h: &Hold,
     i: usize,
     confirm: bool,
 ) -> Decision {
@@ -1096,281 +1130,19 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
     }
 }
 
-/// The storm's HTTP/1.1 client: one kept-alive connection per buyer task,
-/// a request written in one go, the answer read by its `Content-Length` (or
-/// chunks). The server under test and the crowd share the machine's cores:
-/// a general-purpose client costs the crowd several times what this does,
-/// and every microsecond it spends is one the server does not get. Plain
-/// `http://` only; anything else goes through reqwest.
-mod wire {
-    use std::io::{Error, ErrorKind};
-
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    use tokio::net::TcpStream;
-
-    /// Answers larger than this are refused (a reserve's is ~250 bytes).
-    const MAX_ANSWER: usize = 1 << 20;
-
-    #[derive(Debug, Clone)]
-    pub struct Target {
-        /// `host:port`, to connect to and to send as `Host`.
-        authority: String,
-        path: String,
-    }
-
-    impl Target {
-        /// `None` unless the URL is `http://host[:port]/path`.
-        pub fn parse(url: &str) -> Option<Target> {
-            let rest = url.strip_prefix("http://")?;
-            let (authority, path) = match rest.find('/') {
-                Some(i) => (&rest[..i], &rest[i..]),
-                None => (rest, "/"),
-            };
-            if authority.is_empty() || authority.contains('@') {
-                return None;
-            }
-            let authority = if authority
-                .rsplit_once(':')
-                .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-            {
-                authority.to_string()
-            } else {
-                format!("{authority}:80")
-            };
-            Some(Target {
-                authority,
-                path: path.to_string(),
-            })
-        }
-    }
-
-    #[derive(Default)]
-    pub struct Conn {
-        stream: Option<TcpStream>,
-        buf: Vec<u8>,
-        request: Vec<u8>,
-    }
-
-    impl Conn {
-        /// POSTs `body` as JSON with the bearer token; returns the status and
-        /// the body. On any error the connection is dropped (the next call
-        /// opens a new one).
-        pub async fn post(
-            &mut self,
-            target: &Target,
-            token: &str,
-            body: &[u8],
-        ) -> std::io::Result<(u16, Vec<u8>)> {
-            let result = self.exchange(target, token, body).await;
-            if !matches!(result, Ok((_, _, true))) {
-                self.stream = None;
-            }
-            result.map(|(status, body, _)| (status, body))
-        }
-
-        async fn exchange(
-            &mut self,
-            target: &Target,
-            token: &str,
-            body: &[u8],
-        ) -> std::io::Result<(u16, Vec<u8>, bool)> {
-            let stream = match &mut self.stream {
-                Some(s) => s,
-                None => {
-                    let s = TcpStream::connect(&target.authority).await?;
-                    s.set_nodelay(true)?;
-                    self.stream.insert(s)
-                }
-            };
-            self.request.clear();
-            self.request.extend_from_slice(b"POST ");
-            self.request.extend_from_slice(target.path.as_bytes());
-            self.request.extend_from_slice(b" HTTP/1.1\r\nHost: ");
-            self.request.extend_from_slice(target.authority.as_bytes());
-            self.request
-                .extend_from_slice(b"\r\nAuthorization: Bearer ");
-            self.request.extend_from_slice(token.as_bytes());
-            self.request
-                .extend_from_slice(b"\r\nContent-Type: application/json\r\nContent-Length: ");
-            self.request
-                .extend_from_slice(body.len().to_string().as_bytes());
-            self.request.extend_from_slice(b"\r\n\r\n");
-            self.request.extend_from_slice(body);
-            stream.write_all(&self.request).await?;
-            read_response(stream, &mut self.buf).await
-        }
-    }
-
-    fn bad(what: &str) -> Error {
-        Error::new(ErrorKind::InvalidData, format!("bad HTTP answer: {what}"))
-    }
-
-    fn find(hay: &[u8], needle: &[u8], from: usize) -> Option<usize> {
-        hay.get(from..)?
-            .windows(needle.len())
-            .position(|w| w == needle)
-            .map(|i| i + from)
-    }
-
-    /// Reads more into `buf`; end of stream is an error.
-    async fn fill(stream: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<()> {
-        if buf.len() > MAX_ANSWER {
-            return Err(bad("too large"));
-        }
-        buf.reserve(4096);
-        if stream.read_buf(buf).await? == 0 {
-            return Err(Error::new(
-                ErrorKind::UnexpectedEof,
-                "the server closed the connection",
-            ));
-        }
-        Ok(())
-    }
-
-    /// One answer: (status, body, whether the connection may be kept).
-    async fn read_response(
-        stream: &mut TcpStream,
-        buf: &mut Vec<u8>,
-    ) -> std::io::Result<(u16, Vec<u8>, bool)> {
-        buf.clear();
-        let head_end = loop {
-            if let Some(i) = find(buf, b"\r\n\r\n", 0) {
-                break i + 4;
-            }
-            fill(stream, buf).await?;
-        };
-        let head = std::str::from_utf8(&buf[..head_end]).map_err(|_| bad("head not UTF-8"))?;
-        let mut lines = head.split("\r\n");
-        let status_line = lines.next().unwrap_or_default();
-        let status: u16 = status_line
-            .strip_prefix("HTTP/1.1 ")
-            .or_else(|| status_line.strip_prefix("HTTP/1.0 "))
-            .and_then(|rest| rest.get(..3))
-            .and_then(|code| code.parse().ok())
-            .ok_or_else(|| bad("status line"))?;
-        let (mut length, mut chunked, mut keep) = (None, false, true);
-        for line in lines {
-            let Some((name, value)) = line.split_once(':') else {
-                continue;
-            };
-            let value = value.trim();
-            if name.eq_ignore_ascii_case("content-length") {
-                length = Some(value.parse::<usize>().map_err(|_| bad("content-length"))?);
-            } else if name.eq_ignore_ascii_case("transfer-encoding") {
-                chunked = value.to_ascii_lowercase().contains("chunked");
-            } else if name.eq_ignore_ascii_case("connection") {
-                keep = !value.eq_ignore_ascii_case("close");
-            }
-        }
-        if chunked {
-            let mut body = Vec::new();
-            let mut at = head_end;
-            loop {
-                let line_end = loop {
-                    if let Some(i) = find(buf, b"\r\n", at) {
-                        break i;
-                    }
-                    fill(stream, buf).await?;
-                };
-                let size_text =
-                    std::str::from_utf8(&buf[at..line_end]).map_err(|_| bad("chunk size"))?;
-                let size =
-                    usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16)
-                        .map_err(|_| bad("chunk size"))?;
-                at = line_end + 2;
-                if size == 0 {
-                    // Trailers, if any, end with an empty line.
-                    while find(buf, b"\r\n", at) != Some(at) && find(buf, b"\r\n\r\n", at).is_none()
-                    {
-                        fill(stream, buf).await?;
-                    }
-                    return Ok((status, body, keep));
-                }
-                while buf.len() < at + size + 2 {
-                    fill(stream, buf).await?;
-                }
-                body.extend_from_slice(&buf[at..at + size]);
-                at += size + 2;
-                if body.len() > MAX_ANSWER {
-                    return Err(bad("too large"));
-                }
-            }
-        }
-        match length {
-            Some(n) => {
-                if n > MAX_ANSWER {
-                    return Err(bad("too large"));
-                }
-                while buf.len() < head_end + n {
-                    fill(stream, buf).await?;
-                }
-                Ok((status, buf[head_end..head_end + n].to_vec(), keep))
-            }
-            // No body by definition, or one that ends with the connection.
-            None if status == 204 || status == 304 || (100..200).contains(&status) => {
-                Ok((status, Vec::new(), keep))
-            }
-            None => {
-                loop {
-                    if buf.len() > MAX_ANSWER {
-                        return Err(bad("too large"));
-                    }
-                    buf.reserve(4096);
-                    if stream.read_buf(buf).await? == 0 {
-                        break;
-                    }
-                }
-                Ok((status, buf[head_end..].to_vec(), false))
-            }
-        }
-    }
-
-    #[cfg(test)]
-    mod tests {
-        use super::*;
-
-        #[test]
-        fn targets_are_plain_http_only() {
-            let t = Target::parse("http://127.0.0.1:8080/v1/sales/a/reservations").unwrap();
-            assert_eq!(t.authority, "127.0.0.1:8080");
-            assert_eq!(t.path, "/v1/sales/a/reservations");
-            assert_eq!(Target::parse("http://gw/x").unwrap().authority, "gw:80");
-            assert!(Target::parse("https://gw/x").is_none());
-            assert!(Target::parse("http://u:p@gw/x").is_none());
-        }
-
-        /// A server that answers with the given bytes, in pieces.
-        async fn answer_with(raw: &'static [u8]) -> (u16, Vec<u8>) {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            let addr = listener.local_addr().unwrap();
-            tokio::spawn(async move {
-                let (mut s, _) = listener.accept().await.unwrap();
-                let mut req = vec![0u8; 4096];
-                let _ = s.read(&mut req).await.unwrap();
-                for piece in raw.chunks(7) {
-                    s.write_all(piece).await.unwrap();
-                    s.flush().await.unwrap();
-                    tokio::task::yield_now().await;
-                }
-            });
-            let target = Target::parse(&format!("http://{addr}/p")).unwrap();
-            Conn::default().post(&target, "t", b"{}").await.unwrap()
-        }
-
-        #[tokio::test]
-        async fn reads_answers_by_length_and_by_chunks() {
-            let (status, body) = answer_with(
-                b"HTTP/1.1 201 Created\r\ncontent-type: application/json\r\ncontent-length: 11\r\n\r\n{\"id\":\"xy\"}",
-            )
-            .await;
-            assert_eq!((status, body.as_slice()), (201, &b"{\"id\":\"xy\"}"[..]));
-            let (status, body) = answer_with(
-                b"HTTP/1.1 409 Conflict\r\ntransfer-encoding: chunked\r\n\r\n4\r\n{\"co\r\n8\r\nde\":\"x\"}\r\n0\r\n\r\n",
-            )
-            .await;
-            assert_eq!((status, body.as_slice()), (409, &b"{\"code\":\"x\"}"[..]));
-        }
-    }
+/// RFC 3339 in UTC with milliseconds, as the gateway writes its times.
+fn rfc3339_ms(t: time::OffsetDateTime) -> String {
+    let t = t.to_offset(time::UtcOffset::UTC);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
+        t.year(),
+        u8::from(t.month()),
+        t.day(),
+        t.hour(),
+        t.minute(),
+        t.second(),
+        t.millisecond()
+    )
 }
 
 #[cfg(test)]
@@ -1385,6 +1157,12 @@ mod tests {
         let o = Options::from_args(["--target-kind", "baseline", "--duration", "2.5"]).unwrap();
         assert_eq!(o.target_kind, TargetKind::Baseline);
         assert_eq!(o.duration, Some(2.5));
+    }
+
+    #[test]
+    fn times_are_rfc3339_with_milliseconds() {
+        let t = time::macros::datetime!(2026-12-12 00:00:05.123456 +07:00);
+        assert_eq!(rfc3339_ms(t), "2026-12-11T17:00:05.123Z");
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! The load generator's invariant checker, checked: it must flag a store that
-//! oversells (the naive baselines of `bench/baseline`, started here on port
+//! oversells (the naive baselines of `src/baseline.rs`, started here on port
 //! 0, each against its own database) and pass the stores that do not (the
 //! row lock, the conditional update, and the real gateway). A checker that
 //! cannot fail would pass everything; one that fails on correct stores would
@@ -7,10 +7,7 @@
 
 mod common;
 
-#[path = "../bench/baseline/mod.rs"]
-mod baseline;
-
-use flashsale::loadtest::{play, Options, Report, TargetKind};
+use flashsale_loadgen::{baseline, play, Options, Report, TargetKind};
 use tokio_util::sync::CancellationToken;
 
 /// A baseline server on port 0 with a database of its own; `stop` ends it

@@ -43,7 +43,7 @@ use redis::aio::{
 };
 use redis::{Script, Value};
 
-const PRELUDE: &str = include_str!("../lua/prelude.lua");
+const PRELUDE: &str = include_str!("../../lua/prelude.lua");
 const SALE_ID: &str = "bench";
 const STOCK: i64 = 100_000_000;
 const PER_CUSTOMER_LIMIT: u32 = 1_000_000;
@@ -263,8 +263,8 @@ async fn bench(
     admin: &mut redis::aio::MultiplexedConnection,
     keys: &SaleKeys,
 ) -> anyhow::Result<()> {
-    let reserve = with_prelude(include_str!("../lua/reserve.lua"));
-    let create = with_prelude(include_str!("../lua/create_sale.lua"));
+    let reserve = with_prelude(include_str!("../../lua/reserve.lua"));
+    let create = with_prelude(include_str!("../../lua/create_sale.lua"));
     reserve
         .prepare_invoke()
         .load_async(admin)

@@ -1,6 +1,6 @@
 //! The baselines flashsale is compared with: a store that keeps its stock in
 //! one Postgres row, sold through four mechanisms, behind the gateway's own
-//! paths so that `flashsale loadtest --target-kind baseline` plays the same
+//! paths so that `flashsale-loadtest --target-kind baseline` plays the same
 //! sale against them.
 //!
 //! - [`Mode::Naive`]: `SELECT stock`, then `UPDATE stock = <value read> - n`
@@ -25,9 +25,8 @@
 //! The sale window and `per_customer_limit` are stored but not enforced:
 //! these are stock mechanisms, nothing more.
 //!
-//! Used by `examples/baseline_server.rs` and `tests/loadtest_checker.rs`
-//! through `#[path]`; the product's modules know nothing of it.
-#![allow(dead_code)]
+//! Served by `examples/baseline_server.rs`, and by `tests/loadtest_checker.rs`
+//! on port 0; the gateway's crate knows nothing of it.
 
 use std::str::FromStr;
 use std::time::Duration;
