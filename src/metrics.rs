@@ -37,7 +37,7 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
 /// How often the recorder drains its histogram samples on its own. Without
 /// this, every sample of every request stayed in memory until the next
 /// scrape: a gateway nobody scrapes grew by ~20 bytes a request.
-pub const UPKEEP: Duration = Duration::from_secs(5);
+pub const UPKEEP: Duration = Duration::from_secs(1);
 
 /// Drains the recorder every [`UPKEEP`] until `stop`, whether or not anyone
 /// scrapes: memory stays bounded by one period's samples.
