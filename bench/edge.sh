@@ -13,14 +13,14 @@
 #
 # Needs Redis on 127.0.0.1:6379 and Postgres on 127.0.0.1:5432. Uses the key
 # prefix `edgebench` and the database `flashsale_bench_edge`, both removed at
-# the end. Knobs: ROUNDS (3), SECONDS (10, per phase), CONCURRENCY (64),
+# the end. Knobs: ROUNDS (3), PHASE_SECONDS (10), CONCURRENCY (64),
 # READERS (8), READ_RATE (90), SALES (200), PORT (18095), FS_BIN / BENCH_BIN
 # (binaries to use; default: cargo build --release).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 ROUNDS=${ROUNDS:-3}
-SECONDS_PER_PHASE=${SECONDS:-10}
+PHASE_SECONDS=${PHASE_SECONDS:-10}
 CONCURRENCY=${CONCURRENCY:-64}
 READERS=${READERS:-8}
 READ_RATE=${READ_RATE:-90}
@@ -56,5 +56,5 @@ for ((i = 0; i < 100; i++)); do
 done
 
 echo "# edge bench $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
-"$BENCH_BIN" --url "http://127.0.0.1:$PORT" --rounds "$ROUNDS" --seconds "$SECONDS_PER_PHASE" \
+"$BENCH_BIN" --url "http://127.0.0.1:$PORT" --rounds "$ROUNDS" --seconds "$PHASE_SECONDS" \
   --concurrency "$CONCURRENCY" --readers "$READERS" --read-rate "$READ_RATE" --sales "$SALES"

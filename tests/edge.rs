@@ -560,3 +560,52 @@ async fn streams_have_their_own_cap_and_one_that_stops_reading_is_dropped() {
     );
     drop(s1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_writer_reads_its_own_writes_through_a_warm_shared_view() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(1000, 1000, 600).await;
+    // Another address keeps the view of the sale warm all along.
+    let warm = async {
+        let other = client_from("127.0.0.2");
+        for _ in 0..100 {
+            let res = other
+                .get(app.url(&format!("/v1/sales/{sale}")))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(res.status(), 200);
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let writer = async {
+        let t = app.token("writer");
+        let mut rids = Vec::new();
+        for held in 1..=20 {
+            let a = app.reserve(&sale, &t, 1).await;
+            assert_eq!(a.status, 201, "{}", a.body);
+            rids.push(a.body["id"].as_str().unwrap().to_string());
+            let view = app.get(&format!("/v1/sales/{sale}"), None).await;
+            assert_eq!(view.body["stock"]["held"], held, "{}", view.body);
+        }
+        let released = app.release(&rids[0], &t).await;
+        assert_eq!(released.status, 200);
+        let view = app.get(&format!("/v1/sales/{sale}"), None).await;
+        assert_eq!(view.body["stock"]["held"], 19);
+        let confirmed = app.confirm(&rids[1], &t).await;
+        assert_eq!(confirmed.status, 200);
+        let list = app.get("/v1/sales", None).await;
+        assert_eq!(list.body["sales"][0]["stock"]["sold"], 1);
+        // A sale created now is in the next list at once.
+        let fresh = app.live_sale(5, 1, 60).await;
+        let list = app.get("/v1/sales", None).await;
+        let ids: Vec<&str> = list.body["sales"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| s["id"].as_str().unwrap())
+            .collect();
+        assert!(ids.contains(&fresh.as_str()), "{ids:?}");
+    };
+    tokio::join!(warm, writer);
+}
