@@ -127,6 +127,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .context("--url must be http://ip:port")?;
     let mut tasks = Vec::new();
 
+    let stride = args.buyers;
     for b in 0..args.buyers {
         let (http, base, sales, tokens, counts, stop) = (
             http.clone(),
@@ -139,8 +140,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut n = b;
             while !stop.load(Ordering::Relaxed) {
-                n += 1;
-                let token = &tokens[(n * 7919) % tokens.len()];
+                // Each buyer walks its own customers, so no customer is
+                // hammered by several buyers at once (per-customer limits).
+                n += stride;
+                let token = &tokens[n % tokens.len()];
                 let sale = &sales[n % sales.len()];
                 let res = http
                     .post(format!("{base}/v1/sales/{sale}/reservations"))

@@ -282,8 +282,8 @@ pub async fn run(
             Err(cap) => {
                 crate::metrics::connection_refused(cap.word());
                 if let Some(quiet) = refused_log.ready() {
+                    // No address in the log: it is personal data.
                     tracing::warn!(
-                        peer = %peer.ip(),
                         cap = cap.word(),
                         open = gate.open(),
                         suppressed = quiet,
@@ -367,7 +367,7 @@ async fn connection(
             _ = check.tick() => {
                 if progress.stalled_for(Instant::now()) > send_timeout {
                     crate::metrics::connection_dropped("send_stalled");
-                    tracing::debug!(peer = %peer.ip(), "peer took no bytes for the send timeout: closed");
+                    tracing::debug!("peer took no bytes for the send timeout: closed");
                     break;
                 }
             }
