@@ -132,6 +132,9 @@ start_gateway() {
     "FLASHSALE__HTTP__ADDR=127.0.0.1:$PORT"
     "FLASHSALE__REDIS__KEY_PREFIX=$PREFIX"
     "FLASHSALE__DATABASE__URL=$DB_URL"
+    # All of wrk's connections share 127.0.0.1: lift the per-address
+    # connection cap (real buyers come from many addresses).
+    FLASHSALE__HTTP__MAX_CONNECTIONS_PER_IP=100000
     RUST_LOG=warn
   )
   if [[ $mode == off ]]; then

@@ -26,11 +26,13 @@ for ((tries = 0; tries < 50; tries++)); do port_open "$port" || break; port=$((p
 port_open "$port" && { echo "demo: error: no free port from ${FLASHSALE_DEMO_PORT:-8080} to $port" >&2; exit 1; }
 
 log=$STATE/demo-gateway.log
-# Every simulated buyer comes from 127.0.0.1: lift the per-address limit (real
-# buyers come from many addresses); the per-customer limits stay on.
+# Every simulated buyer comes from 127.0.0.1: lift the per-address limit and
+# the per-address connection cap (real buyers come from many addresses); the
+# per-customer limits and the gateway's own connection cap stay on.
 FLASHSALE__HTTP__ADDR=127.0.0.1:$port \
   FLASHSALE__LIMITS__PER_IP_PER_SECOND=${FLASHSALE__LIMITS__PER_IP_PER_SECOND:-1000000} \
   FLASHSALE__LIMITS__PER_IP_BURST=${FLASHSALE__LIMITS__PER_IP_BURST:-1000000} \
+  FLASHSALE__HTTP__MAX_CONNECTIONS_PER_IP=${FLASHSALE__HTTP__MAX_CONNECTIONS_PER_IP:-100000} \
   "$BIN" serve >"$log" 2>&1 &
 gateway=$!
 

@@ -38,6 +38,18 @@ pub struct HttpSettings {
     #[serde(deserialize_with = "list_or_commas")]
     pub cors_allowed_origins: Vec<String>,
     pub pages: bool,
+    /// From the accept (or the end of the previous response) to the end of
+    /// the next request's headers; past it the connection is closed.
+    pub header_timeout_ms: u64,
+    /// A connection whose peer takes none of our bytes for this long is
+    /// closed (a client that stopped reading).
+    pub send_timeout_ms: u64,
+    /// Open client connections, in all (lowered at start to fit under the
+    /// open-file limit) and per client address (trusted proxies: no cap).
+    pub max_connections: usize,
+    pub max_connections_per_ip: usize,
+    /// Open event streams (`/v1/sales/{id}/stream`) per gateway.
+    pub max_streams: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -73,6 +85,9 @@ pub struct LimitSettings {
     pub per_customer_burst: u32,
     pub per_ip_per_second: u32,
     pub per_ip_burst: u32,
+    /// Public reads (sales, a sale, the stream) per client address.
+    pub public_per_ip_per_second: u32,
+    pub public_per_ip_burst: u32,
     pub global_per_second: u32,
     /// Reserves in flight at once on one gateway; more get 503 at once.
     pub max_in_flight: usize,
@@ -176,6 +191,24 @@ impl Settings {
                 );
             }
         }
+        if !(100..=600_000).contains(&self.http.header_timeout_ms) {
+            return bad("http.header_timeout_ms", "must be 100 to 600000");
+        }
+        if !(100..=3_600_000).contains(&self.http.send_timeout_ms) {
+            return bad("http.send_timeout_ms", "must be 100 to 3600000");
+        }
+        for (key, value) in [
+            ("http.max_connections", self.http.max_connections),
+            (
+                "http.max_connections_per_ip",
+                self.http.max_connections_per_ip,
+            ),
+            ("http.max_streams", self.http.max_streams),
+        ] {
+            if value == 0 {
+                return bad(key, "must be above 0");
+            }
+        }
         if self.redis.timeout_ms == 0 {
             return bad("redis.timeout_ms", "must be above 0");
         }
@@ -228,6 +261,12 @@ impl Settings {
                 "per-second limits must be above 0 while limits are enabled",
             );
         }
+        if self.limits.enabled && self.limits.public_per_ip_per_second == 0 {
+            return bad(
+                "limits.public_per_ip_per_second",
+                "must be above 0 while limits are enabled",
+            );
+        }
         if let Err(e) = self
             .log
             .level
@@ -240,6 +279,10 @@ impl Settings {
 
     pub fn redis_timeout(&self) -> Duration {
         Duration::from_millis(self.redis.timeout_ms)
+    }
+
+    pub fn header_timeout(&self) -> Duration {
+        Duration::from_millis(self.http.header_timeout_ms)
     }
 
     pub fn database_timeout(&self) -> Duration {
@@ -345,6 +388,21 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("`worker.reaper_interval_ms`"), "{e}");
+        for bad in [
+            "[http]\nheader_timeout_ms = 0\n",
+            "[http]\nmax_connections = 0\n",
+            "[http]\nmax_connections_per_ip = -1\n",
+            "[http]\nmax_streams = 0\n",
+            "[http]\nsend_timeout_ms = 5\n",
+        ] {
+            let key = bad.lines().nth(1).unwrap().split(' ').next().unwrap();
+            let e = load_toml(bad).unwrap_err().to_string();
+            assert!(e.contains(&format!("`http.{key}`")), "{bad}: {e}");
+        }
+        let e = load_toml("[limits]\npublic_per_ip_per_second = 0\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`limits.public_per_ip_per_second`"), "{e}");
         let e = load_toml("not toml [").unwrap_err().to_string();
         assert!(e.starts_with("configuration error"), "{e}");
     }

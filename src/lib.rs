@@ -15,6 +15,8 @@
 //! - [`store`]: the only code that speaks Postgres: sales as scheduled,
 //!   orders, the audit of admin changes, migrations. It knows nothing of the
 //!   engine.
+//! - `server`: the accept loop in front of the router (header timeout,
+//!   connection caps, send timeout, graceful drain).
 //! - [`domain`] (the nouns and their validation), [`config`], [`auth`].
 //! - Beside it, not in it: the load generator that plays a sale against a
 //!   running gateway (`flashsale-loadtest`), a crate of its own, `loadgen/`,
@@ -46,9 +48,13 @@ mod limits;
 mod metrics;
 pub mod reconcile;
 pub mod schedule;
+pub mod server;
 pub mod store;
 mod telemetry;
 pub mod worker;
+
+/// How often the metrics recorder drains its samples, scraped or not.
+pub use metrics::UPKEEP as METRICS_UPKEEP;
 
 use std::sync::Arc;
 
@@ -79,6 +85,8 @@ pub async fn serve(
         tracing::warn!("auth.jwt_secret is the development secret: set FLASHSALE__AUTH__JWT_SECRET in production");
     }
     metrics::handle();
+    tokio::spawn(metrics::upkeep(stop.clone()));
+    let open_files = server::raise_open_file_limit();
     let (engine, db) = connect(&settings)?;
     let worker = with_worker.then(|| {
         let (settings, engine, db, stop) =
@@ -93,9 +101,31 @@ pub async fn serve(
     );
     tokio::spawn(sweep_limits(limits.clone(), stop.clone()));
     tokio::spawn(engine::soldout::poll(engine.clone(), stop.clone()));
-    let state = api::AppState::new(settings, engine, db, limits);
-    let shutdown = stop.clone();
-    api::serve(listener, state, async move { shutdown.cancelled().await })
+    let reserved = server::RESERVED_FDS + u64::from(settings.database.max_connections);
+    let edge = server::Edge {
+        header_timeout: settings.header_timeout(),
+        send_timeout: std::time::Duration::from_millis(settings.http.send_timeout_ms),
+        max_connections: server::fit_connections(
+            settings.http.max_connections,
+            open_files,
+            reserved,
+        ),
+        max_connections_per_ip: settings.http.max_connections_per_ip,
+        uncapped: settings
+            .limits
+            .trusted_proxies
+            .iter()
+            .filter_map(|p| p.parse().ok())
+            .collect(),
+    };
+    tracing::info!(
+        max_connections = edge.max_connections,
+        max_connections_per_ip = edge.max_connections_per_ip,
+        open_file_limit = open_files,
+        "connection caps"
+    );
+    let state = api::AppState::new(settings, engine, db, limits, stop.clone());
+    api::serve(listener, state, edge)
         .await
         .context("http server")?;
     stop.cancel();

@@ -18,6 +18,7 @@ use crate::config::LimitSettings;
 pub struct Limits {
     per_customer: Option<DefaultKeyedRateLimiter<String>>,
     per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
+    public_per_ip: Option<DefaultKeyedRateLimiter<IpAddr>>,
     global: Option<DefaultDirectRateLimiter>,
     in_flight: Arc<Semaphore>,
     trusted_proxies: Vec<IpAddr>,
@@ -60,6 +61,8 @@ impl Limits {
                 .map(DefaultKeyedRateLimiter::keyed),
             per_ip: on(quota(s.per_ip_per_second, s.per_ip_burst))
                 .map(DefaultKeyedRateLimiter::keyed),
+            public_per_ip: on(quota(s.public_per_ip_per_second, s.public_per_ip_burst))
+                .map(DefaultKeyedRateLimiter::keyed),
             global: on(quota(s.global_per_second, s.global_per_second))
                 .map(DefaultDirectRateLimiter::direct),
             in_flight: Arc::new(Semaphore::new(s.max_in_flight)),
@@ -101,6 +104,15 @@ impl Limits {
         Ok(())
     }
 
+    /// The per-address limit of the public reads (sales, a sale, the
+    /// stream): they need no account, so the address is all there is.
+    pub fn check_public(&self, ip: IpAddr) -> Result<(), Shed> {
+        if let Some(l) = &self.public_per_ip {
+            l.check_key(&ip).map_err(|n| self.wait(n))?;
+        }
+        Ok(())
+    }
+
     /// The gateway's reserve budget and the in-flight bound; hold the permit
     /// until the engine has answered.
     pub fn enter_reserve(&self) -> Result<OwnedSemaphorePermit, Shed> {
@@ -128,6 +140,10 @@ impl Limits {
             l.retain_recent();
             l.shrink_to_fit();
         }
+        if let Some(l) = &self.public_per_ip {
+            l.retain_recent();
+            l.shrink_to_fit();
+        }
     }
 
     /// Keys currently tracked by the keyed limiters.
@@ -135,6 +151,7 @@ impl Limits {
     fn tracked_keys(&self) -> usize {
         self.per_customer.as_ref().map_or(0, |l| l.len())
             + self.per_ip.as_ref().map_or(0, |l| l.len())
+            + self.public_per_ip.as_ref().map_or(0, |l| l.len())
     }
 }
 
@@ -149,6 +166,8 @@ mod tests {
             per_customer_burst: 2,
             per_ip_per_second: 100,
             per_ip_burst: 100,
+            public_per_ip_per_second: 1,
+            public_per_ip_burst: 3,
             global_per_second: 0,
             max_in_flight: 1,
             trusted_proxies: vec!["10.0.0.1".into()],
@@ -170,6 +189,19 @@ mod tests {
             l.check("c2", ip).is_ok(),
             "another customer is still served"
         );
+    }
+
+    #[test]
+    fn public_reads_have_their_own_budget_per_address() {
+        let l = Limits::new(&settings()).unwrap();
+        let a: IpAddr = "127.0.0.1".parse().unwrap();
+        let b: IpAddr = "127.0.0.2".parse().unwrap();
+        for _ in 0..3 {
+            assert!(l.check_public(a).is_ok());
+        }
+        assert!(matches!(l.check_public(a), Err(Shed::RateLimited(_))));
+        assert!(l.check_public(b).is_ok(), "another address is still served");
+        assert!(l.check("c1", a).is_ok(), "reserves keep their own budget");
     }
 
     #[test]

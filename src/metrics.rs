@@ -34,6 +34,27 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
+/// How often the recorder drains its histogram samples on its own. Without
+/// this, every sample of every request stayed in memory until the next
+/// scrape: a gateway nobody scrapes grew by ~20 bytes a request.
+pub const UPKEEP: Duration = Duration::from_secs(1);
+
+/// Drains the recorder every [`UPKEEP`] until `stop`, whether or not anyone
+/// scrapes: memory stays bounded by one period's samples.
+pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
+    let Some(h) = handle() else {
+        return;
+    };
+    let mut every = tokio::time::interval(UPKEEP);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => h.run_upkeep(),
+        }
+    }
+}
+
 /// The text exposition format.
 pub fn render() -> String {
     match handle() {
@@ -163,4 +184,39 @@ pub fn active_sales(n: usize) {
 /// A sale archived: its Redis keys removed, its figures kept in Postgres.
 pub fn archived() {
     counter!("flashsale_sales_archived_total").increment(1);
+}
+
+/// A connection turned away by a cap (`total` or `per_ip`).
+pub fn connection_refused(cap: &'static str) {
+    counter!("flashsale_connections_refused_total", "cap" => cap).increment(1);
+}
+
+/// Client connections open now.
+pub fn connections_open(n: usize) {
+    gauge!("flashsale_connections_open").set(n as f64);
+}
+
+/// A connection the gateway closed itself (`send_stalled`: the peer took
+/// none of our bytes for the send timeout).
+pub fn connection_dropped(why: &'static str) {
+    counter!("flashsale_connections_dropped_total", "why" => why).increment(1);
+}
+
+/// An `accept` that failed (out of file descriptors, mostly).
+pub fn accept_error() {
+    counter!("flashsale_accept_errors_total").increment(1);
+}
+
+/// Event streams open now, and streams refused by `http.max_streams`.
+pub fn streams_open(n: usize) {
+    gauge!("flashsale_streams_open").set(n as f64);
+}
+
+pub fn stream_refused() {
+    counter!("flashsale_streams_refused_total").increment(1);
+}
+
+/// A public read refused by the per-address limit.
+pub fn public_read_limited() {
+    counter!("flashsale_public_reads_limited_total").increment(1);
 }

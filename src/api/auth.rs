@@ -1,6 +1,7 @@
 //! Bearer-token extractors: `Caller` for any signed-in caller, `Admin` for
 //! the admin role, `Limited` for a caller of the reservation endpoints, held
-//! to the per-customer and per-address rate limits.
+//! to the per-customer and per-address rate limits; `PublicReader` for the
+//! anonymous reads, held to the per-address limit of public reads.
 
 use axum::extract::FromRequestParts;
 use axum::http::header::AUTHORIZATION;
@@ -62,15 +63,28 @@ impl FromRequestParts<AppState> for Limited {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Caller(id) = Caller::from_request_parts(parts, state).await?;
-        let peer = parts
-            .extensions
-            .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
-            .map(|c| c.0.ip())
-            .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-        let ip = state.limits.client_ip(peer, &parts.headers);
+        let ip = super::client_ip(state, parts);
         if let Err(shed) = state.limits.check(&id.subject, ip) {
             return Err(shed.into());
         }
         Ok(Limited(id))
+    }
+}
+
+/// A reader of the public endpoints (sales, a sale, the stream), within the
+/// per-address limit of public reads; carries the client address, so the
+/// shared view can show a writer its own writes.
+pub struct PublicReader(pub std::net::IpAddr);
+
+impl FromRequestParts<AppState> for PublicReader {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
+        let ip = super::client_ip(state, parts);
+        state.limits.check_public(ip).map_err(|shed| {
+            crate::metrics::public_read_limited();
+            ApiError::from(shed)
+        })?;
+        Ok(PublicReader(ip))
     }
 }

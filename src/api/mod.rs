@@ -43,6 +43,10 @@ pub struct AppState {
     pub limits: Arc<Limits>,
     pub live: crate::engine::live::Live,
     pub settings: Arc<Settings>,
+    /// Places for open event streams (`http.max_streams`).
+    pub streams: Arc<tokio::sync::Semaphore>,
+    /// Cancelled at shutdown: open streams end, so the drain can finish.
+    pub stop: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -51,6 +55,7 @@ impl AppState {
         engine: Engine,
         db: PgPool,
         limits: Arc<Limits>,
+        stop: tokio_util::sync::CancellationToken,
     ) -> AppState {
         AppState {
             auth: Arc::new(Auth::new(&settings.auth.jwt_secret)),
@@ -58,6 +63,8 @@ impl AppState {
             db,
             limits,
             live: Default::default(),
+            streams: Arc::new(tokio::sync::Semaphore::new(settings.http.max_streams)),
+            stop,
             settings,
         }
     }
@@ -105,6 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))
+        .route_layer(middleware::from_fn_with_state(state.clone(), note_writes))
         .route_layer(middleware::from_fn(time_request))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -179,6 +187,52 @@ async fn time_request(req: Request, next: Next) -> axum::response::Response {
     res
 }
 
+/// The client address of a request: the peer, or what a trusted proxy says.
+pub(crate) fn client_ip(state: &AppState, parts: &axum::http::request::Parts) -> std::net::IpAddr {
+    let peer = parts
+        .extensions
+        .get::<axum::extract::ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+        .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    state.limits.client_ip(peer, &parts.headers)
+}
+
+/// Tells the shared view of the sales about writes made through this
+/// gateway, once they are answered: the writer's next read of the sale sees
+/// its write (`engine::live`). Admin writes (create, adjust) refresh the view
+/// for everyone. Refusals (4xx) changed nothing and are not noted; 5xx may
+/// have, so they are.
+async fn note_writes(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: Request,
+    next: Next,
+) -> axum::response::Response {
+    use axum::http::Method;
+    let method = req.method().clone();
+    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let ip = client_ip(&state, &parts);
+    let path = parts.uri.path().to_string();
+    let res = next.run(Request::from_parts(parts, body)).await;
+    if res.status().is_client_error() {
+        return res;
+    }
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match segments.as_slice() {
+        ["v1", "sales"] | ["v1", "sales", _] => state.live.refresh_all(),
+        ["v1", "sales", sale, "reservations"] => state.live.wrote(sale, ip),
+        ["v1", "reservations", rid, ..] => {
+            if let Some(sale) = crate::domain::sale_of_reservation(rid) {
+                state.live.wrote(sale, ip);
+            }
+        }
+        _ => {}
+    }
+    res
+}
+
 /// Request ids: a per-process random prefix and a counter. Unique across
 /// restarts and gateways like a UUID, but with no random draw per request.
 #[derive(Clone)]
@@ -207,14 +261,13 @@ impl MakeRequestId for RequestIds {
     }
 }
 
-/// Serves until `shutdown` resolves, then drains in-flight requests.
+/// Serves until `state.stop` is cancelled, then drains in-flight requests
+/// (`crate::server`: header timeout, connection caps).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    edge: crate::server::Edge,
 ) -> std::io::Result<()> {
-    let app = router(state).into_make_service_with_connect_info::<std::net::SocketAddr>();
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
+    let stop = state.stop.clone();
+    crate::server::run(listener, router(state), edge, stop).await
 }

@@ -1,12 +1,15 @@
 //! Sales: create (admin), list, read, adjust (admin).
 
-use axum::extract::State;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::auth::Admin;
+use super::auth::{Admin, PublicReader};
 use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey, PathId};
 use super::{db_call, AppState};
@@ -49,20 +52,94 @@ pub async fn create(
 
 #[derive(Serialize)]
 pub struct SaleList {
-    sales: Vec<Sale>,
+    sales: Vec<Shown>,
+    /// Where the next page starts; absent on the last page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    next_cursor: Option<String>,
 }
 
-pub async fn list(State(state): State<AppState>) -> Result<Json<SaleList>, ApiError> {
+/// `?limit=` (default 100, at most 500) and `?cursor=` (a `next_cursor`).
+#[derive(Debug, Deserialize)]
+pub struct ListQuery {
+    limit: Option<u32>,
+    cursor: Option<String>,
+}
+
+pub const DEFAULT_PAGE: usize = 100;
+pub const MAX_PAGE: usize = 500;
+
+/// A position in the order of the list, (start in ms, id): the cursor is
+/// the last sale of the page, `<ms>.<id>`. Opaque to clients; a sale created
+/// while someone pages through lands in its place, and every sale present
+/// from start to end is seen exactly once.
+fn cursor_of(sale: &Sale) -> String {
+    format!("{}.{}", crate::domain::to_ms(sale.starts_at), sale.id)
+}
+
+fn parse_cursor(text: &str) -> Option<(i64, &str)> {
+    let (ms, id) = text.split_once('.')?;
+    let ms = ms.parse().ok()?;
+    valid_sale_id(id).then_some((ms, id))
+}
+
+/// Public, answered from the gateway's shared view (`engine::live`), so a
+/// crowd of readers costs Redis one read per sale per 100 ms.
+pub async fn list(
+    State(state): State<AppState>,
+    PublicReader(ip): PublicReader,
+    query: Result<Query<ListQuery>, QueryRejection>,
+) -> Result<Json<SaleList>, ApiError> {
+    let Query(query) =
+        query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {}", e.body_text())))?;
+    let limit = match query.limit {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=MAX_PAGE as u32).contains(&n) => n as usize,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "`limit` must be 1 to {MAX_PAGE}"
+            )))
+        }
+    };
+    let after = match &query.cursor {
+        None => None,
+        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
+            ApiError::InvalidRequest("`cursor` is not a cursor this API gave".into())
+        })?),
+    };
+    let all = state.live.sales(&state.engine, Some(ip)).await?;
+    let start = match after {
+        None => 0,
+        Some((ms, id)) => {
+            all.partition_point(|s| (crate::domain::to_ms(s.starts_at), s.id.as_str()) <= (ms, id))
+        }
+    };
+    let page: Vec<Shown> = all
+        .iter()
+        .skip(start)
+        .take(limit)
+        .cloned()
+        .map(Shown)
+        .collect();
+    let next_cursor = (start + page.len() < all.len())
+        .then(|| page.last().map(|s| cursor_of(&s.0)))
+        .flatten();
     Ok(Json(SaleList {
-        sales: state.engine.sales().await?,
+        sales: page,
+        next_cursor,
     }))
 }
 
-pub async fn get(State(state): State<AppState>, id: PathId) -> Result<Json<Sale>, ApiError> {
+pub async fn get(
+    State(state): State<AppState>,
+    PublicReader(ip): PublicReader,
+    id: PathId,
+) -> Result<Json<Shown>, ApiError> {
     let id = sale_id(id)?;
-    match state.engine.sale(&id).await {
-        Err(e) if crate::archive::not_in_redis(&e) => archived(&state, &id, e).await.map(Json),
-        found => Ok(Json(found?)),
+    match state.live.sale(&state.engine, &id, Some(ip)).await {
+        Err(e) if crate::archive::not_in_redis(&e) => {
+            Ok(Json(Shown(Arc::new(archived(&state, &id, e).await?))))
+        }
+        found => Ok(Json(Shown(found?))),
     }
 }
 
@@ -75,6 +152,15 @@ pub(super) async fn archived(
     super::db_call(state, crate::archive::sale(&state.db, id))
         .await?
         .ok_or_else(|| not_found.into())
+}
+
+/// A sale of the shared view, shown as the sale itself (no copy per reader).
+pub struct Shown(Arc<Sale>);
+
+impl Serialize for Shown {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
 }
 
 #[derive(Debug, Deserialize)]

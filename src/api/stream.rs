@@ -11,6 +11,7 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use tokio_stream::wrappers::WatchStream;
 
+use super::auth::PublicReader;
 use super::error::ApiError;
 use super::extract::PathId;
 use super::sales::sale_id;
@@ -38,13 +39,24 @@ fn event(sale: &Sale) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable"))
 }
 
+/// Streams are long-lived: each holds a place of `http.max_streams` (and its
+/// connection a place under the connection caps) until it ends. A client that
+/// stops reading is closed by the server's send timeout (`crate::server`);
+/// at shutdown every stream ends, so the drain does not wait for them.
 pub async fn stream(
     State(state): State<AppState>,
+    PublicReader(ip): PublicReader,
     id: PathId,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let id = sale_id(id)?;
-    // The first event comes from a fresh read (and a 404 for an unknown sale).
-    let first = state.engine.sale(&id).await?;
+    let place = state.streams.clone().try_acquire_owned().map_err(|_| {
+        crate::metrics::stream_refused();
+        ApiError::Overloaded
+    })?;
+    let open = Open::new(place, &state);
+    // The first event comes from the shared view (and a 404 for an unknown
+    // sale).
+    let first = state.live.sale(&state.engine, &id, Some(ip)).await?;
     let last = (first.status, first.stock);
     let changes = WatchStream::new(state.live.subscribe(&state.engine, &id))
         .filter_map(std::future::ready)
@@ -55,8 +67,41 @@ pub async fn stream(
             std::future::ready(Some(fresh.then(|| event(&sale))))
         })
         .filter_map(std::future::ready);
+    let stop = state.stop.clone();
     let events = stream::once(std::future::ready(event(&first)))
         .chain(changes)
-        .map(Ok);
+        .take_until(async move { stop.cancelled().await })
+        .map(move |e| {
+            // The place is given back when the stream is dropped.
+            let _held = &open;
+            Ok(e)
+        });
     Ok(Sse::new(events).keep_alive(KeepAlive::new().interval(Duration::from_secs(15))))
+}
+
+/// An open stream's place; keeps the gauge of open streams right.
+struct Open {
+    _place: tokio::sync::OwnedSemaphorePermit,
+    streams: std::sync::Arc<tokio::sync::Semaphore>,
+    max: usize,
+}
+
+impl Open {
+    fn new(place: tokio::sync::OwnedSemaphorePermit, state: &AppState) -> Open {
+        let max = state.settings.http.max_streams;
+        crate::metrics::streams_open(max - state.streams.available_permits());
+        Open {
+            _place: place,
+            streams: state.streams.clone(),
+            max,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        // The permit is released after this body: count it as gone already.
+        let open = self.max - self.streams.available_permits();
+        crate::metrics::streams_open(open.saturating_sub(1));
+    }
 }

@@ -225,7 +225,7 @@ impl Refusal {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum EngineError {
     #[error("refused: {0:?}")]
     Refused(Refusal),
@@ -248,7 +248,7 @@ pub enum EngineError {
 }
 
 /// Why Redis could not serve, with the source kept.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Unavailable {
     #[error("no answer within {0} ms")]
     TimedOut(u128),

@@ -38,6 +38,9 @@ pub fn test_settings() -> Settings {
     s.database.url =
         SecretString::from(format!("{}/{}", pg_server_url(), unique("flashsale_test_")));
     s.limits.enabled = false;
+    // Every simulated buyer comes from 127.0.0.1: lift the per-address
+    // connection cap, as the per-address rate limit is lifted.
+    s.http.max_connections_per_ip = 100_000;
     s.worker.reaper_interval_ms = 100;
     s.worker.loader_interval_ms = 200;
     s
