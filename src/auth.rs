@@ -6,7 +6,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
-use crate::domain::valid_customer_id;
+use crate::domain::CustomerId;
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Claims {
@@ -19,7 +19,7 @@ pub struct Claims {
 /// Who is calling.
 #[derive(Debug, Clone)]
 pub struct Identity {
-    pub subject: String,
+    pub subject: CustomerId,
     pub admin: bool,
 }
 
@@ -61,13 +61,9 @@ impl Auth {
                 _ => AuthError::Invalid,
             })?;
         let claims = data.claims;
-        if !valid_customer_id(&claims.sub) {
-            return Err(AuthError::BadSubject);
-        }
-        Ok(Identity {
-            admin: claims.role.as_deref() == Some("admin"),
-            subject: claims.sub,
-        })
+        let admin = claims.role.as_deref() == Some("admin");
+        let subject = CustomerId::parse(claims.sub).ok_or(AuthError::BadSubject)?;
+        Ok(Identity { subject, admin })
     }
 
     /// Mints a token valid for `ttl_secs` from now.
@@ -99,7 +95,7 @@ mod tests {
     fn round_trip_and_roles() {
         let a = auth();
         let id = a.verify(&a.issue("c1", None, 60).unwrap()).unwrap();
-        assert_eq!(id.subject, "c1");
+        assert_eq!(id.subject.as_str(), "c1");
         assert!(!id.admin);
         assert!(
             a.verify(&a.issue("ops", Some("admin"), 60).unwrap())

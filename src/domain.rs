@@ -20,6 +20,72 @@ pub fn valid_sale_id(id: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
 }
 
+/// An id checked once, where it enters (an extractor, a token), and passed
+/// on as its type: code that takes one never checks it again.
+macro_rules! checked_id {
+    ($(#[$doc:meta])* $name:ident, $valid:expr) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id, if it is one.
+            pub fn parse(text: impl Into<String>) -> Option<$name> {
+                let text = text.into();
+                let valid: fn(&str) -> bool = $valid;
+                valid(&text).then_some($name(text))
+            }
+
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                self.0 == other
+            }
+        }
+    };
+}
+
+checked_id!(
+    /// A sale id: `[a-z0-9_-]{1,64}`, also the hash tag of the sale's keys.
+    SaleId,
+    valid_sale_id
+);
+checked_id!(
+    /// A reservation id: `<sale id>.<32 hex>`, so it names its sale.
+    ReservationId,
+    |id| sale_of_reservation(id).is_some()
+);
+checked_id!(
+    /// A customer id (a token's subject): 1 to 64 printable ASCII characters.
+    CustomerId,
+    valid_customer_id
+);
+
+impl ReservationId {
+    /// The sale the reservation belongs to.
+    pub fn sale(&self) -> &str {
+        // Checked at parse: the part before the last dot is a sale id.
+        self.0.rsplit_once('.').map_or("", |(sale, _)| sale)
+    }
+}
+
 /// A customer id (JWT `sub`): 1 to 64 printable ASCII characters.
 pub fn valid_customer_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic())

@@ -7,6 +7,8 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use crate::domain::{ReservationId, SaleId};
+use crate::engine::Refusal;
 
 /// JSON body. An empty body reads as `{}`, so endpoints whose fields are all
 /// optional accept a bare POST; anything else must parse, with no unknown
@@ -80,5 +82,27 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
                     "Idempotency-Key must be 1 to 128 printable ASCII characters".into(),
                 )
             })
+    }
+}
+
+/// A sale id in the path: `[a-z0-9_-]{1,64}`, or a 422.
+impl<S: Send + Sync> FromRequestParts<S> for SaleId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let PathId(id) = PathId::from_request_parts(parts, state).await?;
+        SaleId::parse(id)
+            .ok_or_else(|| ApiError::InvalidRequest("sale id must match [a-z0-9_-]{1,64}".into()))
+    }
+}
+
+/// A reservation id in the path. Ids are opaque: one that does not name a
+/// sale is simply not found.
+impl<S: Send + Sync> FromRequestParts<S> for ReservationId {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let PathId(id) = PathId::from_request_parts(parts, state).await?;
+        ReservationId::parse(id).ok_or(ApiError::Refused(Refusal::ReservationNotFound))
     }
 }

@@ -6,17 +6,15 @@
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
 
-use super::error::ApiError;
-use super::extract::PathId;
-use super::sales::sale_id;
+use crate::domain::SaleId;
 
 const SALE: &str = include_str!("pages/sale.html");
 const OPS: &str = include_str!("pages/ops.html");
 const OPENAPI: &str = include_str!("openapi.json");
 
-pub async fn sale(id: PathId) -> Result<Html<&'static str>, ApiError> {
-    sale_id(id)?;
-    Ok(Html(SALE))
+/// The page of a sale; a malformed id is refused before any HTML is sent.
+pub async fn sale(_: SaleId) -> Html<&'static str> {
+    Html(SALE)
 }
 
 pub async fn ops() -> Html<&'static str> {

@@ -8,10 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use super::auth::Limited;
 use super::error::ApiError;
-use super::extract::{Body, IdempotencyKey, PathId};
-use super::sales::sale_id;
+use super::extract::{Body, IdempotencyKey};
 use super::AppState;
-use crate::domain::{sale_of_reservation, Order, Reservation};
+use crate::domain::{Order, Reservation, ReservationId, SaleId};
 use crate::engine::{ConfirmRequest, ReserveRequest};
 
 #[derive(Debug, Deserialize)]
@@ -29,11 +28,10 @@ fn one() -> u32 {
 pub async fn reserve(
     State(state): State<AppState>,
     Limited(caller): Limited,
-    id: PathId,
+    sale_id: SaleId,
     IdempotencyKey(key): IdempotencyKey,
     Body(body): Body<ReserveBody>,
 ) -> Result<(StatusCode, Json<Reservation>), ApiError> {
-    let sale_id = sale_id(id)?;
     tracing::Span::current().record("sale_id", sale_id.as_str());
     let max = state.settings.engine.max_quantity;
     if body.quantity == 0 || body.quantity > max {
@@ -74,16 +72,6 @@ pub(super) async fn count_outcome(
     res
 }
 
-/// Any id that does not name a sale is simply not found: ids are opaque.
-fn split(PathId(id): PathId) -> Result<(String, String), ApiError> {
-    match sale_of_reservation(&id) {
-        Some(sale) => Ok((sale.to_string(), id)),
-        None => Err(ApiError::Refused(
-            crate::engine::Refusal::ReservationNotFound,
-        )),
-    }
-}
-
 #[derive(Serialize)]
 pub struct ReservationView {
     #[serde(flatten)]
@@ -95,13 +83,13 @@ pub struct ReservationView {
 pub async fn get(
     State(state): State<AppState>,
     Limited(caller): Limited,
-    id: PathId,
+    rid: ReservationId,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let (sale, rid) = split(id)?;
+    let sale = rid.sale();
     let owner = (!caller.admin).then_some(caller.subject.as_str());
-    let (reservation, order) = match state.engine.reservation(&sale, &rid, owner).await {
+    let (reservation, order) = match state.engine.reservation(sale, &rid, owner).await {
         Err(e) if crate::archive::not_in_redis(&e) => {
-            let (reservation, order) = archived(&state, &sale, &rid, owner, e).await?;
+            let (reservation, order) = archived(&state, sale, &rid, owner, e).await?;
             (reservation, Some(order))
         }
         found => found?,
@@ -120,10 +108,10 @@ pub struct ConfirmBody {
 pub async fn confirm(
     State(state): State<AppState>,
     Limited(caller): Limited,
-    id: PathId,
+    rid: ReservationId,
     Body(body): Body<ConfirmBody>,
 ) -> Result<Json<Order>, ApiError> {
-    let (sale, rid) = split(id)?;
+    let sale = rid.sale();
     if body.payment_ref.len() > 128 {
         return Err(ApiError::InvalidRequest(
             "`payment_ref` must be at most 128 bytes".into(),
@@ -132,7 +120,7 @@ pub async fn confirm(
     let confirmed = state
         .engine
         .confirm(&ConfirmRequest {
-            sale_id: &sale,
+            sale_id: sale,
             reservation_id: &rid,
             customer: &caller.subject,
             payment_ref: &body.payment_ref,
@@ -142,7 +130,7 @@ pub async fn confirm(
         Ok(c) => Ok(Json(c.order)),
         // Confirming again after the sale was archived: the same order.
         Err(e) if crate::archive::not_in_redis(&e) => {
-            let (_, order) = archived(&state, &sale, &rid, Some(&caller.subject), e).await?;
+            let (_, order) = archived(&state, sale, &rid, Some(&caller.subject), e).await?;
             Ok(Json(order))
         }
         Err(e) => Err(e.into()),
@@ -170,9 +158,9 @@ async fn archived(
 pub async fn release(
     State(state): State<AppState>,
     Limited(caller): Limited,
-    id: PathId,
+    rid: ReservationId,
 ) -> Result<Json<Reservation>, ApiError> {
-    let (sale, rid) = split(id)?;
+    let sale = rid.sale();
     let owner = (!caller.admin).then_some(caller.subject.as_str());
-    Ok(Json(state.engine.release(&sale, &rid, owner).await?))
+    Ok(Json(state.engine.release(sale, &rid, owner).await?))
 }

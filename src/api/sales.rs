@@ -11,20 +11,10 @@ use time::OffsetDateTime;
 
 use super::auth::{Admin, PublicReader};
 use super::error::ApiError;
-use super::extract::{Body, IdempotencyKey, PathId};
+use super::extract::{Body, IdempotencyKey};
 use super::{db_call, AppState};
-use crate::domain::{valid_sale_id, Sale, SaleInput, MAX_UNITS};
+use crate::domain::{valid_sale_id, Sale, SaleId, SaleInput, MAX_UNITS};
 use crate::{adjust, schedule};
-
-pub(super) fn sale_id(PathId(id): PathId) -> Result<String, ApiError> {
-    if valid_sale_id(&id) {
-        Ok(id)
-    } else {
-        Err(ApiError::InvalidRequest(
-            "sale id must match [a-z0-9_-]{1,64}".into(),
-        ))
-    }
-}
 
 /// Postgres first, then Redis. A crash between the two leaves a row without
 /// `loaded_at`, which the worker (or this same request, retried) loads: the
@@ -132,9 +122,8 @@ pub async fn list(
 pub async fn get(
     State(state): State<AppState>,
     PublicReader(ip): PublicReader,
-    id: PathId,
+    id: SaleId,
 ) -> Result<Json<Shown>, ApiError> {
-    let id = sale_id(id)?;
     match state.live.sale(&state.engine, &id, Some(ip)).await {
         Err(e) if crate::archive::not_in_redis(&e) => {
             Ok(Json(Shown(Arc::new(archived(&state, &id, e).await?))))
@@ -180,11 +169,10 @@ pub struct SalePatch {
 pub async fn patch(
     State(state): State<AppState>,
     Admin(admin): Admin,
-    id: PathId,
+    sale_id: SaleId,
     IdempotencyKey(key): IdempotencyKey,
     Body(patch): Body<SalePatch>,
 ) -> Result<Json<adjust::Answer>, ApiError> {
-    let sale_id = sale_id(id)?;
     tracing::Span::current().record("sale_id", sale_id.as_str());
     if patch.stock_delta.abs() > MAX_UNITS {
         return Err(ApiError::InvalidRequest(format!(

@@ -13,10 +13,8 @@ use tokio_stream::wrappers::WatchStream;
 
 use super::auth::PublicReader;
 use super::error::ApiError;
-use super::extract::PathId;
-use super::sales::sale_id;
 use super::AppState;
-use crate::domain::{Sale, SaleStatus, Stock};
+use crate::domain::{Sale, SaleId, SaleStatus, Stock};
 
 #[derive(Serialize, PartialEq)]
 struct StockEvent<'a> {
@@ -46,9 +44,8 @@ fn event(sale: &Sale) -> Event {
 pub async fn stream(
     State(state): State<AppState>,
     PublicReader(ip): PublicReader,
-    id: PathId,
+    id: SaleId,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
-    let id = sale_id(id)?;
     let place = state.streams.clone().try_acquire_owned().map_err(|_| {
         crate::metrics::stream_refused();
         ApiError::Overloaded
