@@ -10,7 +10,7 @@
 //!   from the end of the previous response on a kept-alive connection, to the
 //!   end of the next request's headers. Half-open and idle connections end.
 //!   A request body must have arrived within the same time after its
-//!   headers ([`Deadline`]): nor can it be dribbled in a byte at a time.
+//!   headers (`Deadline`): nor can it be dribbled in a byte at a time.
 //! - caps open connections per gateway and per client address (a trusted
 //!   proxy's own address is not capped per address); a connection over a
 //!   cap is closed at once, counted, and logged at most once a second.
