@@ -247,6 +247,16 @@ pub async fn run(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let gate = Gate::new(&edge);
+    // Read in hyper 1.12 / hyper-util 0.1.21 (and tested in tests/edge.rs):
+    // - `http1_only` matters: without it the auto builder first waits for
+    //   bytes to tell HTTP/1 from HTTP/2 (`ReadVersion`), and a connection
+    //   that sends nothing never reaches hyper's timer at all.
+    // - the timer starts when hyper begins reading a request head
+    //   (`Conn::poll_read_head`): at once on a new connection, and again
+    //   after each response, since an idle kept-alive connection re-arms the
+    //   read (`State::idle` sets `notify_read` when a header timeout is set).
+    //   Past it, hyper ends the connection with a header-timeout error.
+    // - it needs a `Timer` (hyper has none of its own): `TokioTimer`.
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
