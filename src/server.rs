@@ -9,6 +9,8 @@
 //!   `header_read_timeout`, driven by a tokio timer): from the accept, or
 //!   from the end of the previous response on a kept-alive connection, to the
 //!   end of the next request's headers. Half-open and idle connections end.
+//!   A request body must have arrived within the same time after its
+//!   headers (`Deadline`): nor can it be dribbled in a byte at a time.
 //! - caps open connections per gateway and per client address (a trusted
 //!   proxy's own address is not capped per address); a connection over a
 //!   cap is closed at once, counted, and logged at most once a second.
@@ -21,11 +23,14 @@
 //!   kept-alive connections (graceful shutdown, bounded by [`DRAIN`]).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::os::fd::{AsRawFd, RawFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::ConnectInfo;
@@ -242,6 +247,16 @@ pub async fn run(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let gate = Gate::new(&edge);
+    // Read in hyper 1.12 / hyper-util 0.1.21 (and tested in tests/edge.rs):
+    // - `http1_only` matters: without it the auto builder first waits for
+    //   bytes to tell HTTP/1 from HTTP/2 (`ReadVersion`), and a connection
+    //   that sends nothing never reaches hyper's timer at all.
+    // - the timer starts when hyper begins reading a request head
+    //   (`Conn::poll_read_head`): at once on a new connection, and again
+    //   after each response, since an idle kept-alive connection re-arms the
+    //   read (`State::idle` sets `notify_read` when a header timeout is set).
+    //   Past it, hyper ends the connection with a header-timeout error.
+    // - it needs a `Timer` (hyper has none of its own): `TokioTimer`.
     let mut builder = auto::Builder::new(TokioExecutor::new()).http1_only();
     builder
         .http1()
@@ -302,6 +317,7 @@ pub async fn run(
             ticket,
             router.clone(),
             builder.clone(),
+            edge.header_timeout,
             edge.send_timeout,
             stop.clone(),
             done_rx.clone(),
@@ -327,6 +343,7 @@ async fn connection(
     ticket: Ticket,
     router: Router,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    builder_header_timeout: Duration,
     send_timeout: Duration,
     stop: CancellationToken,
     done: tokio::sync::watch::Receiver<()>,
@@ -334,17 +351,22 @@ async fn connection(
 ) {
     let _ = stream.set_nodelay(true);
     let mut progress = Progress::new(stream.as_raw_fd());
-    let service =
-        hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
-            // What `into_make_service_with_connect_info` did: the limits and
-            // the per-address views read the peer from here.
-            req.extensions_mut().insert(ConnectInfo(peer));
-            let mut router = router.clone();
-            async move {
-                use tower::Service;
-                router.call(req).await
-            }
-        });
+    let header_timeout = builder_header_timeout;
+    let service = hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+        // The body, if the handler reads one, must have arrived by the
+        // same time after the headers: the header timeout alone would let
+        // a client hold the connection by sending its body a byte at a
+        // time.
+        let mut req = req.map(|b| axum::body::Body::new(Deadline::new(b, header_timeout)));
+        // What `into_make_service_with_connect_info` did: the limits and
+        // the per-address views read the peer from here.
+        req.extensions_mut().insert(ConnectInfo(peer));
+        let mut router = router.clone();
+        async move {
+            use tower::Service;
+            router.call(req).await
+        }
+    });
     let conn = builder.serve_connection(TokioIo::new(stream), service);
     tokio::pin!(conn);
     let mut check = tokio::time::interval(
@@ -376,6 +398,64 @@ async fn connection(
     drop(ticket);
     crate::metrics::connections_open(gate.open());
     drop(done);
+}
+
+/// A request body that fails once its deadline passed (however it was
+/// dribbled in until then); the body extractor turns that into a 422. The
+/// timer is armed only when the body is not all there at once, so the hot
+/// path (small bodies, GETs) registers none.
+struct Deadline<B> {
+    body: B,
+    at: tokio::time::Instant,
+    sleep: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> Deadline<B> {
+    fn new(body: B, within: Duration) -> Deadline<B> {
+        Deadline {
+            body,
+            at: tokio::time::Instant::now() + within,
+            sleep: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("the request body did not arrive within the header timeout")]
+struct BodyTooSlow;
+
+impl<B> hyper::body::Body for Deadline<B>
+where
+    B: hyper::body::Body + Unpin,
+    B::Error: Into<axum::BoxError>,
+{
+    type Data = B::Data;
+    type Error = axum::BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<B::Data>, axum::BoxError>>> {
+        if let Poll::Ready(frame) = Pin::new(&mut self.body).poll_frame(cx) {
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        let at = self.at;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+        match sleep.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(BodyTooSlow)))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 /// Whether the peer is taking our bytes, from the kernel's own account

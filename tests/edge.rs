@@ -609,3 +609,56 @@ async fn a_writer_reads_its_own_writes_through_a_warm_shared_view() {
     };
     tokio::join!(warm, writer);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_body_dribbled_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    let timeout = Duration::from_millis(1000);
+    let app = spawn_app_with(|s| s.http.header_timeout_ms = timeout.as_millis() as u64).await;
+    let sale = app.live_sale(10, 10, 600).await;
+    let token = app.token("dribbler");
+    let body = format!("{{\"quantity\": 1{}}}", " ".repeat(80));
+    let mut s = connect_from("127.0.0.1", addr_of(&app), None).await;
+    let head = format!(
+        "POST /v1/sales/{sale}/reservations HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).await.unwrap();
+    let started = Instant::now();
+    // One byte every 200 ms: the whole body would take ~19 s.
+    let (mut rd, mut wr) = s.into_split();
+    let dribble = tokio::spawn(async move {
+        for b in body.bytes() {
+            if wr.write_all(&[b]).await.is_err() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = tokio::time::timeout(Duration::from_secs(8), async {
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+            if answer.windows(4).any(|w| w == b"\r\n\r\n") {
+                break;
+            }
+        }
+    })
+    .await;
+    let took = started.elapsed();
+    dribble.abort();
+    assert!(read.is_ok(), "no answer while the body dribbled in");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 422"), "{text}");
+    assert!(text.contains("application/problem+json"), "{text}");
+    assert!(
+        took >= timeout / 2 && took < timeout + Duration::from_secs(4),
+        "answered after {took:?}"
+    );
+    // Nothing was reserved.
+    assert_eq!(app.stock(&sale).await.held, 0);
+}
