@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Longest Redis call and memory against sale size (10k, 100k, 1M holds):
 # starts a private redis-server (its SLOWLOG settings are changed), runs
-# loadgen/examples/size_bench.rs, prints a Markdown table (BENCHMARKS.md section E).
+# loadgen/examples/size_bench.rs, prints a Markdown table (BENCHMARKS.md section G).
 # `bash bench/size.sh [--sizes 10000,100000]`
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
