@@ -2,9 +2,11 @@
 //! `engine.retention_seconds` after its end, and answers from Postgres.
 //!
 //! The steps, each safe to repeat after a crash at any point:
-//! 1. reconcile must agree (no drift); the sale is then *closed* in Redis
-//!    (`lua/archive.lua`: ended, nothing held, outbox and dead letters
-//!    empty), after which no adjustment applies, so its figures are final;
+//! 1. reconcile must agree (no drift but dead letters, which are copied to
+//!    Postgres's `dead_letters` first); the sale is then *closed* in Redis
+//!    (`lua/archive.lua`: ended, nothing held, outbox empty, every dead
+//!    letter copied), after which no adjustment applies, so its figures are
+//!    final;
 //! 2. the final figures are kept in Postgres: from here on, a read that no
 //!    longer finds the sale in Redis answers from them;
 //! 3. every Redis key of the sale is removed (idempotency keys included,
@@ -41,11 +43,18 @@ pub async fn archive_due(
             continue; // lost, not archived: reconcile names it
         }
         if report.redis.is_some() {
-            if !report.drift.is_empty() {
-                continue; // reconcile must agree first
+            // Reconcile must agree; dead letters are no disagreement here:
+            // they are copied to Postgres for the human who deals with them.
+            if report
+                .drift
+                .iter()
+                .any(|d| !matches!(d, reconcile::Drift::DeadLetters { .. }))
+            {
+                continue;
             }
-            let Some(last) = engine.close(&def.id).await? else {
-                continue; // not over (held units, orders or dead letters)
+            let copied = copy_dead_letters(engine, db, &def.id).await?;
+            let Some(last) = engine.close(&def.id, copied).await? else {
+                continue; // not over (held units, orders waiting)
             };
             store::keep_final(db, &def.id, last.total, last.sold).await?;
             engine.remove_sale(&def.id).await?;
@@ -56,6 +65,38 @@ pub async fn archive_due(
         archived += 1;
     }
     Ok(archived)
+}
+
+/// Copies every dead letter of the sale to Postgres, a chunk at a time.
+/// Returns how many there are.
+async fn copy_dead_letters(
+    engine: &Engine,
+    db: &PgPool,
+    sale_id: &str,
+) -> Result<usize, ReconcileError> {
+    let mut after = "-".to_string();
+    let mut copied = 0;
+    loop {
+        let chunk = engine.dead_letters(sale_id, &after, 500).await?;
+        let Some(last) = chunk.last() else {
+            return Ok(copied);
+        };
+        after = last.id.clone();
+        let letters: Vec<(String, serde_json::Value)> = chunk
+            .iter()
+            .map(|e| {
+                let fields: serde_json::Map<String, serde_json::Value> = e
+                    .fields
+                    .iter()
+                    .flatten()
+                    .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                    .collect();
+                (e.id.clone(), serde_json::Value::Object(fields))
+            })
+            .collect();
+        store::keep_dead_letters(db, sale_id, &letters).await?;
+        copied += letters.len();
+    }
 }
 
 /// A sale that left Redis, as its final figures in Postgres show it.

@@ -176,6 +176,11 @@ pub fn redis_memory(bytes: u64) {
     gauge!("flashsale_redis_used_memory_bytes").set(bytes as f64);
 }
 
+/// Redis keys of one live sale (its own and its idempotency keys).
+pub fn sale_keys(sale_id: &str, n: u64) {
+    gauge!("flashsale_sale_keys", "sale_id" => sale_id.to_string()).set(n as f64);
+}
+
 /// Sales the worker's loops visit (the ones not over yet).
 pub fn active_sales(n: usize) {
     gauge!("flashsale_active_sales").set(n as f64);

@@ -603,3 +603,23 @@ pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<N
         expires_at: row.try_get("expires_at")?,
     }))
 }
+
+/// Copies dead letters of a sale to Postgres (again is a no-op).
+pub async fn keep_dead_letters(
+    db: &PgPool,
+    sale_id: &str,
+    letters: &[(String, serde_json::Value)],
+) -> StoreResult<()> {
+    for (entry_id, fields) in letters {
+        sqlx::query(
+            "INSERT INTO dead_letters (sale_id, entry_id, fields) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+        )
+        .bind(sale_id)
+        .bind(entry_id)
+        .bind(fields)
+        .execute(db)
+        .await?;
+    }
+    Ok(())
+}

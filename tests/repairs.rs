@@ -459,6 +459,7 @@ async fn an_ended_sale_leaves_the_loops_until_it_is_reopened() {
         .find_map(|l| l.strip_prefix("flashsale_redis_used_memory_bytes "))
         .and_then(|v| v.parse::<f64>().ok());
     assert!(memory.is_some_and(|b| b > 0.0), "{metrics}");
+    assert!(metrics.contains("flashsale_sale_keys{"), "{metrics}");
     let listed = app.get("/v1/sales", None).await;
     assert!(listed.body["sales"]
         .as_array()
@@ -592,6 +593,18 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
     let walked = app.reserve(&sale, &t, 1).await;
     let walked = walked.body["id"].as_str().unwrap().to_string();
     assert_eq!(app.release(&walked, &t).await.status, 200);
+    // An order Postgres refused for good: it must outlive the sale's keys.
+    let mut conn = app.engine.connection();
+    let _: String = redis::cmd("XADD")
+        .arg(app.engine.keys(&sale).dead_letters)
+        .arg("*")
+        .arg("reason")
+        .arg("bad row")
+        .arg("reservation_id")
+        .arg("poison")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
 
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     loop {
@@ -607,7 +620,6 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
         assert!(std::time::Instant::now() < deadline, "never archived");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let mut conn = app.engine.connection();
     let pattern = format!("{}:\\{{{sale}\\}}:*", app.settings.redis.key_prefix);
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)
@@ -615,6 +627,14 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
         .await
         .unwrap();
     assert!(left.is_empty(), "keys left: {left:?}");
+    let dead: Vec<(serde_json::Value,)> =
+        sqlx::query_as("SELECT fields FROM dead_letters WHERE sale_id = $1")
+            .bind(&sale)
+            .fetch_all(&app.db)
+            .await
+            .unwrap();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0["reason"], "bad row");
 
     let s = app.get(&format!("/v1/sales/{sale}"), None).await;
     assert_eq!(s.status, 200, "{}", s.body);

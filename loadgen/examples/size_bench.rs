@@ -192,7 +192,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if max == p99 {
                 format!("{:.2} ms", *max as f64 / 1000.0)
             } else {
-                format!("{:.2} / {:.2} ms", *p99 as f64 / 1000.0, *max as f64 / 1000.0)
+                format!(
+                    "{:.2} / {:.2} ms",
+                    *p99 as f64 / 1000.0,
+                    *max as f64 / 1000.0
+                )
             }
         };
         println!(

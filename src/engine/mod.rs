@@ -661,7 +661,9 @@ impl Engine {
 
     /// Closes a sale that is over (see `lua/archive.lua`): its final
     /// figures, or `None` while it is not over.
-    pub async fn close(&self, sale_id: &str) -> EngineResult<Option<Stock>> {
+    /// `dead_copied`: the dead letters already copied to Postgres; the sale
+    /// closes only if that is all of them.
+    pub async fn close(&self, sale_id: &str, dead_copied: usize) -> EngineResult<Option<Stock>> {
         let k = self.keys(sale_id);
         let r = self
             .run(
@@ -669,7 +671,8 @@ impl Engine {
                     .archive
                     .key(&k.sale)
                     .key(&k.outbox)
-                    .key(&k.dead_letters),
+                    .key(&k.dead_letters)
+                    .arg(dead_copied),
             )
             .await?;
         match r.word.as_str() {
@@ -727,6 +730,20 @@ impl Engine {
             .await?;
         self.soldout.forget(sale_id);
         Ok(())
+    }
+
+    /// How many Redis keys the sale has now: its own (those that exist) and
+    /// its idempotency keys (by its index of them; some may have expired).
+    pub async fn key_count(&self, sale_id: &str) -> EngineResult<u64> {
+        let k = self.keys(sale_id);
+        let mut conn = self.conn.clone();
+        let mut pipe = redis::pipe();
+        pipe.cmd("EXISTS").arg(&k.all()[..]);
+        pipe.cmd("SCARD").arg(&k.idempotency_index);
+        let (own, idem): (u64, u64) = self
+            .bounded(async move { pipe.query_async(&mut conn).await })
+            .await?;
+        Ok(own + idem)
     }
 
     /// Redis's `used_memory`, from `INFO memory`.

@@ -237,6 +237,29 @@ impl Engine {
     }
 }
 
+impl Engine {
+    /// Up to `count` dead letters of the sale after entry `after` ("-" for
+    /// the first ones), with every field (the reason among them).
+    pub async fn dead_letters(
+        &self,
+        sale_id: &str,
+        after: &str,
+        count: usize,
+    ) -> EngineResult<Vec<Entry>> {
+        let dead = self.keys(sale_id).dead_letters;
+        let start = if after == "-" {
+            "-".to_string()
+        } else {
+            format!("({after}")
+        };
+        let mut conn = self.connection();
+        let mut cmd = redis::cmd("XRANGE");
+        cmd.arg(&dead).arg(start).arg("+").arg("COUNT").arg(count);
+        let reply: Value = self.bounded(cmd.query_async(&mut conn)).await?;
+        Ok(entries(reply))
+    }
+}
+
 /// `name`, `pending` and `idle` of one XINFO CONSUMERS entry.
 fn consumer(v: &Value) -> Option<(String, i64, i64)> {
     let fields: Vec<(String, &Value)> = match v {

@@ -112,6 +112,9 @@ async fn flush_loop(
             if let Ok(ids) = engine.active_ids().await {
                 let mut per_sale = Vec::with_capacity(ids.len());
                 for id in ids {
+                    if let Ok(keys) = engine.key_count(&id).await {
+                        crate::metrics::sale_keys(&id, keys);
+                    }
                     if let Ok((pending, dead)) = outbox.backlog(&id).await {
                         per_sale.push((id, pending, dead));
                     }
