@@ -32,6 +32,7 @@ use serde_json::json;
 
 use flashsale::auth::Auth;
 use flashsale::config::Settings;
+use flashsale::domain::rfc3339_ms;
 
 use crate::conn;
 
@@ -1128,21 +1129,6 @@ async fn wait_ready(http: &reqwest::Client, base: &str) -> anyhow::Result<()> {
             _ => tokio::time::sleep(Duration::from_millis(250)).await,
         }
     }
-}
-
-/// RFC 3339 in UTC with milliseconds, as the gateway writes its times.
-fn rfc3339_ms(t: time::OffsetDateTime) -> String {
-    let t = t.to_offset(time::UtcOffset::UTC);
-    format!(
-        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:03}Z",
-        t.year(),
-        u8::from(t.month()),
-        t.day(),
-        t.hour(),
-        t.minute(),
-        t.second(),
-        t.millisecond()
-    )
 }
 
 #[cfg(test)]

@@ -821,22 +821,6 @@ impl Engine {
         Ok(Sale::new(def, stock, ends_at, paused, from_ms(r.now_ms)))
     }
 
-    /// Every sale in the registry that Redis holds, by start time then id.
-    pub async fn sales(&self) -> EngineResult<Vec<Sale>> {
-        let ids = self.sale_ids().await?;
-        let found = futures::future::join_all(ids.iter().map(|id| self.sale(id))).await;
-        let mut sales = Vec::with_capacity(found.len());
-        for sale in found {
-            match sale {
-                Ok(s) => sales.push(s),
-                Err(EngineError::Refused(Refusal::SaleNotFound)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        sales.sort_by(|a, b| (a.starts_at, &a.id).cmp(&(b.starts_at, &b.id)));
-        Ok(sales)
-    }
-
     pub async fn sale_ids(&self) -> EngineResult<Vec<String>> {
         let mut conn = self.conn.clone();
         let registry = keys::registry(&self.prefix);
