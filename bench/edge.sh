@@ -26,34 +26,8 @@ READERS=${READERS:-8}
 READ_RATE=${READ_RATE:-90}
 SALES=${SALES:-200}
 PORT=${PORT:-18095}
-DB=postgres://postgres@127.0.0.1:5432/flashsale_bench_edge
-
-if [[ -z "${FS_BIN:-}" || -z "${BENCH_BIN:-}" ]]; then
-  cargo build --release --quiet --bin flashsale --example edge_bench
-fi
-FS_BIN=${FS_BIN:-target/release/flashsale}
-BENCH_BIN=${BENCH_BIN:-target/release/examples/edge_bench}
-
-export FLASHSALE__HTTP__ADDR=127.0.0.1:$PORT FLASHSALE__REDIS__KEY_PREFIX=edgebench \
-  FLASHSALE__DATABASE__URL=$DB
-"$FS_BIN" migrate
-# Reserves from one loopback address stand for many buyers: lift what is
-# per address for them (rate and connections); everything else as shipped.
-FLASHSALE__LIMITS__PER_IP_PER_SECOND=1000000 FLASHSALE__LIMITS__PER_IP_BURST=1000000 \
-  FLASHSALE__HTTP__MAX_CONNECTIONS_PER_IP=100000 RUST_LOG=warn \
-  "$FS_BIN" serve >/tmp/edgebench-gateway.log 2>&1 &
-gateway=$!
-cleanup() {
-  kill -TERM "$gateway" 2>/dev/null || true
-  wait "$gateway" 2>/dev/null || true
-  redis-cli --scan --pattern 'edgebench:*' | xargs -r -n 500 redis-cli del >/dev/null
-  psql -q postgres://postgres@127.0.0.1:5432/postgres -c 'DROP DATABASE IF EXISTS flashsale_bench_edge' || true
-}
-trap cleanup EXIT
-for ((i = 0; i < 100; i++)); do
-  curl -sf "http://127.0.0.1:$PORT/readyz" >/dev/null && break
-  sleep 0.1
-done
+source bench/gateway.sh
+start_gateway edge "$PORT" edge_bench
 
 echo "# edge bench $(date -u +%FT%TZ), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
 "$BENCH_BIN" --url "http://127.0.0.1:$PORT" --rounds "$ROUNDS" --seconds "$PHASE_SECONDS" \

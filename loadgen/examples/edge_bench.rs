@@ -9,6 +9,9 @@
 //! `GET /v1/sales/{id}`. Phases alternate (alone, flood, alone, flood, ...)
 //! so a machine that gets busier over the run does not favour one of them.
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -52,10 +55,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    support::runtime(None)?.block_on(run(args))
 }
 
 fn sale_body(id: &str) -> serde_json::Value {

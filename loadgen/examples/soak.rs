@@ -13,6 +13,9 @@
 //! Prints one row a minute and at the end whether any figure grew past
 //! minute 1 by more than 10 %, and every 5xx other than 503 (exit 1 if any).
 
+#[path = "support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -50,10 +53,7 @@ struct Args {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?
-        .block_on(run(args))
+    support::runtime(None)?.block_on(run(args))
 }
 
 #[derive(Default)]
