@@ -16,34 +16,6 @@
 -- held -> sold and the outbox entry are one step: there is no moment at which
 -- stock was sold but the order could be lost. Confirming twice returns the
 -- first order.
-local now = now_ms()
-local sale, reservations, customers, due, outbox = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local rid = ARGV[1]
-local enc = redis.call('HGET', reservations, rid)
-if not enc then return {'reservation_not_found', now} end
-local rec = cjson.decode(enc)
-if rec.c ~= ARGV[2] then return {'reservation_not_found', now} end
-if rec.s == 'confirmed' then return {'confirmed', now, rid, enc} end
-if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
-if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
-if now >= rec.e then
-  return {'hold_expired', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'expired')}
-end
-
-redis.call('HINCRBY', sale, 'held', -rec.q)
-redis.call('HINCRBY', sale, 'sold', rec.q)
-redis.call('HINCRBY', sale, 'version', 1)
-tally(sale, 'th', -rec.q)
-tally(sale, 'ts', rec.q)
-redis.call('ZREM', due, rid)
-rec.s = 'confirmed'
-rec.o = ARGV[3]
-rec.pr = ARGV[4]
-rec.ct = now
-enc = cjson.encode(rec)
-redis.call('HSET', reservations, rid, enc)
-redis.call('XADD', outbox, '*',
-  'order_id', rec.o, 'reservation_id', rid, 'sale_id', ARGV[5], 'customer_id', rec.c,
-  'quantity', rec.q, 'price_cents', rec.pc, 'currency', rec.cu,
-  'payment_ref', rec.pr, 'confirmed_ms', now, 'expires_ms', rec.e)
-return {'confirmed', now, rid, enc}
+-- The logic is `confirm_one` in prelude.lua, shared with confirm_batch.lua.
+return confirm_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[5],
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4])

@@ -2,7 +2,8 @@
 -- gateway starts (the scripts stay one EVALSHA each; Redis sees one body).
 --
 -- Conventions every script follows:
---   * the one clock is Redis TIME, read inside the script, in milliseconds;
+--   * the one clock is Redis TIME, read inside the script, in milliseconds
+--     (once per call: every member of a batch is judged at the same moment);
 --   * every key is passed in KEYS and shares the sale's hash tag;
 --   * a reply is an array whose first element is the outcome word and whose
 --     second is the server time in ms, so callers always learn the clock.
@@ -85,4 +86,135 @@ local function tallies(sale, reservations)
   local held, confirmed = count_records(reservations)
   redis.call('HSET', sale, 'tallied', 1, 'th', held, 'ts', confirmed)
   return held, confirmed
+end
+
+-- A record's fields the hold scripts compute with. Checked before the
+-- first write, so a corrupt record faults with nothing of it changed.
+local function check_record(rid, rec)
+  if type(rec) ~= 'table' or type(rec.q) ~= 'number' or type(rec.c) ~= 'string'
+    or type(rec.e) ~= 'number' or rec.pc == nil or rec.cu == nil then
+    error('corrupt reservation record ' .. rid)
+  end
+end
+
+-- One reserve at the clock reading `now` (keys, arguments and reply as in
+-- reserve.lua). reserve.lua is one call of it and reserve_batch.lua one call
+-- per member, so a member of a batch gets exactly the answer it would have
+-- got alone at that point of the sequence.
+local function reserve_one(now, sale, reservations, customers, due, idem, idem_index,
+                           rid, cust, qty, fp, ttl)
+  if fp ~= '' then
+    local prev = redis.call('GET', idem)
+    if prev then
+      local sep = string.find(prev, '|', 1, true)
+      if string.sub(prev, 1, sep - 1) ~= fp then return {'idempotency_key_reused', now} end
+      local prid = string.sub(prev, sep + 1)
+      local prec = redis.call('HGET', reservations, prid)
+      if prec then return {'held', now, prid, prec} end
+    end
+  end
+
+  -- A client library that retries a timed-out call sends the same id again.
+  local existing = redis.call('HGET', reservations, rid)
+  if existing then return {'held', now, rid, existing} end
+
+  local s = redis.call('HMGET', sale, 'available', 'starts_ms', 'ends_ms', 'paused',
+    'limit', 'hold_ms', 'price_cents', 'currency')
+  if not s[1] then return {'sale_not_found', now} end
+  local available = tonumber(s[1])
+  if not is_live(s[2], s[3], s[4], now) then return {'sale_not_live', now} end
+  -- A count that is not a number (tampered) faults here, before any write.
+  local mine = tonumber(redis.call('HGET', customers, cust) or '0')
+  if mine + qty > tonumber(s[5]) then return {'limit_exceeded', now} end
+  if available == 0 then return {'sold_out', now} end
+  if available < qty then return {'insufficient_stock', now} end
+
+  redis.call('HINCRBY', sale, 'available', -qty)
+  redis.call('HINCRBY', sale, 'held', qty)
+  redis.call('HINCRBY', sale, 'version', 1)
+  redis.call('HINCRBY', customers, cust, qty)
+  tally(sale, 'th', qty)
+  local expires = now + tonumber(s[6])
+  local rec = cjson.encode({c = cust, q = qty, s = 'held', e = expires, t = now,
+    pc = tonumber(s[7]), cu = s[8]})
+  redis.call('HSET', reservations, rid, rec)
+  redis.call('ZADD', due, expires, rid)
+  if fp ~= '' then
+    redis.call('SET', idem, fp .. '|' .. rid, 'EX', ttl)
+    redis.call('SADD', idem_index, idem)
+  end
+  return {'held', now, rid, rec}
+end
+
+-- One confirm at `now` (keys, arguments and reply as in confirm.lua).
+local function confirm_one(now, sale, reservations, customers, due, outbox, sale_id,
+                           rid, cust, order_id, payment_ref)
+  local enc = redis.call('HGET', reservations, rid)
+  if not enc then return {'reservation_not_found', now} end
+  local rec = cjson.decode(enc)
+  check_record(rid, rec)
+  if rec.c ~= cust then return {'reservation_not_found', now} end
+  if rec.s == 'confirmed' then return {'confirmed', now, rid, enc} end
+  if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
+  if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
+  if now >= rec.e then
+    return {'hold_expired', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'expired')}
+  end
+
+  redis.call('HINCRBY', sale, 'held', -rec.q)
+  redis.call('HINCRBY', sale, 'sold', rec.q)
+  redis.call('HINCRBY', sale, 'version', 1)
+  tally(sale, 'th', -rec.q)
+  tally(sale, 'ts', rec.q)
+  redis.call('ZREM', due, rid)
+  rec.s = 'confirmed'
+  rec.o = order_id
+  rec.pr = payment_ref
+  rec.ct = now
+  enc = cjson.encode(rec)
+  redis.call('HSET', reservations, rid, enc)
+  redis.call('XADD', outbox, '*',
+    'order_id', rec.o, 'reservation_id', rid, 'sale_id', sale_id, 'customer_id', rec.c,
+    'quantity', rec.q, 'price_cents', rec.pc, 'currency', rec.cu,
+    'payment_ref', rec.pr, 'confirmed_ms', now, 'expires_ms', rec.e)
+  return {'confirmed', now, rid, enc}
+end
+
+-- One release at `now` (keys, arguments and reply as in release.lua); `cust`
+-- is '' when an admin releases.
+local function release_one(now, sale, reservations, customers, due, rid, cust)
+  local enc = redis.call('HGET', reservations, rid)
+  if not enc then return {'reservation_not_found', now} end
+  local rec = cjson.decode(enc)
+  check_record(rid, rec)
+  if cust ~= '' and rec.c ~= cust then return {'reservation_not_found', now} end
+  if rec.s == 'released' then return {'released', now, rid, enc} end
+  if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
+  if now >= rec.e then
+    return {'reservation_not_held', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'expired')}
+  end
+  return {'released', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'released')}
+end
+
+-- Errors that pass by themselves (Redis out of memory, a replica gone):
+-- they fail the whole batch, which the gateway answers 503, as it would a
+-- single call.
+local function transient(msg)
+  return string.find(msg, '^OOM') or string.find(msg, '^BUSY') or string.find(msg, '^NOREPLICAS')
+    or string.find(msg, '^READONLY') or string.find(msg, '^MASTERDOWN')
+end
+
+-- Runs one member of a batch. Redis keeps what a script wrote before an
+-- error, so a member's fault (a corrupt record, a tampered count) must not
+-- abort the script: the members before it have written their holds and
+-- orders, and would be answered with an error for work that was done. In
+-- pcall, the fault becomes this member's answer {'fault', now, message}
+-- and the members after it run. The hold functions check what they compute
+-- with before their first write, so a faulting member has changed nothing.
+local function member(now, fn, ...)
+  local ok, reply = pcall(fn, now, ...)
+  if ok then return reply end
+  local msg = type(reply) == 'table' and tostring(reply.err) or tostring(reply)
+  if transient(msg) then error(reply, 0) end
+  return {'fault', now, msg}
 end

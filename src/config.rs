@@ -103,6 +103,9 @@ pub struct EngineSettings {
     pub max_quantity: u32,
     /// How long after a sale ended (and settled) its Redis keys stay.
     pub retention_seconds: u64,
+    /// Requests of one sale carried by one script call at most (group
+    /// commit); 1: one call per request.
+    pub max_batch: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -220,6 +223,9 @@ impl Settings {
         }
         if self.engine.max_quantity == 0 {
             return bad("engine.max_quantity", "must be above 0");
+        }
+        if !(1..=1000).contains(&self.engine.max_batch) {
+            return bad("engine.max_batch", "must be 1 to 1000");
         }
         if self.engine.idempotency_ttl_seconds == 0 {
             return bad("engine.idempotency_ttl_seconds", "must be above 0");

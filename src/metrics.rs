@@ -27,11 +27,26 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                         &[1.0, 10.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 5000.0],
                     )
                 })
+                .and_then(|b| {
+                    b.set_buckets_for_metric(
+                        Matcher::Full("flashsale_batch_size".into()),
+                        &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0],
+                    )
+                })
                 .ok()?
                 .install_recorder()
                 .ok()
+                .inspect(|_| describe())
         })
         .as_ref()
+}
+
+/// HELP texts, given once the recorder is installed.
+fn describe() {
+    metrics::describe_histogram!(
+        "flashsale_batch_size",
+        "Requests of one sale carried by one Redis script call (group commit), by operation: reserve, confirm, release"
+    );
 }
 
 /// How often the recorder drains its histogram samples on its own. Without
@@ -103,6 +118,12 @@ pub fn label(value: &str) -> &'static str {
 /// One reserve's outcome: `held` or the contract code it was refused with.
 pub fn reserved(outcome: &'static str) {
     counter!("flashsale_reservations_total", "outcome" => outcome).increment(1);
+}
+
+/// One script call of the hot path carried `n` requests of operation `op`
+/// (reserve, confirm, release).
+pub fn batch_size(op: &'static str, n: u64) {
+    histogram!("flashsale_batch_size", "op" => op).record(n as f64);
 }
 
 /// A batch of the outbox flush committed (and was acknowledged).

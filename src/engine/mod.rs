@@ -8,7 +8,12 @@
 //! The hot path uses one multiplexed connection ([`ConnectionManager`]):
 //! every request's EVALSHA is pipelined onto the same socket, which measured
 //! faster than a pool of connections (see README, "Redis connection").
+//! Concurrent reserves, confirms and releases of one sale share one call of
+//! a batch script (group commit, [`batch`]; the requests themselves in
+//! `holds.rs`).
 
+pub(crate) mod batch;
+mod holds;
 pub mod keys;
 pub(crate) mod live;
 pub mod outbox;
@@ -25,6 +30,7 @@ use crate::config::Settings;
 use crate::domain::{
     from_ms, rfc3339_ms, Order, Reservation, ReservationStatus, Sale, SaleDef, Stock,
 };
+pub use batch::{BatchStats, Sizes};
 pub use keys::SaleKeys;
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
@@ -77,6 +83,9 @@ struct Scripts {
     reserve: Lua,
     confirm: Lua,
     release: Lua,
+    reserve_batch: Lua,
+    confirm_batch: Lua,
+    release_batch: Lua,
     expire: Lua,
     adjust_sale: Lua,
     settle_adjustment: Lua,
@@ -101,6 +110,9 @@ impl Scripts {
             reserve: lua!("reserve"),
             confirm: lua!("confirm"),
             release: lua!("release"),
+            reserve_batch: lua!("reserve_batch"),
+            confirm_batch: lua!("confirm_batch"),
+            release_batch: lua!("release_batch"),
             expire: lua!("expire"),
             adjust_sale: lua!("adjust_sale"),
             settle_adjustment: lua!("settle_adjustment"),
@@ -252,6 +264,10 @@ pub enum EngineError {
 pub enum Unavailable {
     #[error("no answer within {0} ms")]
     TimedOut(u128),
+    /// The batch this request waited in was dropped before it ran (the
+    /// gateway is stopping); it did not run.
+    #[error("the batch carrying this call was dropped")]
+    Abandoned,
     #[error(transparent)]
     Redis(redis::RedisError),
 }
@@ -588,6 +604,7 @@ pub struct Engine {
     timeout: Duration,
     idempotency_ttl: u64,
     soldout: Arc<soldout::SoldOut>,
+    batches: Arc<holds::Batches>,
 }
 
 impl Engine {
@@ -609,6 +626,7 @@ impl Engine {
             timeout,
             idempotency_ttl: settings.engine.idempotency_ttl_seconds,
             soldout: Arc::default(),
+            batches: Arc::new(holds::Batches::new(settings.engine.max_batch)),
         })
     }
 
@@ -645,18 +663,25 @@ impl Engine {
     }
 
     async fn run(&self, call: &Call<'_>) -> EngineResult<Reply> {
+        Reply::parse(self.invoke(call).await?)
+    }
+
+    /// One script call, bounded by `redis.timeout_ms`, its reply unparsed.
+    async fn invoke(&self, call: &Call<'_>) -> EngineResult<Value> {
         let mut conn = self.conn.clone();
-        let value: Value =
-            match tokio::time::timeout(self.timeout, call.inv.invoke_async(&mut conn)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => return Err(EngineError::redis(call.name, e)),
-                Err(_) => {
-                    return Err(EngineError::Unavailable(Unavailable::TimedOut(
-                        self.timeout.as_millis(),
-                    )))
-                }
-            };
-        Reply::parse(value)
+        match tokio::time::timeout(self.timeout, call.inv.invoke_async(&mut conn)).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(EngineError::redis(call.name, e)),
+            Err(_) => Err(EngineError::Unavailable(Unavailable::TimedOut(
+                self.timeout.as_millis(),
+            ))),
+        }
+    }
+
+    /// How the reserves, confirms and releases went to Redis (how many
+    /// calls, how many requests they carried) since this engine started.
+    pub fn batch_stats(&self) -> BatchStats {
+        self.batches.stats()
     }
 
     /// Closes a sale that is over (see `lua/archive.lua`): its final
@@ -913,75 +938,26 @@ impl Engine {
     /// A sale this gateway knows to be sold out (or not live) is refused from
     /// memory, with no Redis call, unless the request carries an
     /// Idempotency-Key: its first attempt may have succeeded, and only the
-    /// script can replay it.
+    /// script can replay it. Otherwise the reserve shares a call with the
+    /// other reserves of its sale that wait for one ([`batch`]).
     pub async fn reserve(&self, req: &ReserveRequest<'_>) -> EngineResult<Reservation> {
         if req.idempotency.is_none() {
             if let Some(refusal) = self.soldout.get(req.sale_id) {
                 return Err(EngineError::Refused(refusal));
             }
         }
-        let held = self.reserve_in_redis(req).await;
+        let job = holds::ReserveJob::new(req);
+        let held = self.batches.reserve.submit(self, req.sale_id, job).await;
         if let Err(EngineError::Refused(refusal)) = &held {
             self.soldout.learn(req.sale_id, *refusal);
         }
         held
     }
 
-    async fn reserve_in_redis(&self, req: &ReserveRequest<'_>) -> EngineResult<Reservation> {
-        let k = self.keys(req.sale_id);
-        let rid = crate::domain::new_reservation_id(req.sale_id);
-        let (idem_key, fingerprint) = match &req.idempotency {
-            Some((key, fp)) => (k.idempotency(req.customer, key), fp.as_str()),
-            // Never read without a fingerprint; passed so the key list is fixed.
-            None => (k.idempotency(req.customer, ""), ""),
-        };
-        let r = self
-            .run(
-                Self::hold_call(&self.scripts.reserve, &k)
-                    .key(idem_key)
-                    .key(&k.idempotency_index)
-                    .arg(rid)
-                    .arg(req.customer)
-                    .arg(req.quantity)
-                    .arg(fingerprint)
-                    .arg(self.idempotency_ttl),
-            )
-            .await?
-            .expect(&["held"])?;
-        let (rid, rec) = r.record()?;
-        Ok(rec.reservation(&rid, req.sale_id))
-    }
-
     /// Confirms the customer's hold; confirming again returns the same order.
     pub async fn confirm(&self, req: &ConfirmRequest<'_>) -> EngineResult<Confirmed> {
-        let ConfirmRequest {
-            sale_id,
-            reservation_id,
-            customer,
-            payment_ref,
-        } = *req;
-        let k = self.keys(sale_id);
-        let order_id = uuid::Uuid::now_v7().to_string();
-        let r = self
-            .run(
-                Self::hold_call(&self.scripts.confirm, &k)
-                    .key(&k.outbox)
-                    .arg(reservation_id)
-                    .arg(customer)
-                    .arg(order_id)
-                    .arg(payment_ref)
-                    .arg(sale_id),
-            )
-            .await?
-            .expect(&["confirmed"])?;
-        let (rid, rec) = r.record()?;
-        let order = rec
-            .order(&rid, sale_id)
-            .ok_or_else(|| EngineError::Corrupt("confirmed record without order".into()))?;
-        Ok(Confirmed {
-            reservation: rec.reservation(&rid, sale_id),
-            order,
-        })
+        let job = holds::ConfirmJob::new(req);
+        self.batches.confirm.submit(self, req.sale_id, job).await
     }
 
     /// Releases a hold. `customer` is `None` when an admin releases.
@@ -991,18 +967,10 @@ impl Engine {
         reservation_id: &str,
         customer: Option<&str>,
     ) -> EngineResult<Reservation> {
-        let k = self.keys(sale_id);
-        let r = self
-            .run(
-                Self::hold_call(&self.scripts.release, &k)
-                    .arg(reservation_id)
-                    .arg(customer.unwrap_or("")),
-            )
-            .await?
-            .expect(&["released"])?;
+        let job = holds::ReleaseJob::new(reservation_id, customer);
+        let released = self.batches.release.submit(self, sale_id, job).await?;
         self.soldout.forget(sale_id);
-        let (rid, rec) = r.record()?;
-        Ok(rec.reservation(&rid, sale_id))
+        Ok(released)
     }
 
     /// Reads a reservation (and its order once confirmed). `customer` is
