@@ -23,6 +23,10 @@
 //! target/release/examples/confirm_bench --holds 20000 --concurrency 64 --rounds 3 \
 //!   --target none=redis://127.0.0.1:7301 --target everysec=redis://127.0.0.1:7302 \
 //!   --target always=redis://127.0.0.1:7303
+//! # group commit: the same Redis, batched and one call per confirm (bench/batch.sh)
+//! target/release/examples/confirm_bench --holds 20000 --concurrency 64 --rounds 2 \
+//!   --target batched=redis://127.0.0.1:6379 --target single=redis://127.0.0.1:6379 \
+//!   --max-batch single=1
 //! ```
 
 #[path = "support/mod.rs"]
@@ -60,6 +64,11 @@ struct Args {
     /// Tokio worker threads (default: one per core).
     #[arg(long)]
     threads: Option<usize>,
+    /// `label=N`: the target `label`'s engine carries at most N requests
+    /// per script call (`engine.max_batch`; 1: one call per request), so
+    /// that the same Redis can be measured batched and not, side by side.
+    #[arg(long = "max-batch", value_name = "LABEL=N")]
+    max_batch: Vec<String>,
 }
 
 struct Target {
@@ -103,13 +112,26 @@ async fn run_and_clean(args: Args) -> anyhow::Result<()> {
         s.redis.url = url.to_string();
         s.redis.key_prefix = prefix.clone();
         s.redis.timeout_ms = args.timeout_ms;
+        for m in &args.max_batch {
+            let (l, n) = m
+                .split_once('=')
+                .with_context(|| format!("--max-batch {m}: expected label=N"))?;
+            if l == label {
+                s.engine.max_batch = n
+                    .parse()
+                    .with_context(|| format!("--max-batch {m}: N is a number"))?;
+            }
+        }
         let engine = Engine::new(&s).with_context(|| format!("--target {t}"))?;
         engine
             .ping()
             .await
             .with_context(|| format!("cannot reach {url}"))?;
         let persistence = persistence(&engine).await?;
-        eprintln!("{label}: {url} ({persistence})");
+        eprintln!(
+            "{label}: {url} ({persistence}; engine.max_batch {})",
+            s.engine.max_batch
+        );
         targets.push(Target {
             label: label.to_string(),
             url: url.to_string(),

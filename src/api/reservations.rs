@@ -1,5 +1,6 @@
-//! Reservations: the hot path. A reserve is one EVALSHA; nothing here touches
-//! Postgres.
+//! Reservations: the hot path. A reserve is one script call, shared with
+//! the other reserves of its sale that wait for one (group commit); nothing
+//! here touches Postgres.
 
 use axum::extract::State;
 use axum::http::StatusCode;
