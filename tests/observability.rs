@@ -345,18 +345,86 @@ async fn metrics_pass_promtool_and_deploy_names_only_exported_series() {
         assert!(dash_names.contains(needed), "the dashboard lacks {needed}");
     }
 
+    if let Some(promtool) = promtool_or_skip("promtool check metrics") {
+        let (ok, said) = check_metrics(&promtool, &text);
+        assert!(
+            ok,
+            "promtool check metrics failed:\n{said}\n--- /metrics:\n{text}"
+        );
+    }
+}
+
+/// promtool, or `None` (said on stderr) outside CI when there is none.
+fn promtool_or_skip(what: &str) -> Option<PathBuf> {
     match promtool() {
-        Ok(promtool) => {
-            let (ok, said) = check_metrics(&promtool, &text);
-            assert!(
-                ok,
-                "promtool check metrics failed:\n{said}\n--- /metrics:\n{text}"
-            );
-        }
+        Ok(p) => Some(p),
         Err(why) if std::env::var_os("CI").is_none() => {
-            eprintln!("SKIPPED promtool check metrics (no promtool, not in CI): {why}");
+            eprintln!("SKIPPED {what} (no promtool, not in CI): {why}");
+            None
         }
-        Err(why) => panic!("CI needs promtool: {why}"),
+        Err(why) => panic!("CI needs promtool for {what}: {why}"),
+    }
+}
+
+/// Every panel query of the dashboard is PromQL Prometheus parses: each
+/// becomes a recording rule of a scratch file that `promtool check rules`
+/// reads, with Grafana's variables given values first.
+#[test]
+fn dashboard_queries_parse_as_promql() {
+    let Some(promtool) = promtool_or_skip("the dashboard's PromQL check") else {
+        return;
+    };
+    let dashboard: Value = serde_json::from_str(
+        &std::fs::read_to_string(Path::new(ROOT).join("deploy/grafana/flashsale.json"))
+            .expect("deploy/grafana/flashsale.json"),
+    )
+    .expect("the dashboard is JSON");
+    let mut exprs = Vec::new();
+    panel_exprs(&dashboard, &mut exprs);
+    assert!(exprs.len() > 10, "the dashboard has its queries");
+    let rules: Vec<Value> = exprs
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            let e = e
+                .replace("$__rate_interval", "1m")
+                .replace("$__range", "1h")
+                .replace("$instance", ".*")
+                .replace("$sale", ".*");
+            serde_json::json!({ "record": format!("dashboard:query_{i}"), "expr": e })
+        })
+        .collect();
+    // JSON is YAML: promtool reads it as a rules file.
+    let file = serde_json::json!({ "groups": [{ "name": "dashboard", "rules": rules }] });
+    let path = std::env::temp_dir().join(format!("{}.rules.json", unique("flashsale-dash-")));
+    std::fs::write(&path, file.to_string()).expect("scratch rules file");
+    let out = Command::new(&promtool)
+        .args(["check", "rules"])
+        .arg(&path)
+        .output()
+        .expect("promtool runs");
+    let _ = std::fs::remove_file(&path);
+    assert!(
+        out.status.success(),
+        "a dashboard query is not PromQL:\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The panels' `expr`s only (templating queries are Grafana's functions).
+fn panel_exprs(v: &Value, out: &mut Vec<String>) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map {
+                match (k.as_str(), v) {
+                    ("expr", Value::String(s)) => out.push(s.clone()),
+                    _ => panel_exprs(v, out),
+                }
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|i| panel_exprs(i, out)),
+        _ => {}
     }
 }
 
