@@ -5,9 +5,10 @@
 //! name only series a gateway exports: a renamed metric breaks this test, not
 //! a panel at 3 a.m.
 //!
-//! promtool comes from `PROMTOOL`, else `scripts/promtool.sh` (which finds or
-//! fetches Debian's). Without one the test fails, unless it runs outside CI
-//! (`CI` unset) and says so: the rest of the suite needs no Prometheus.
+//! promtool comes from `scripts/promtool.sh` (`PROMTOOL`, PATH, its cache,
+//! else Debian's package, fetched). Without one the test fails, unless it
+//! runs outside CI (`CI` unset) and says so: the rest of the suite needs no
+//! Prometheus.
 
 mod common;
 
@@ -122,11 +123,9 @@ fn readme_metrics_section() -> String {
     rest[..end].to_string()
 }
 
-/// promtool, or why there is none.
+/// promtool, or why there is none: `scripts/promtool.sh` checks `PROMTOOL`
+/// first, then PATH, its cache, and fetches Debian's as a last resort.
 fn promtool() -> Result<PathBuf, String> {
-    if let Ok(p) = std::env::var("PROMTOOL") {
-        return Ok(PathBuf::from(p));
-    }
     let out = Command::new("bash")
         .arg(Path::new(ROOT).join("scripts/promtool.sh"))
         .stderr(Stdio::piped())
