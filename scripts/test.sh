@@ -38,6 +38,12 @@ else
   echo "test: clippy not installed, skipping cargo clippy (rustup component add clippy)"
 fi
 
+# On-call's alert rules and scrape config (deploy/prometheus), by promtool,
+# which scripts/promtool.sh fetches if missing; tests/observability.rs finds
+# it the same way for the live /metrics.
+echo "test: deploy/ (promtool)"
+bash scripts/check-deploy.sh
+
 echo "test: cargo test"
 cargo test --locked "$@"
 

@@ -33,6 +33,7 @@ use crate::engine::Engine;
 use crate::limits::Limits;
 pub use error::ApiError;
 use extract::BodyLimit;
+pub use health::watch_services;
 
 /// Cheap handles shared by every request.
 #[derive(Clone)]
