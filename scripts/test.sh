@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The README's "run the tests": `bash scripts/test.sh [CARGO TEST ARGS]`.
 # Makes sure Redis and Postgres run, checks formatting and lints when those
-# components are installed, then runs `cargo test --locked "$@"`.
+# components are installed, then runs `cargo test --locked "$@"` and, with no
+# arguments, schemathesis against a gateway (scripts/schemathesis.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -37,5 +38,18 @@ else
   echo "test: clippy not installed, skipping cargo clippy (rustup component add clippy)"
 fi
 
+# On-call's alert rules and scrape config (deploy/prometheus), by promtool,
+# which scripts/promtool.sh fetches if missing; tests/observability.rs finds
+# it the same way for the live /metrics.
+echo "test: deploy/ (promtool)"
+bash scripts/check-deploy.sh
+
 echo "test: cargo test"
-exec cargo test --locked "$@"
+cargo test --locked "$@"
+
+# The API document against the running gateway (schemathesis, every check,
+# the stateful phase). Only on a whole run: arguments pick some Rust tests.
+if (($# == 0)); then
+  echo "test: schemathesis"
+  bash scripts/schemathesis.sh
+fi

@@ -23,7 +23,7 @@ pub fn valid_sale_id(id: &str) -> bool {
 /// An id checked once, where it enters (an extractor, a token), and passed
 /// on as its type: code that takes one never checks it again.
 macro_rules! checked_id {
-    ($(#[$doc:meta])* $name:ident, $valid:expr) => {
+    ($(#[$doc:meta])* $name:ident, $valid:expr, $pattern:literal) => {
         $(#[$doc])*
         #[derive(Debug, Clone, PartialEq, Eq, Hash)]
         pub struct $name(String);
@@ -59,23 +59,38 @@ macro_rules! checked_id {
                 self.0 == other
             }
         }
+
+        /// In the API document: a string of the same rule.
+        impl utoipa::PartialSchema for $name {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                utoipa::openapi::ObjectBuilder::new()
+                    .schema_type(utoipa::openapi::schema::Type::String)
+                    .pattern(Some($pattern))
+                    .into()
+            }
+        }
+
+        impl utoipa::ToSchema for $name {}
     };
 }
 
 checked_id!(
     /// A sale id: `[a-z0-9_-]{1,64}`, also the hash tag of the sale's keys.
     SaleId,
-    valid_sale_id
+    valid_sale_id,
+    "^[a-z0-9_-]{1,64}$"
 );
 checked_id!(
     /// A reservation id: `<sale id>.<32 hex>`, so it names its sale.
     ReservationId,
-    |id| sale_of_reservation(id).is_some()
+    |id| sale_of_reservation(id).is_some(),
+    "^[a-z0-9_-]{1,64}\\.[0-9a-fA-F]{32}$"
 );
 checked_id!(
     /// A customer id (a token's subject): 1 to 64 printable ASCII characters.
     CustomerId,
-    valid_customer_id
+    valid_customer_id,
+    "^[!-~]{1,64}$"
 );
 
 impl ReservationId {
@@ -91,21 +106,60 @@ pub fn valid_customer_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_graphic())
 }
 
-/// The body of `POST /v1/sales` (and one `[[sale]]` of a sales file).
-#[derive(Debug, Clone, Deserialize)]
+/// The body of `POST /v1/sales` (and one `[[sale]]` of a sales file). Its
+/// patterns and ranges in the API document are the rules of
+/// [`SaleInput::validate`].
+///
+/// `ends_at` must be after `starts_at`, and both between the years 2000 and
+/// 2999; a body that breaks this is a 422 `invalid_request`. `sku` and
+/// `name` hold no control characters.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(example = json!({"id": "tv-1212", "sku": "TV-55-OLED", "name": "55\" OLED TV",
+    "price_cents": 499900, "currency": "IDR", "stock": 100,
+    "starts_at": "2026-12-12T00:00:00Z", "ends_at": "2026-12-12T02:00:00Z",
+    "per_customer_limit": 2, "hold_seconds": 600}))]
 pub struct SaleInput {
+    /// Generated when absent. Also the sale's hash tag in Redis.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = SaleId)]
     pub id: Option<String>,
+    /// Not only white space, no control characters (the same for `name`).
+    #[schema(
+        min_length = 1,
+        max_length = 64,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub sku: String,
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+    )]
     pub name: String,
+    /// Minor units of `currency`.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 1_000_000_000_000_i64)]
     pub price_cents: i64,
+    /// ISO 4217.
+    #[schema(pattern = "^[A-Z]{3}$")]
     pub currency: String,
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub stock: i64,
+    /// In the years 2000 to 2999 (the same for `ends_at`).
     #[serde(with = "time::serde::rfc3339")]
     pub starts_at: OffsetDateTime,
+    /// After `starts_at`.
     #[serde(with = "time::serde::rfc3339")]
     pub ends_at: OffsetDateTime,
+    /// Units one customer may hold and buy in all.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
     pub per_customer_limit: u32,
+    /// How long a hold waits for its confirm.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 1, maximum = 86_400)]
     pub hold_seconds: u32,
 }
 
@@ -127,6 +181,79 @@ pub struct SaleDef {
     pub hold_seconds: u32,
 }
 
+/// Sales happen between these years. The upper bound keeps every time in
+/// milliseconds below 10^14, which Lua's cjson (14 significant digits)
+/// writes exactly; a later year came back from a script as `1.0e+14`.
+pub fn in_years(t: OffsetDateTime) -> bool {
+    (2000..=2999).contains(&t.year())
+}
+
+pub const YEARS: &str = "`starts_at` and `ends_at` must be between the years 2000 and 2999";
+
+/// Text a person typed, with no control characters: Postgres refuses NUL in
+/// TEXT, and no name, SKU or payment reference needs the others.
+pub fn plain_text(s: &str) -> bool {
+    !s.chars().any(char::is_control)
+}
+
+/// An optional field that, when given, holds a value: `null` is refused
+/// rather than read as "absent", so a body means what its keys say.
+pub fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// A whole number, also when written `40.0`: JSON (and the API document's
+/// `integer`) make no difference between the two, so neither may we.
+pub fn whole<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    struct Whole<T>(std::marker::PhantomData<T>);
+    impl<T: TryFrom<i64> + TryFrom<u64>> serde::de::Visitor<'_> for Whole<T> {
+        type Value = T;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a whole number in range")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<T, E> {
+            T::try_from(v).map_err(|_| E::custom(format!("{v} is out of range")))
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<T, E> {
+            // 2^63: every whole f64 below it converts to i64 exactly.
+            if v.fract() == 0.0 && v.abs() < 9.223_372_036_854_776e18 {
+                self.visit_i64(v as i64)
+            } else {
+                Err(E::custom(format!("{v} is not a whole number in range")))
+            }
+        }
+    }
+    d.deserialize_any(Whole(std::marker::PhantomData))
+}
+
+/// [`present`] for a [`whole`] number.
+pub fn present_whole<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: TryFrom<i64> + TryFrom<u64>,
+{
+    whole(d).map(Some)
+}
+
+/// [`present`] for an RFC 3339 time.
+pub fn present_rfc3339<'de, D>(d: D) -> Result<Option<OffsetDateTime>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    time::serde::rfc3339::deserialize(d).map(Some)
+}
+
 impl SaleInput {
     /// Checks every field and returns the first problem in words a client can
     /// act on. `new_id` is used when the body has no `id`.
@@ -138,12 +265,13 @@ impl SaleInput {
             Some(id) => id,
             None => new_id(),
         };
-        let text_ok = |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max;
+        let text_ok =
+            |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max && plain_text(s);
         if !text_ok(&self.sku, 64) {
-            return Err("`sku` must be 1 to 64 characters".into());
+            return Err("`sku` must be 1 to 64 characters, no control characters".into());
         }
         if !text_ok(&self.name, 200) {
-            return Err("`name` must be 1 to 200 characters".into());
+            return Err("`name` must be 1 to 200 characters, no control characters".into());
         }
         if !(0..=MAX_PRICE_CENTS).contains(&self.price_cents) {
             return Err(format!("`price_cents` must be 0 to {MAX_PRICE_CENTS}"));
@@ -157,8 +285,8 @@ impl SaleInput {
         if self.ends_at <= self.starts_at {
             return Err("`ends_at` must be after `starts_at`".into());
         }
-        if self.starts_at.year() < 2000 || self.ends_at.year() > 9999 {
-            return Err("`starts_at` and `ends_at` must be between 2000 and 9999".into());
+        if !in_years(self.starts_at) || !in_years(self.ends_at) {
+            return Err(YEARS.into());
         }
         if !(1..=1_000_000).contains(&self.per_customer_limit) {
             return Err("`per_customer_limit` must be 1 to 1000000".into());
@@ -182,7 +310,9 @@ impl SaleInput {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `sold_out` while nothing is available, even if held units may still
+/// come back.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum SaleStatus {
     Scheduled,
@@ -192,7 +322,8 @@ pub enum SaleStatus {
     Ended,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// `available + held + sold == total`, each at least 0.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stock {
     pub total: i64,
     pub available: i64,
@@ -242,7 +373,7 @@ impl Window {
 }
 
 /// A sale with its live figures, as `GET /v1/sales/{id}` shows it.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Sale {
     pub id: String,
     pub sku: String,
@@ -257,7 +388,9 @@ pub struct Sale {
     pub hold_seconds: u32,
     pub status: SaleStatus,
     pub stock: Stock,
-    /// Redis TIME when the figures were read, with milliseconds.
+    /// Redis TIME when the figures were read, with milliseconds: the clock
+    /// that judges sale windows and hold deadlines.
+    #[schema(format = DateTime)]
     pub server_time: String,
 }
 
@@ -294,7 +427,7 @@ impl Sale {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum ReservationStatus {
     Held,
@@ -303,18 +436,23 @@ pub enum ReservationStatus {
     Expired,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reservation {
+    /// `<sale id>.<32 hex>`.
+    #[schema(value_type = ReservationId)]
     pub id: String,
     pub sale_id: String,
     pub customer_id: String,
     pub quantity: u32,
     pub status: ReservationStatus,
+    /// The hold's deadline, by the server's clock.
+    #[schema(format = DateTime)]
     pub expires_at: String,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Order {
+    #[schema(format = "uuid")]
     pub order_id: String,
     pub reservation_id: String,
     pub sale_id: String,
@@ -322,6 +460,7 @@ pub struct Order {
     pub quantity: u32,
     pub price_cents: i64,
     pub currency: String,
+    #[schema(format = DateTime)]
     pub confirmed_at: String,
 }
 

@@ -73,6 +73,11 @@ pub fn connect(settings: &Settings) -> anyhow::Result<(Engine, sqlx::PgPool)> {
     Ok((engine, db))
 }
 
+/// How often a gateway checks that Redis and Postgres answer, for the
+/// `flashsale_redis_up` and `flashsale_postgres_up` gauges: a PING and a
+/// `SELECT 1`, well under one scrape interval.
+const SERVICES_PROBE: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Runs the gateway on `listener` (and the worker, if asked) until `stop` is
 /// cancelled; then in-flight requests drain and background loops end.
 pub async fn serve(
@@ -88,6 +93,13 @@ pub async fn serve(
     tokio::spawn(metrics::upkeep(stop.clone()));
     let open_files = server::raise_open_file_limit();
     let (engine, db) = connect(&settings)?;
+    tokio::spawn(api::watch_services(
+        engine.clone(),
+        db.clone(),
+        settings.database_timeout(),
+        SERVICES_PROBE,
+        stop.clone(),
+    ));
     let worker = with_worker.then(|| {
         let (settings, engine, db, stop) =
             (settings.clone(), engine.clone(), db.clone(), stop.clone());

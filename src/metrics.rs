@@ -1,10 +1,14 @@
 //! Prometheus metrics: one process-wide recorder, rendered by `GET /metrics`.
-//! Every metric this service records is named here.
+//! Every metric this service records is named here, and described in
+//! [`describe`]: `promtool check metrics` (CI) refuses a family without HELP,
+//! and `deploy/` (the dashboard and alert rules) names only these.
 
 use std::sync::OnceLock;
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use metrics::{
+    counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram, Unit,
+};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
@@ -41,12 +45,170 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
         .as_ref()
 }
 
-/// HELP texts, given once the recorder is installed.
+/// HELP text (and unit) of every family. Registered once, right after the
+/// recorder is installed: a description given to no recorder is lost, and a
+/// family is rendered with its HELP line from then on, whenever it appears.
 fn describe() {
-    metrics::describe_histogram!(
-        "flashsale_batch_size",
-        "Requests of one sale carried by one Redis script call (group commit), by operation: reserve, confirm, release"
+    describe_histogram!(
+        "flashsale_http_request_seconds",
+        Unit::Seconds,
+        "HTTP request latency by matched route pattern, method and status code."
     );
+    describe_counter!(
+        "flashsale_reservations_total",
+        Unit::Count,
+        "Reserve requests by outcome: held, or the contract code they were refused with."
+    );
+    describe_counter!(
+        "flashsale_orders_flushed_total",
+        Unit::Count,
+        "Confirmed orders written from a sale's outbox to Postgres and acknowledged."
+    );
+    describe_counter!(
+        "flashsale_dead_letters_total",
+        Unit::Count,
+        "Outbox entries Postgres rejected for good, moved to the sale's dead-letter stream."
+    );
+    describe_histogram!(
+        "flashsale_flush_batch_size",
+        Unit::Count,
+        "Outbox entries per committed flush batch (orders and dead letters)."
+    );
+    describe_histogram!(
+        "flashsale_batch_size",
+        Unit::Count,
+        "Requests of one sale carried by one Redis script call (group commit), by operation: reserve, confirm, release."
+    );
+    describe_histogram!(
+        "flashsale_flush_seconds",
+        Unit::Seconds,
+        "Time to write one outbox batch to Postgres and acknowledge it."
+    );
+    describe_counter!(
+        "flashsale_outbox_claimed_total",
+        Unit::Count,
+        "Outbox entries taken over from a flush consumer that stopped acknowledging them."
+    );
+    describe_gauge!(
+        "flashsale_outbox_pending",
+        Unit::Count,
+        "Confirmed orders in a live sale's outbox, not yet in Postgres."
+    );
+    describe_gauge!(
+        "flashsale_outbox_oldest_age_seconds",
+        Unit::Seconds,
+        "How long the oldest order in a live sale's outbox has waited for Postgres (0 when empty)."
+    );
+    describe_gauge!(
+        "flashsale_dead_letters",
+        Unit::Count,
+        "Entries in a live sale's dead-letter stream: orders that need a human."
+    );
+    describe_gauge!(
+        "flashsale_reconcile_drift",
+        Unit::Count,
+        "Drift found between Redis and Postgres by the worker's reconcile loop, per sale and kind (0 when none)."
+    );
+    describe_gauge!(
+        "flashsale_stock",
+        Unit::Count,
+        "A live sale's stock in Redis by figure: total, available, held, sold."
+    );
+    describe_counter!(
+        "flashsale_holds_reaped_total",
+        Unit::Count,
+        "Expired holds the reaper returned to stock."
+    );
+    describe_counter!(
+        "flashsale_redis_faults_total",
+        Unit::Count,
+        "Redis scripts or commands that failed with an error that will repeat (each one also a 500)."
+    );
+    describe_counter!(
+        "flashsale_sale_load_failures_total",
+        Unit::Count,
+        "Sales the loader could not load into Redis."
+    );
+    describe_gauge!(
+        "flashsale_redis_used_memory_bytes",
+        Unit::Bytes,
+        "Redis's used_memory."
+    );
+    describe_gauge!(
+        "flashsale_sale_keys",
+        Unit::Count,
+        "Redis keys of one live sale, its idempotency keys included."
+    );
+    describe_gauge!(
+        "flashsale_active_sales",
+        Unit::Count,
+        "Sales the worker's loops visit (the ones not over yet)."
+    );
+    describe_counter!(
+        "flashsale_sales_archived_total",
+        Unit::Count,
+        "Sales whose Redis keys were removed after their retention."
+    );
+    describe_counter!(
+        "flashsale_connections_refused_total",
+        Unit::Count,
+        "Client connections closed at accept by a cap (total or per_ip)."
+    );
+    describe_gauge!(
+        "flashsale_connections_open",
+        Unit::Count,
+        "Client connections open now."
+    );
+    describe_counter!(
+        "flashsale_connections_dropped_total",
+        Unit::Count,
+        "Connections the gateway closed itself, by reason."
+    );
+    describe_counter!(
+        "flashsale_accept_errors_total",
+        Unit::Count,
+        "accept() calls that failed (out of file descriptors, mostly)."
+    );
+    describe_gauge!(
+        "flashsale_streams_open",
+        Unit::Count,
+        "Server-sent event streams open now."
+    );
+    describe_counter!(
+        "flashsale_streams_refused_total",
+        Unit::Count,
+        "Event streams refused by http.max_streams."
+    );
+    describe_counter!(
+        "flashsale_public_reads_limited_total",
+        Unit::Count,
+        "Public reads refused by the per-address limit."
+    );
+    describe_gauge!(
+        "flashsale_redis_up",
+        "1 while Redis answers this gateway's PING, else 0."
+    );
+    describe_gauge!(
+        "flashsale_postgres_up",
+        "1 while Postgres answers this gateway's SELECT 1, else 0."
+    );
+    // Counters of rare events exist from the start, at 0: `increase()` over
+    // a series born at 1 misses that first event, and an alert or panel on
+    // a series that does not exist yet says nothing at all.
+    for name in [
+        "flashsale_holds_reaped_total",
+        "flashsale_sale_load_failures_total",
+        "flashsale_sales_archived_total",
+        "flashsale_accept_errors_total",
+        "flashsale_streams_refused_total",
+        "flashsale_public_reads_limited_total",
+    ] {
+        counter!(name).absolute(0);
+    }
+    for cap in ["total", "per_ip"] {
+        counter!("flashsale_connections_refused_total", "cap" => cap).absolute(0);
+    }
+    counter!("flashsale_connections_dropped_total", "why" => "send_stalled").absolute(0);
 }
 
 /// How often the recorder drains its histogram samples on its own. Without
@@ -143,15 +305,39 @@ pub fn claimed(sale_id: &str, n: usize) {
         .increment(n as u64);
 }
 
-/// Orders waiting in each sale's outbox, and in all of them.
-pub fn backlog(per_sale: &[(String, u64, u64)]) {
-    let mut total = 0;
-    for (sale, pending, dead) in per_sale {
-        gauge!("flashsale_outbox_pending", "sale_id" => sale.clone()).set(*pending as f64);
-        gauge!("flashsale_dead_letters", "sale_id" => sale.clone()).set(*dead as f64);
-        total += pending;
+/// One live sale's outbox, as the flush loop reads it.
+pub struct Backlog {
+    pub sale_id: String,
+    pub pending: u64,
+    pub dead: u64,
+    pub oldest_age: Duration,
+}
+
+/// Orders waiting in each live sale's outbox and for how long, and its dead
+/// letters. `gone` are sales reported before that left the loops: their
+/// outbox is empty (a sale leaves only then), and a gauge left at its last
+/// reading would page on-call about a backlog that no longer exists.
+///
+/// No all-sales total: `sum(flashsale_outbox_pending)` is one, and an
+/// unlabelled sample in the same family would be counted twice by it.
+pub fn backlog(live: &[Backlog], gone: &[String]) {
+    for b in live {
+        let sale = &b.sale_id;
+        gauge!("flashsale_outbox_pending", "sale_id" => sale.clone()).set(b.pending as f64);
+        gauge!("flashsale_outbox_oldest_age_seconds", "sale_id" => sale.clone())
+            .set(b.oldest_age.as_secs_f64());
+        gauge!("flashsale_dead_letters", "sale_id" => sale.clone()).set(b.dead as f64);
     }
-    gauge!("flashsale_outbox_pending_total").set(total as f64);
+    for sale in gone {
+        gauge!("flashsale_outbox_pending", "sale_id" => sale.clone()).set(0.0);
+        gauge!("flashsale_outbox_oldest_age_seconds", "sale_id" => sale.clone()).set(0.0);
+    }
+}
+
+/// Whether Redis and Postgres answered the last probe.
+pub fn services_up(redis: bool, postgres: bool) {
+    gauge!("flashsale_redis_up").set(f64::from(u8::from(redis)));
+    gauge!("flashsale_postgres_up").set(f64::from(u8::from(postgres)));
 }
 
 /// Drift found by reconcile (the command or the worker's loop): how many

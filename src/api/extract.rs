@@ -10,8 +10,8 @@ use super::error::ApiError;
 use crate::domain::{ReservationId, SaleId};
 use crate::engine::Refusal;
 
-/// JSON body. An empty body reads as `{}`, so endpoints whose fields are all
-/// optional accept a bare POST; anything else must parse, with no unknown
+/// JSON body. An empty body (or `null`) reads as `{}`, so endpoints whose
+/// fields are all optional accept a bare POST; anything else must parse, with no unknown
 /// fields, or it is a 422 naming the problem.
 pub struct Body<T>(pub T);
 
@@ -31,11 +31,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 ApiError::InvalidRequest(format!("could not read the body: {rejection}"))
             }
         })?;
-        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
-            b"{}"
-        } else {
-            &bytes
-        };
+        let text: &[u8] =
+            if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
+                b"{}"
+            } else {
+                &bytes
+            };
         serde_json::from_slice(text)
             .map(Body)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))

@@ -1,22 +1,41 @@
 //! Probes. `/readyz` is about the hot path: it is ready while Redis answers,
 //! and reports Postgres beside it, since confirmed orders wait in Redis while
-//! Postgres is down.
+//! Postgres is down. The same probe runs on its own every few seconds for
+//! the `flashsale_redis_up` and `flashsale_postgres_up` gauges the alerts read.
+
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 use serde::Serialize;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
 
 use super::AppState;
+use crate::engine::Engine;
 
+/// 200 while the process runs.
+#[utoipa::path(get, path = "/healthz", operation_id = "healthz", tag = "probes",
+    responses((status = 200, description = "`ok`", body = String, content_type = "text/plain")))]
 pub async fn healthz() -> &'static str {
     "ok"
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct Readiness {
+    #[schema(value_type = UpDown)]
     redis: &'static str,
+    #[schema(value_type = UpDown)]
     postgres: &'static str,
+}
+
+#[derive(utoipa::ToSchema)]
+#[schema(rename_all = "lowercase")]
+#[allow(dead_code)] // The words of `Readiness`, for the document.
+enum UpDown {
+    Up,
+    Down,
 }
 
 fn word(up: bool) -> &'static str {
@@ -27,14 +46,48 @@ fn word(up: bool) -> &'static str {
     }
 }
 
+/// Whether Redis and Postgres answer now (Postgres within the database
+/// timeout; the engine bounds its own calls), also exported as the
+/// `flashsale_*_up` gauges.
+async fn probe(engine: &Engine, db: &PgPool, timeout: Duration) -> (bool, bool) {
+    let pg = tokio::time::timeout(timeout, crate::store::ping(db));
+    let (redis, pg) = tokio::join!(engine.ping(), pg);
+    let up = (redis.is_ok(), matches!(pg, Ok(Ok(()))));
+    crate::metrics::services_up(up.0, up.1);
+    up
+}
+
+/// Probes every `every` until `stop`, so the up gauges are fresh at each
+/// scrape whether or not anything polls `/readyz`, and an alert sees an
+/// outage the moment it starts rather than at the next failed request.
+pub async fn watch_services(
+    engine: Engine,
+    db: PgPool,
+    timeout: Duration,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    let mut ticker = tokio::time::interval(every);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = ticker.tick() => {}
+        }
+        probe(&engine, &db, timeout).await;
+    }
+}
+
+/// 200 while Redis (the hot path) answers, else 503; Postgres is reported
+/// beside it, since orders wait in Redis while it is down.
+#[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "probes",
+    responses(
+        (status = 200, description = "Ready", body = Readiness),
+        (status = 503, description = "Redis does not answer", body = Readiness),
+    ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let pg = tokio::time::timeout(
-        state.settings.database_timeout(),
-        crate::store::ping(&state.db),
-    );
-    let (redis, pg) = tokio::join!(state.engine.ping(), pg);
-    let redis_up = redis.is_ok();
-    let pg_up = matches!(pg, Ok(Ok(())));
+    let (redis_up, pg_up) =
+        probe(&state.engine, &state.db, state.settings.database_timeout()).await;
     let status = if redis_up {
         StatusCode::OK
     } else {
@@ -50,6 +103,9 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
 }
 
 /// Prometheus text format.
+#[utoipa::path(get, path = "/metrics", operation_id = "metrics", tag = "probes",
+    responses((status = 200, description = "Prometheus text exposition", body = String,
+        content_type = "text/plain; version=0.0.4; charset=utf-8")))]
 pub async fn metrics() -> impl axum::response::IntoResponse {
     (
         [(

@@ -6,6 +6,7 @@
 //! (Postgres) and then the engine -> `ApiError` maps any failure to HTTP.
 
 mod auth;
+mod doc;
 mod error;
 mod extract;
 mod health;
@@ -19,7 +20,6 @@ use std::sync::Arc;
 
 use axum::extract::{DefaultBodyLimit, Request};
 use axum::middleware::{self, Next};
-use axum::routing::{get, post};
 use axum::Router;
 use sqlx::PgPool;
 use tower_http::request_id::{
@@ -33,6 +33,7 @@ use crate::engine::Engine;
 use crate::limits::Limits;
 pub use error::ApiError;
 use extract::BodyLimit;
+pub use health::watch_services;
 
 /// Cheap handles shared by every request.
 #[derive(Clone)]
@@ -85,33 +86,9 @@ pub(crate) async fn db_call<T, E: Into<ApiError>>(
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.http.body_limit_bytes;
     let request_id = axum::http::HeaderName::from_static("x-request-id");
-    let pages = if state.settings.http.pages {
-        Router::new()
-            .route("/sales/{sale_id}", get(pages::sale))
-            .route("/ops", get(pages::ops))
-    } else {
-        Router::new()
-    };
     let cors = cors(&state.settings.http.cors_allowed_origins);
-    Router::new()
-        .merge(pages)
-        .route("/openapi.json", get(pages::openapi))
-        .route("/v1/sales", post(sales::create).get(sales::list))
-        .route("/v1/sales/{sale_id}", get(sales::get).patch(sales::patch))
-        .route("/v1/sales/{sale_id}/stream", get(stream::stream))
-        .route(
-            "/v1/sales/{sale_id}/reservations",
-            post(reservations::reserve)
-                .route_layer(middleware::from_fn(reservations::count_outcome)),
-        )
-        .route(
-            "/v1/reservations/{id}",
-            get(reservations::get).delete(reservations::release),
-        )
-        .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
-        .route("/healthz", get(health::healthz))
-        .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
+    let (routes, document) = routes(&state.settings);
+    routes
         .route_layer(middleware::from_fn_with_state(state.clone(), note_writes))
         .route_layer(middleware::from_fn(time_request))
         .fallback(|| async { ApiError::RouteNotFound })
@@ -136,7 +113,39 @@ pub fn router(state: AppState) -> Router {
         .layer(tower::util::option_layer(cors))
         .layer(PropagateRequestIdLayer::new(request_id.clone()))
         .layer(SetRequestIdLayer::new(request_id, RequestIds::new()))
+        .layer(axum::Extension(document))
         .with_state(state)
+}
+
+/// Every route, each from its handler's `#[utoipa::path]`, and the document
+/// they make.
+fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
+    use utoipa::OpenApi as _;
+    use utoipa_axum::{router::OpenApiRouter, routes};
+    let (schemas, paths, reserve) = routes!(reservations::reserve);
+    let reserve = reserve.route_layer(middleware::from_fn(reservations::count_outcome));
+    let mut router = OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(sales::create, sales::list))
+        .routes(routes!(sales::get, sales::patch))
+        .routes(routes!(stream::stream))
+        .routes((schemas, paths, reserve))
+        .routes(routes!(reservations::get, reservations::release))
+        .routes(routes!(reservations::confirm))
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .routes(routes!(pages::openapi));
+    if settings.http.pages {
+        router = router
+            .routes(routes!(pages::sale))
+            .routes(routes!(pages::ops));
+    }
+    let (router, mut api) = router.split_for_parts();
+    doc::finish(&mut api, settings);
+    let json = api
+        .to_pretty_json()
+        .unwrap_or_else(|e| format!("{{\"error\": \"the document did not serialize: {e}\"}}"));
+    (router, pages::Document(json.into()))
 }
 
 /// Browsers on the configured origins may call every path with the headers

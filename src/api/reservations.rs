@@ -8,16 +8,21 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 
 use super::auth::Limited;
+use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
 use super::AppState;
 use crate::domain::{Order, Reservation, ReservationId, SaleId};
 use crate::engine::{ConfirmRequest, ReserveRequest};
 
-#[derive(Debug, Deserialize)]
+/// An empty body asks for one unit.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReserveBody {
-    #[serde(default = "one")]
+    /// At most `engine.max_quantity` (the document says the configured
+    /// figure).
+    #[serde(default = "one", deserialize_with = "crate::domain::whole")]
+    #[schema(minimum = 1, maximum = 100, default = 1)]
     quantity: u32,
 }
 
@@ -25,6 +30,25 @@ fn one() -> u32 {
     1
 }
 
+/// Hold units of a live sale for the caller, until `expires_at`.
+///
+/// With an `Idempotency-Key`, a retry answers the first hold.
+#[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", operation_id = "reserve",
+    tag = "reservations",
+    security(("bearer" = [])),
+    params(super::sales::SalePath, super::doc::IdempotencyKeyHeader),
+    request_body = Option<ReserveBody>,
+    responses(
+        (status = 201, description = "Held", body = Reservation, links(
+            ("GetReservation" = (operation_id = "getReservation", parameters(("id" = "$response.body#/id")))),
+            ("Confirm" = (operation_id = "confirm", parameters(("id" = "$response.body#/id")))),
+            ("Release" = (operation_id = "release", parameters(("id" = "$response.body#/id")))),
+            ("GetSale" = (operation_id = "getSale", parameters(("sale_id" = "$response.body#/sale_id")))),
+        )),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`sold_out`, `insufficient_stock`, `limit_exceeded`, `sale_not_live`", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = Problem, content_type = PROBLEM),
+    ))]
 #[tracing::instrument(level = "debug", skip_all, fields(sale_id, customer = %caller.subject))]
 pub async fn reserve(
     State(state): State<AppState>,
@@ -73,7 +97,8 @@ pub(super) async fn count_outcome(
     res
 }
 
-#[derive(Serialize)]
+/// A reservation, and its order once confirmed.
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct ReservationView {
     #[serde(flatten)]
     reservation: Reservation,
@@ -81,6 +106,18 @@ pub struct ReservationView {
     order: Option<Order>,
 }
 
+/// A reservation: the caller's own, or any for an admin.
+#[utoipa::path(get, path = "/v1/reservations/{id}", operation_id = "getReservation",
+    tag = "reservations",
+    security(("bearer" = [])),
+    params(ReservationPath),
+    responses(
+        (status = 200, description = "The reservation", body = ReservationView, links(
+            ("Confirm" = (operation_id = "confirm", parameters(("id" = "$response.body#/id")))),
+            ("Release" = (operation_id = "release", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 404, description = "`reservation_not_found`: unknown, or another customer's", body = Problem, content_type = PROBLEM),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     Limited(caller): Limited,
@@ -98,13 +135,39 @@ pub async fn get(
     Ok(Json(ReservationView { reservation, order }))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ConfirmBody {
+    /// The payment's reference, kept with the order.
     #[serde(default)]
+    #[schema(max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
     payment_ref: String,
 }
 
+/// The reservation id of a path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Only its description is used: `ReservationId` extracts it.
+pub(super) struct ReservationPath {
+    /// `<sale id>.<32 hex>`; any other text is simply not found.
+    id: ReservationId,
+}
+
+/// Turn a hold into an order; again: the same order.
+#[utoipa::path(post, path = "/v1/reservations/{id}/confirm", operation_id = "confirm",
+    tag = "reservations",
+    security(("bearer" = [])),
+    params(ReservationPath),
+    request_body = Option<ConfirmBody>,
+    responses(
+        (status = 200, description = "The order", body = Order, links(
+            ("GetReservation" = (operation_id = "getReservation", parameters(("id" = "$response.body#/reservation_id")))),
+            ("Release" = (operation_id = "release", parameters(("id" = "$response.body#/reservation_id")))),
+        )),
+        (status = 404, description = "`reservation_not_found`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`reservation_not_held`: released or expired", body = Problem, content_type = PROBLEM),
+        (status = 410, description = "`hold_expired`: past `expires_at`", body = Problem, content_type = PROBLEM),
+    ))]
 #[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]
 pub async fn confirm(
     State(state): State<AppState>,
@@ -113,9 +176,9 @@ pub async fn confirm(
     Body(body): Body<ConfirmBody>,
 ) -> Result<Json<Order>, ApiError> {
     let sale = rid.sale();
-    if body.payment_ref.len() > 128 {
+    if body.payment_ref.chars().count() > 128 || !crate::domain::plain_text(&body.payment_ref) {
         return Err(ApiError::InvalidRequest(
-            "`payment_ref` must be at most 128 bytes".into(),
+            "`payment_ref` must be at most 128 characters, no control characters".into(),
         ));
     }
     let confirmed = state
@@ -155,6 +218,19 @@ async fn archived(
     .ok_or_else(|| not_found.into())
 }
 
+/// Give a hold back; again: 200 the same.
+#[utoipa::path(delete, path = "/v1/reservations/{id}", operation_id = "release",
+    tag = "reservations",
+    security(("bearer" = [])),
+    params(ReservationPath),
+    responses(
+        (status = 200, description = "Released", body = Reservation, links(
+            ("GetReservation" = (operation_id = "getReservation", parameters(("id" = "$response.body#/id")))),
+            ("Confirm" = (operation_id = "confirm", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 404, description = "`reservation_not_found`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`reservation_not_held`: already confirmed", body = Problem, content_type = PROBLEM),
+    ))]
 #[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]
 pub async fn release(
     State(state): State<AppState>,

@@ -10,12 +10,37 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::auth::{Admin, PublicReader};
+use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
 use super::{db_call, AppState};
-use crate::domain::{valid_sale_id, Sale, SaleId, SaleInput, MAX_UNITS};
+use crate::domain::{
+    present, present_rfc3339, present_whole, valid_sale_id, Sale, SaleId, SaleInput, MAX_UNITS,
+};
 use crate::{adjust, schedule};
 
+/// Schedule a sale (admin).
+///
+/// The same `id` and body again answer 200 with the same sale; the same
+/// `id` with another body is 409 `sale_conflict`. `ends_at` must be after
+/// `starts_at` (422 otherwise).
+#[utoipa::path(post, path = "/v1/sales", operation_id = "createSale", tag = "sales",
+    security(("bearer" = [])),
+    request_body = SaleInput,
+    responses(
+        (status = 201, description = "Scheduled", body = Sale, links(
+            ("GetSale" = (operation_id = "getSale", parameters(("sale_id" = "$response.body#/id")))),
+            ("Reserve" = (operation_id = "reserve", parameters(("sale_id" = "$response.body#/id")))),
+            ("Stream" = (operation_id = "streamSale", parameters(("sale_id" = "$response.body#/id")))),
+            ("Adjust" = (operation_id = "adjustSale", parameters(("sale_id" = "$response.body#/id")))),
+        )),
+        (status = 200, description = "The same sale was already scheduled", body = Sale, links(
+            ("GetSale" = (operation_id = "getSale", parameters(("sale_id" = "$response.body#/id")))),
+            ("Reserve" = (operation_id = "reserve", parameters(("sale_id" = "$response.body#/id")))),
+        )),
+        (status = 403, description = "`forbidden`: the caller is not an admin", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`sale_conflict`: this `id` exists with another body", body = Problem, content_type = PROBLEM),
+    ))]
 /// Postgres first, then Redis. A crash between the two leaves a row without
 /// `loaded_at`, which the worker (or this same request, retried) loads: the
 /// sale is never half created, and Redis never holds a sale Postgres lacks.
@@ -40,8 +65,9 @@ pub async fn create(
     Ok((status, Json(state.engine.sale(&def.id).await?)))
 }
 
-#[derive(Serialize)]
+#[derive(Serialize, utoipa::ToSchema)]
 pub struct SaleList {
+    #[schema(value_type = Vec<Sale>)]
     sales: Vec<Shown>,
     /// Where the next page starts; absent on the last page.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -49,9 +75,14 @@ pub struct SaleList {
 }
 
 /// `?limit=` (default 100, at most 500) and `?cursor=` (a `next_cursor`).
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct ListQuery {
+    /// Sales per page.
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<u32>,
+    /// The `next_cursor` of the previous page.
+    #[param(pattern = "^-?[0-9]{1,18}\\.[a-z0-9_-]{1,64}$")]
     cursor: Option<String>,
 }
 
@@ -72,6 +103,17 @@ fn parse_cursor(text: &str) -> Option<(i64, &str)> {
     valid_sale_id(id).then_some((ms, id))
 }
 
+/// List sales, a page at a time, by start.
+#[utoipa::path(get, path = "/v1/sales", operation_id = "listSales", tag = "sales",
+    params(ListQuery),
+    responses(
+        (status = 200, description = "A page of sales", body = SaleList, links(
+            ("GetSale" = (operation_id = "getSale", parameters(("sale_id" = "$response.body#/sales/0/id")))),
+            ("Reserve" = (operation_id = "reserve", parameters(("sale_id" = "$response.body#/sales/0/id")))),
+            ("Stream" = (operation_id = "streamSale", parameters(("sale_id" = "$response.body#/sales/0/id")))),
+        )),
+        (status = 422, description = "`invalid_request`: a `limit` or `cursor` out of range", body = Problem, content_type = PROBLEM),
+    ))]
 /// Public, answered from the gateway's shared view (`engine::live`), so a
 /// crowd of readers costs Redis one read per sale per 100 ms.
 pub async fn list(
@@ -119,6 +161,16 @@ pub async fn list(
     }))
 }
 
+/// A sale with its live stock.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}", operation_id = "getSale", tag = "sales",
+    params(SalePath),
+    responses(
+        (status = 200, description = "The sale", body = Sale, links(
+            ("Reserve" = (operation_id = "reserve", parameters(("sale_id" = "$response.body#/id")))),
+            ("Stream" = (operation_id = "streamSale", parameters(("sale_id" = "$response.body#/id")))),
+        )),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = PROBLEM),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     PublicReader(ip): PublicReader,
@@ -152,16 +204,49 @@ impl Serialize for Shown {
     }
 }
 
-#[derive(Debug, Deserialize)]
+/// At least one field. `ends_at` must stay after the sale's `starts_at`,
+/// and before the year 3000 (422 otherwise).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(min_properties = 1)]
 pub struct SalePatch {
-    #[serde(default)]
-    stock_delta: i64,
-    #[serde(default, with = "time::serde::rfc3339::option")]
+    /// Units added to (or, negative, taken from) the sale's total; never
+    /// below what is held and sold (409 `insufficient_stock`).
+    #[serde(default, deserialize_with = "present_whole")]
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000, nullable = false)]
+    stock_delta: Option<i64>,
+    /// A new end: sooner ends the sale early, later extends it.
+    #[serde(default, deserialize_with = "present_rfc3339")]
+    #[schema(nullable = false)]
     ends_at: Option<OffsetDateTime>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
     paused: Option<bool>,
 }
 
+/// The sale id of a path.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)] // Only its description is used: `SaleId` extracts it.
+pub(super) struct SalePath {
+    sale_id: SaleId,
+}
+
+/// Adjust a live sale (admin): stock, end, pause.
+///
+/// With an `Idempotency-Key`, the same key and body again answer the first
+/// result and change nothing.
+#[utoipa::path(patch, path = "/v1/sales/{sale_id}", operation_id = "adjustSale", tag = "sales",
+    security(("bearer" = [])),
+    params(SalePath, super::doc::IdempotencyKeyHeader),
+    request_body = SalePatch,
+    responses(
+        (status = 200, description = "The sale after the change", body = Sale),
+        (status = 403, description = "`forbidden`: the caller is not an admin", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`insufficient_stock`: the total would fall below held + sold", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = Problem, content_type = PROBLEM),
+    ))]
 /// Recorded in Postgres as pending, applied once in Redis (by the
 /// adjustment's id), then settled with the figures before and after; safe
 /// to retry with an `Idempotency-Key` (see `crate::adjust`).
@@ -174,28 +259,32 @@ pub async fn patch(
     Body(patch): Body<SalePatch>,
 ) -> Result<Json<adjust::Answer>, ApiError> {
     tracing::Span::current().record("sale_id", sale_id.as_str());
-    if patch.stock_delta.abs() > MAX_UNITS {
+    let stock_delta = patch.stock_delta.unwrap_or(0);
+    if stock_delta.abs() > MAX_UNITS {
         return Err(ApiError::InvalidRequest(format!(
             "`stock_delta` must be within ±{MAX_UNITS}"
         )));
     }
-    if patch.stock_delta == 0 && patch.ends_at.is_none() && patch.paused.is_none() {
+    if patch.stock_delta.is_none() && patch.ends_at.is_none() && patch.paused.is_none() {
         return Err(ApiError::InvalidRequest(
             "give at least one of `stock_delta`, `ends_at`, `paused`".into(),
         ));
     }
     let current = state.engine.sale(&sale_id).await?;
     if let Some(ends_at) = patch.ends_at {
-        if ends_at <= current.starts_at || ends_at.year() > 9999 {
+        if ends_at <= current.starts_at {
             return Err(ApiError::InvalidRequest(
                 "`ends_at` must be after `starts_at`".into(),
             ));
+        }
+        if !crate::domain::in_years(ends_at) {
+            return Err(ApiError::InvalidRequest(crate::domain::YEARS.into()));
         }
     }
     let request = adjust::Request {
         sale_id: &sale_id,
         actor: &admin.subject,
-        stock_delta: patch.stock_delta,
+        stock_delta,
         ends_at: patch.ends_at,
         paused: patch.paused,
         idempotency_key: key.as_deref(),

@@ -12,15 +12,30 @@ use serde::Serialize;
 use tokio_stream::wrappers::WatchStream;
 
 use super::auth::PublicReader;
+use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::AppState;
 use crate::domain::{Sale, SaleId, SaleStatus, Stock};
 
-#[derive(Serialize, PartialEq)]
-struct StockEvent<'a> {
+/// One server-sent event, as the document describes it.
+#[derive(utoipa::ToSchema)]
+#[schema(as = StockEventFrame)]
+#[allow(dead_code)] // `Event` writes it; this only describes it.
+struct Frame {
+    #[schema(pattern = "^stock$")]
+    event: String,
+    /// A `StockEvent`, as JSON.
+    #[schema(content_media_type = "application/json")]
+    data: String,
+}
+
+/// The data of a `stock` event.
+#[derive(Serialize, PartialEq, utoipa::ToSchema)]
+pub(super) struct StockEvent<'a> {
     id: &'a str,
     status: SaleStatus,
     stock: Stock,
+    #[schema(format = DateTime)]
     server_time: &'a str,
 }
 
@@ -37,6 +52,19 @@ fn event(sale: &Sale) -> Event {
         .unwrap_or_else(|_| Event::default().comment("unserializable"))
 }
 
+/// A sale's stock as server-sent events.
+///
+/// One `stock` event at once, then the latest state whenever it changes (at
+/// most one per 100 ms), and a comment at least every 15 s while idle.
+#[utoipa::path(get, path = "/v1/sales/{sale_id}/stream", operation_id = "streamSale",
+    tag = "sales",
+    params(super::sales::SalePath),
+    responses(
+        (status = 200, description = "Server-sent events", content_type = "text/event-stream", body = Frame),
+        (status = 404, description = "`sale_not_found`", body = Problem, content_type = PROBLEM),
+        (status = 503, description = "`unavailable`: every stream place is taken, or Redis is down", body = Problem, content_type = PROBLEM,
+            headers(("Retry-After" = u64, description = "Seconds to wait"))),
+    ))]
 /// Streams are long-lived: each holds a place of `http.max_streams` (and its
 /// connection a place under the connection caps) until it ends. A client that
 /// stops reading is closed by the server's send timeout (`crate::server`);

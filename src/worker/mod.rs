@@ -6,6 +6,7 @@
 //! Each step is idempotent and returns what it did, so tests can drive the
 //! worker one step at a time; the loops only repeat the steps.
 
+use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -75,6 +76,8 @@ async fn flush_loop(
     // predecessor's entries.
     let mut last_claim: Option<Instant> = None;
     let mut last_gauges = Instant::now();
+    // The sales the backlog gauges were last set for.
+    let mut reported: HashSet<String> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -110,17 +113,29 @@ async fn flush_loop(
         if report && last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = Instant::now();
             if let Ok(ids) = engine.active_ids().await {
-                let mut per_sale = Vec::with_capacity(ids.len());
+                let mut live = Vec::with_capacity(ids.len());
                 for id in ids {
                     if let Ok(keys) = engine.key_count(&id).await {
                         crate::metrics::sale_keys(&id, keys);
                     }
-                    if let Ok((pending, dead)) = outbox.backlog(&id).await {
-                        per_sale.push((id, pending, dead));
+                    // inspect.lua dates the oldest entry by Redis's clock, the
+                    // one that stamped it: no skew with this host's.
+                    if let Ok(Some(i)) = engine.inspect(&id, crate::reconcile::GRACE_MS).await {
+                        live.push(crate::metrics::Backlog {
+                            sale_id: id,
+                            pending: u64::try_from(i.outbox).unwrap_or(0),
+                            dead: u64::try_from(i.dead_letters).unwrap_or(0),
+                            oldest_age: Duration::from_millis(
+                                u64::try_from(i.oldest_outbox_age_ms).unwrap_or(0),
+                            ),
+                        });
                     }
                 }
-                crate::metrics::backlog(&per_sale);
-                crate::metrics::active_sales(per_sale.len());
+                let now: HashSet<String> = live.iter().map(|b| b.sale_id.clone()).collect();
+                let gone: Vec<String> = reported.difference(&now).cloned().collect();
+                crate::metrics::backlog(&live, &gone);
+                crate::metrics::active_sales(live.len());
+                reported = now;
             }
             if let Ok(bytes) = engine.memory_used().await {
                 crate::metrics::redis_memory(bytes);
