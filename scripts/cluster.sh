@@ -5,6 +5,8 @@
 #   bash scripts/cluster.sh start [BASE_PORT]   # ports BASE..BASE+5 (default 30001)
 #   bash scripts/cluster.sh stop  [BASE_PORT]
 #   bash scripts/cluster.sh nodes [BASE_PORT]   # the seed list for redis.cluster_nodes
+#   bash scripts/cluster.sh restart BASE_PORT PORT  # a killed node, back with its
+#                                                   # nodes.conf: it rejoins (as a replica)
 #
 # `start` prints the seed list (comma-separated redis://127.0.0.1:PORT) on its
 # last line, once every replica has synced with its primary (a replica that
@@ -30,6 +32,20 @@ nodes() {
 }
 cli() { redis-cli -h 127.0.0.1 -p "$1" "${@:2}"; }
 
+# One node, with its own nodes.conf. No persistence, as the shared Redis: a
+# node restarted after a kill comes back empty, rejoins, and syncs as a replica.
+node_up() {
+  local p=$1
+  mkdir -p "$state/$p"
+  redis-server --port "$p" --bind 127.0.0.1 --daemonize yes \
+    --dir "$state/$p" --logfile "$state/$p/redis.log" --pidfile "$state/$p/redis.pid" \
+    --cluster-enabled yes --cluster-config-file "$state/$p/nodes.conf" \
+    --cluster-node-timeout "$timeout_ms" --save '' --appendonly no >/dev/null
+  for _ in $(seq 100); do cli "$p" ping >/dev/null 2>&1 && return 0; sleep 0.05; done
+  say "node $p did not start (see $state/$p/redis.log)"
+  return 1
+}
+
 stop() {
   local p
   for p in $ports; do
@@ -49,18 +65,7 @@ case $cmd in
   start)
     command -v redis-server >/dev/null || { say "redis-server is missing (bash scripts/services.sh)"; exit 1; }
     stop
-    for p in $ports; do
-      mkdir -p "$state/$p"
-      # No persistence, as the shared Redis: a restarted node rejoins as an
-      # empty replica, which is what a lost primary's host does.
-      redis-server --port "$p" --bind 127.0.0.1 --daemonize yes \
-        --dir "$state/$p" --logfile "$state/$p/redis.log" --pidfile "$state/$p/redis.pid" \
-        --cluster-enabled yes --cluster-config-file "$state/$p/nodes.conf" \
-        --cluster-node-timeout "$timeout_ms" --save '' --appendonly no >/dev/null
-    done
-    for p in $ports; do
-      for _ in $(seq 100); do cli "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
-    done
+    for p in $ports; do node_up "$p"; done
     addrs=()
     for p in $ports; do addrs+=("127.0.0.1:$p"); done
     redis-cli --cluster create "${addrs[@]}" --cluster-replicas 1 --cluster-yes >"$state/create.log" 2>&1 ||
@@ -85,8 +90,11 @@ case $cmd in
     say "up: 3 primaries, 3 replicas on $base..$((base + 5))"
     nodes
     ;;
+  restart)
+    node_up "${3:?the port of the node}"
+    ;;
   *)
-    echo "usage: $0 start|stop|nodes [BASE_PORT]" >&2
+    echo "usage: $0 start|stop|nodes|restart [BASE_PORT] [PORT]" >&2
     exit 2
     ;;
 esac
