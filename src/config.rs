@@ -58,6 +58,12 @@ pub struct RedisSettings {
     pub url: String,
     pub key_prefix: String,
     pub timeout_ms: u64,
+    /// Seed nodes of a Redis Cluster; empty: one Redis at `url`.
+    #[serde(deserialize_with = "list_or_commas")]
+    pub cluster_nodes: Vec<String>,
+    /// Replicas an order must reach before its confirm is answered and
+    /// before the worker writes it to Postgres.
+    pub confirm_replicas: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -172,6 +178,17 @@ impl Settings {
         }
         if !self.redis.url.starts_with("redis://") && !self.redis.url.starts_with("rediss://") {
             return bad("redis.url", "must start with redis:// or rediss://");
+        }
+        for node in &self.redis.cluster_nodes {
+            if !node.starts_with("redis://") && !node.starts_with("rediss://") {
+                return bad(
+                    "redis.cluster_nodes",
+                    &format!("`{node}` must start with redis:// or rediss://"),
+                );
+            }
+        }
+        if self.redis.confirm_replicas > 16 {
+            return bad("redis.confirm_replicas", "must be 0 to 16");
         }
         let db = self.database.url.expose_secret();
         if !db.starts_with("postgres://") && !db.starts_with("postgresql://") {

@@ -166,6 +166,10 @@ impl Outbox {
             }
         }
         let orders: Vec<NewOrder> = good.iter().map(|(_, o)| o.clone()).collect();
+        // Only orders that reached `redis.confirm_replicas` replicas go to
+        // Postgres: a replica promoted after a crash never sells a unit that
+        // Postgres has sold. Not yet: they stay pending for the next round.
+        self.engine.replicated(sale_id).await?;
         match store::insert_orders(&self.db, &orders).await {
             Ok(_) => {}
             Err(e) if store::is_permanent(&e) => {

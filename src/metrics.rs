@@ -180,6 +180,11 @@ fn describe() {
         "Event streams refused by http.max_streams."
     );
     describe_counter!(
+        "flashsale_replicas_missed_total",
+        Unit::Count,
+        "Waits for redis.confirm_replicas that ended with too few replicas (the confirm is 503, the flush waits)."
+    );
+    describe_counter!(
         "flashsale_public_reads_limited_total",
         Unit::Count,
         "Public reads refused by the per-address limit."
@@ -202,6 +207,7 @@ fn describe() {
         "flashsale_accept_errors_total",
         "flashsale_streams_refused_total",
         "flashsale_public_reads_limited_total",
+        "flashsale_replicas_missed_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -422,6 +428,11 @@ pub fn accept_error() {
 /// Event streams open now, and streams refused by `http.max_streams`.
 pub fn streams_open(n: usize) {
     gauge!("flashsale_streams_open").set(n as f64);
+}
+
+/// A wait for `redis.confirm_replicas` that came back short.
+pub fn replicas_missed() {
+    counter!("flashsale_replicas_missed_total").increment(1);
 }
 
 pub fn stream_refused() {

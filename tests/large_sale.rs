@@ -15,7 +15,7 @@ use futures::stream::{self, StreamExt};
 const HOLDS: usize = 200_000;
 const SLOW_US: u64 = 20_000;
 
-async fn slow_calls(conn: &mut redis::aio::ConnectionManager) -> Vec<String> {
+async fn slow_calls(conn: &mut flashsale::engine::Conn) -> Vec<String> {
     let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(100)

@@ -441,7 +441,7 @@ async fn an_ended_sale_leaves_the_loops_until_it_is_reopened() {
 
     let prefix = &app.settings.redis.key_prefix;
     let mut conn = app.engine.connection();
-    let active = |conn: &mut redis::aio::ConnectionManager| {
+    let active = |conn: &mut flashsale::engine::Conn| {
         let (mut conn, key, sale) = (conn.clone(), format!("{prefix}:active"), sale.clone());
         async move { conn.sismember::<_, _, bool>(key, sale).await.unwrap() }
     };
@@ -536,7 +536,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
         .query_async(&mut conn)
         .await
         .unwrap();
-    let names = |conn: &mut redis::aio::ConnectionManager| {
+    let names = |conn: &mut flashsale::engine::Conn| {
         let (mut conn, outbox) = (conn.clone(), outbox.clone());
         async move {
             let v: Vec<redis::Value> = redis::cmd("XINFO")

@@ -9,7 +9,7 @@
 //! - `pool(P)`: a deadpool-redis pool of P connections; every call checks a
 //!   connection out (deadpool-redis recycles it with an `UNWATCH`+`PING`
 //!   round trip on each checkout) and returns it;
-//! - `mux(1)`: one `redis::aio::ConnectionManager` (multiplexed), cloned per
+//! - `mux(1)`: one `flashsale::engine::Conn` (multiplexed), cloned per
 //!   task: what the engine does;
 //! - `mux(N)`: N connection managers, tasks spread round-robin over them;
 //! - `bare(P)` (unless `--no-bare`): a plain pool of P multiplexed

@@ -47,7 +47,7 @@ fn main() -> anyhow::Result<()> {
 
 /// What Redis logged since the last reset: the longest call and the 99th
 /// percentile, in microseconds (one call: both are that call).
-async fn longest(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<(u64, u64)> {
+async fn longest(conn: &mut flashsale::engine::Conn) -> anyhow::Result<(u64, u64)> {
     let log: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(-1)
@@ -72,7 +72,7 @@ async fn longest(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<(u6
     Ok((max, p99))
 }
 
-async fn reset(conn: &mut redis::aio::ConnectionManager) -> anyhow::Result<()> {
+async fn reset(conn: &mut flashsale::engine::Conn) -> anyhow::Result<()> {
     redis::cmd("SLOWLOG")
         .arg("RESET")
         .query_async::<()>(conn)

@@ -24,10 +24,21 @@ pub async fn healthz() -> &'static str {
 
 #[derive(Serialize, utoipa::ToSchema)]
 pub struct Readiness {
+    /// `up` while at least one primary answers.
     #[schema(value_type = UpDown)]
     redis: &'static str,
     #[schema(value_type = UpDown)]
     postgres: &'static str,
+    /// On a Redis Cluster: each primary (`host:port`) and whether it answers.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    primaries: Vec<Primary>,
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct Primary {
+    node: String,
+    #[schema(value_type = UpDown)]
+    redis: &'static str,
 }
 
 #[derive(utoipa::ToSchema)]
@@ -49,12 +60,27 @@ fn word(up: bool) -> &'static str {
 /// Whether Redis and Postgres answer now (Postgres within the database
 /// timeout; the engine bounds its own calls), also exported as the
 /// `flashsale_*_up` gauges.
-async fn probe(engine: &Engine, db: &PgPool, timeout: Duration) -> (bool, bool) {
+/// On a cluster, Redis is up while any primary answers: a load balancer
+/// that drained every gateway because one primary is down would stop every
+/// sale, where only that primary's sales are 503s.
+async fn probe(engine: &Engine, db: &PgPool, timeout: Duration) -> (bool, bool, Vec<Primary>) {
     let pg = tokio::time::timeout(timeout, crate::store::ping(db));
-    let (redis, pg) = tokio::join!(engine.ping(), pg);
-    let up = (redis.is_ok(), matches!(pg, Ok(Ok(()))));
-    crate::metrics::services_up(up.0, up.1);
-    up
+    let (primaries, pg) = tokio::join!(engine.primaries_up(), pg);
+    let redis_up = primaries.iter().any(|(_, up)| *up);
+    let pg_up = matches!(pg, Ok(Ok(())));
+    crate::metrics::services_up(redis_up, pg_up);
+    let primaries = if engine.connection().is_cluster() {
+        primaries
+            .into_iter()
+            .map(|(node, up)| Primary {
+                node,
+                redis: word(up),
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    (redis_up, pg_up, primaries)
 }
 
 /// Probes every `every` until `stop`, so the up gauges are fresh at each
@@ -86,7 +112,7 @@ pub async fn watch_services(
         (status = 503, description = "Redis does not answer", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let (redis_up, pg_up) =
+    let (redis_up, pg_up, primaries) =
         probe(&state.engine, &state.db, state.settings.database_timeout()).await;
     let status = if redis_up {
         StatusCode::OK
@@ -98,6 +124,7 @@ pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readines
         Json(Readiness {
             redis: word(redis_up),
             postgres: word(pg_up),
+            primaries,
         }),
     )
 }

@@ -191,10 +191,19 @@ impl Job for ConfirmJob {
             }
             batch::members("confirm_batch", jobs.len(), engine.invoke(&call).await)
         };
-        replies
+        let answers: Vec<_> = replies
             .into_iter()
             .map(|reply| confirmed(reply, sale_id))
-            .collect()
+            .collect();
+        // One wait for the whole batch (`redis.confirm_replicas`): the fence
+        // is written after every member, replays included, so a reached
+        // fence covers each member's order.
+        if answers.iter().any(Result::is_ok) {
+            if let Err(e) = engine.replicated(sale_id).await {
+                return answers.into_iter().map(|a| a.and(Err(e.clone()))).collect();
+            }
+        }
+        answers
     }
 }
 

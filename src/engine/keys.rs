@@ -27,6 +27,9 @@ pub struct SaleKeys {
     /// Set: ids of adjustments a repair settled as never applied; applying
     /// one of them later is refused, so a repair's verdict stands.
     pub voided: String,
+    /// Counter: written before each wait for replicas (`conn::Replication`),
+    /// so the wait covers every earlier write to the sale's primary.
+    pub fence: String,
     tag_prefix: String,
 }
 
@@ -44,6 +47,7 @@ impl SaleKeys {
             adjustments: key("adj"),
             voided: key("adjx"),
             idempotency_index: key("idem"),
+            fence: key("fence"),
             tag_prefix,
         }
     }
@@ -61,7 +65,7 @@ impl SaleKeys {
 
     /// Every key of the sale except the idempotency keys (which expire, and
     /// which the index names).
-    pub fn all(&self) -> [&str; 9] {
+    pub fn all(&self) -> [&str; 10] {
         [
             &self.sale,
             &self.reservations,
@@ -72,6 +76,7 @@ impl SaleKeys {
             &self.adjustments,
             &self.voided,
             &self.idempotency_index,
+            &self.fence,
         ]
     }
 }

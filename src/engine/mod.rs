@@ -5,14 +5,16 @@
 //! one atomic step inside Redis. Rust builds keys, validates input and turns
 //! replies into types; it never reads a counter and writes it back.
 //!
-//! The hot path uses one multiplexed connection ([`ConnectionManager`]):
-//! every request's EVALSHA is pipelined onto the same socket, which measured
-//! faster than a pool of connections (see README, "Redis connection").
+//! The hot path uses one multiplexed connection (`redis::aio::ConnectionManager`,
+//! or the cluster client's one per node, [`conn::Conn`]): every request's
+//! EVALSHA is pipelined onto the same socket, which measured faster than a
+//! pool of connections (see README, "Redis connection").
 //! Concurrent reserves, confirms and releases of one sale share one call of
 //! a batch script (group commit, [`batch`]; the requests themselves in
 //! `holds.rs`).
 
 pub(crate) mod batch;
+pub mod conn;
 mod holds;
 pub mod keys;
 pub(crate) mod live;
@@ -22,7 +24,6 @@ pub(crate) mod soldout;
 use std::sync::Arc;
 use std::time::Duration;
 
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{AsyncCommands, Script, Value};
 use serde::Deserialize;
 
@@ -31,6 +32,7 @@ use crate::domain::{
     from_ms, rfc3339_ms, Order, Reservation, ReservationStatus, Sale, SaleDef, Stock,
 };
 pub use batch::{BatchStats, Sizes};
+pub use conn::Conn;
 pub use keys::SaleKeys;
 
 const PRELUDE: &str = include_str!("../../lua/prelude.lua");
@@ -270,6 +272,10 @@ pub enum Unavailable {
     Abandoned,
     #[error(transparent)]
     Redis(redis::RedisError),
+    /// `redis.confirm_replicas` not reached in time: the order is on the
+    /// primary but not yet on enough replicas to survive its loss.
+    #[error("{reached} of {wanted} replicas acknowledged in time")]
+    Replicas { wanted: u32, reached: u32 },
 }
 
 impl EngineError {
@@ -598,7 +604,9 @@ pub struct Confirmed {
 /// The engine handle: cheap to clone, one per gateway.
 #[derive(Clone)]
 pub struct Engine {
-    conn: ConnectionManager,
+    conn: Conn,
+    /// `redis.confirm_replicas > 0`: the waits for replicas.
+    replication: Option<Arc<conn::Replication>>,
     scripts: Arc<Scripts>,
     prefix: Arc<str>,
     timeout: Duration,
@@ -611,16 +619,10 @@ impl Engine {
     /// Connects lazily: a gateway starts while Redis is down and answers 503
     /// until Redis is back, reconnecting by itself.
     pub fn new(settings: &Settings) -> Result<Engine, redis::RedisError> {
-        let client = redis::Client::open(settings.redis.url.as_str())?;
         let timeout = settings.redis_timeout();
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(timeout))
-            .set_response_timeout(Some(timeout))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, config)?;
         Ok(Engine {
-            conn,
+            conn: Conn::open(settings)?,
+            replication: conn::Replication::new(settings)?,
             scripts: Arc::new(Scripts::load()),
             prefix: Arc::from(settings.redis.key_prefix.as_str()),
             timeout,
@@ -635,7 +637,7 @@ impl Engine {
     }
 
     /// A connection handle for commands outside the scripts (tests, tools).
-    pub fn connection(&self) -> ConnectionManager {
+    pub fn connection(&self) -> Conn {
         self.conn.clone()
     }
 
@@ -650,6 +652,26 @@ impl Engine {
             Err(_) => Err(EngineError::Unavailable(Unavailable::TimedOut(
                 self.timeout.as_millis(),
             ))),
+        }
+    }
+
+    /// Ok once `redis.confirm_replicas` replicas hold everything written
+    /// so far to the sale's primary (at once when it is 0). A confirm is
+    /// answered, and the worker writes an order to Postgres, only after it.
+    pub async fn replicated(&self, sale_id: &str) -> EngineResult<()> {
+        let Some(replication) = &self.replication else {
+            return Ok(());
+        };
+        let fence = self.keys(sale_id).fence;
+        match self.bounded(replication.wait(&fence)).await? {
+            Ok(()) => Ok(()),
+            Err(reached) => {
+                crate::metrics::replicas_missed();
+                Err(EngineError::Unavailable(Unavailable::Replicas {
+                    wanted: replication.replicas(),
+                    reached,
+                }))
+            }
         }
     }
 
@@ -746,13 +768,22 @@ impl Engine {
             self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
                 .await?;
         }
+        // One call per slot: on a cluster the sale's keys and the two
+        // registries live on different primaries.
         let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.cmd("UNLINK").arg(&k.all()[..]).ignore();
-        pipe.srem(keys::active(&self.prefix), sale_id).ignore();
-        pipe.srem(keys::registry(&self.prefix), sale_id).ignore();
-        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
-            .await?;
+        let all = k.all();
+        self.bounded(async move {
+            redis::cmd("UNLINK")
+                .arg(&all[..])
+                .query_async::<()>(&mut conn)
+                .await
+        })
+        .await?;
+        for set in [keys::active(&self.prefix), keys::registry(&self.prefix)] {
+            let mut conn = self.conn.clone();
+            self.bounded(async move { conn.srem::<_, _, ()>(set, sale_id).await })
+                .await?;
+        }
         self.soldout.forget(sale_id);
         Ok(())
     }
@@ -771,21 +802,47 @@ impl Engine {
         Ok(own + idem)
     }
 
-    /// Redis's `used_memory`, from `INFO memory`.
+    /// Redis's `used_memory`, from `INFO memory`: of the one Redis, or the
+    /// sum over the cluster's primaries.
     pub async fn memory_used(&self) -> EngineResult<u64> {
         let mut conn = self.conn.clone();
-        let info: String = self
-            .bounded(async move {
-                redis::cmd("INFO")
-                    .arg("memory")
-                    .query_async(&mut conn)
-                    .await
-            })
-            .await?;
-        info.lines()
-            .find_map(|l| l.strip_prefix("used_memory:"))
-            .and_then(|v| v.trim().parse().ok())
-            .ok_or_else(|| EngineError::Corrupt("INFO memory without used_memory".into()))
+        let primaries = self.bounded(conn.primaries()).await?;
+        let mut total = 0;
+        for node in primaries {
+            let mut conn = self.conn.clone();
+            let info = self
+                .bounded(conn.on_primary(&node, redis::cmd("INFO").arg("memory").clone()))
+                .await?;
+            let info: String = redis::from_redis_value(info)
+                .map_err(|e| EngineError::Corrupt(format!("INFO memory: {e}")))?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| EngineError::Corrupt("INFO memory without used_memory".into()))?;
+        }
+        Ok(total)
+    }
+
+    /// Each primary and whether it answers a PING: the one Redis, or every
+    /// primary of the cluster (none when no node answers at all).
+    pub async fn primaries_up(&self) -> Vec<(String, bool)> {
+        if !self.conn.is_cluster() {
+            return vec![("redis".into(), self.ping().await.is_ok())];
+        }
+        let mut conn = self.conn.clone();
+        let Ok(primaries) = self.bounded(conn.primaries()).await else {
+            return Vec::new();
+        };
+        let pings = primaries.into_iter().map(|node| async move {
+            let mut conn = self.conn.clone();
+            let up = self
+                .bounded(conn.on_primary(&node, redis::cmd("PING")))
+                .await
+                .is_ok();
+            (node, up)
+        });
+        futures::future::join_all(pings).await
     }
 
     pub async fn ping(&self) -> EngineResult<()> {
@@ -863,14 +920,13 @@ impl Engine {
 
     /// Puts a sale in the registry and in the worker's loops.
     async fn register(&self, sale_id: &str) -> EngineResult<()> {
-        let mut conn = self.conn.clone();
-        let mut pipe = redis::pipe();
-        pipe.sadd(keys::registry(&self.prefix), sale_id)
-            .ignore()
-            .sadd(keys::active(&self.prefix), sale_id)
-            .ignore();
-        self.bounded(async move { pipe.query_async::<()>(&mut conn).await })
-            .await
+        // Two calls: on a cluster the two sets live on different primaries.
+        for set in [keys::registry(&self.prefix), keys::active(&self.prefix)] {
+            let mut conn = self.conn.clone();
+            self.bounded(async move { conn.sadd::<_, _, ()>(set, sale_id).await })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Takes every registered sale back into the worker's loops: a worker
@@ -878,17 +934,17 @@ impl Engine {
     /// after on-call deleted it, finds every sale again. Sales that are over
     /// retire again on the next pass.
     pub async fn activate_all(&self) -> EngineResult<()> {
-        let mut conn = self.conn.clone();
-        let (active, registry) = (keys::active(&self.prefix), keys::registry(&self.prefix));
-        self.bounded(async move {
-            redis::cmd("SUNIONSTORE")
-                .arg(&active)
-                .arg(&active)
-                .arg(registry)
-                .query_async::<()>(&mut conn)
-                .await
-        })
-        .await
+        // Read, then add (not SUNIONSTORE): on a cluster the two sets live on
+        // different primaries. A sale registered in between is added by its
+        // own registration.
+        let ids = self.sale_ids().await?;
+        for chunk in ids.chunks(1000) {
+            let mut conn = self.conn.clone();
+            let active = keys::active(&self.prefix);
+            self.bounded(async move { conn.sadd::<_, _, ()>(active, chunk).await })
+                .await?;
+        }
+        Ok(())
     }
 
     /// Takes a sale out of the worker's loops if it is over (ended, nothing

@@ -77,32 +77,47 @@ pub async fn poll(engine: Engine, stop: CancellationToken) {
         if sales.is_empty() {
             continue;
         }
-        let mut pipe = redis::pipe();
-        pipe.cmd("TIME");
-        for id in &sales {
-            pipe.cmd("HMGET").arg(engine.keys(id).sale).arg(&[
-                "available",
-                "starts_ms",
-                "ends_ms",
-                "paused",
-            ]);
-        }
-        let mut conn = engine.connection();
-        // Redis down: keep the marks; the next tick tries again.
-        let Ok(replies) = engine
-            .bounded(pipe.query_async::<Vec<Value>>(&mut conn))
-            .await
-        else {
-            continue;
-        };
-        let mut replies = replies.into_iter();
-        let Some(now) = replies.next().and_then(|t| server_ms(&t)) else {
-            continue;
-        };
-        for (id, reply) in sales.iter().zip(replies) {
-            engine.soldout.set(id, still_refused(&reply, now));
+        if engine.connection().is_cluster() {
+            // A pipeline stays in one slot, and each sale is judged by the
+            // clock of its own primary: one [TIME, HMGET] per sale.
+            let reads = sales.iter().map(|id| {
+                let engine = engine.clone();
+                async move { (id, read(&engine, std::slice::from_ref(id)).await) }
+            });
+            for (id, marks) in futures::future::join_all(reads).await {
+                if let Some(mut marks) = marks {
+                    engine.soldout.set(id, marks.pop().flatten());
+                }
+            }
+        } else if let Some(marks) = read(&engine, &sales).await {
+            for (id, mark) in sales.iter().zip(marks) {
+                engine.soldout.set(id, mark);
+            }
         }
     }
+}
+
+/// The marks `sales` should have now, in one pipeline; `None` while Redis
+/// does not answer (the marks stay; the next tick tries again).
+async fn read(engine: &Engine, sales: &[String]) -> Option<Vec<Option<Refusal>>> {
+    let mut pipe = redis::pipe();
+    pipe.cmd("TIME");
+    for id in sales {
+        pipe.cmd("HMGET").arg(engine.keys(id).sale).arg(&[
+            "available",
+            "starts_ms",
+            "ends_ms",
+            "paused",
+        ]);
+    }
+    let mut conn = engine.connection();
+    let replies = engine
+        .bounded(pipe.query_async::<Vec<Value>>(&mut conn))
+        .await
+        .ok()?;
+    let mut replies = replies.into_iter();
+    let now = replies.next().and_then(|t| server_ms(&t))?;
+    Some(replies.map(|reply| still_refused(&reply, now)).collect())
 }
 
 fn server_ms(time: &Value) -> Option<i64> {
