@@ -15,7 +15,8 @@
 -- so that no repair needs to read every record.
 -- A reservation is one field of the reservations hash: id -> cjson record
 -- {c = customer, q = quantity, s = status, e = expires_ms, t = created_ms,
---  pc = price_cents, cu = currency, o = order_id, pr = payment_ref, ct = confirmed_ms}.
+--  pc = price_cents, cu = currency, o = order_id, pr = payment_ref, ct = confirmed_ms,
+--  cb = the service that confirmed it (absent: the customer did)}.
 
 local function now_ms()
   local t = redis.call('TIME')

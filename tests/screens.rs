@@ -150,6 +150,7 @@ async fn the_openapi_document_names_every_contract_path() {
         "/v1/sales/{sale_id}/reservations",
         "/v1/reservations/{id}",
         "/v1/reservations/{id}/confirm",
+        "/v1/reservations/{id}/extend",
         "/healthz",
         "/readyz",
         "/metrics",

@@ -52,13 +52,14 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         settings: Arc<Settings>,
+        auth: Arc<Auth>,
         engine: Engine,
         db: PgPool,
         limits: Arc<Limits>,
         stop: tokio_util::sync::CancellationToken,
     ) -> AppState {
         AppState {
-            auth: Arc::new(Auth::new(&settings.auth.jwt_secret)),
+            auth,
             engine,
             db,
             limits,
@@ -109,6 +110,7 @@ pub fn router(state: AppState) -> Router {
             get(reservations::get).delete(reservations::release),
         )
         .route("/v1/reservations/{id}/confirm", post(reservations::confirm))
+        .route("/v1/reservations/{id}/extend", post(reservations::extend))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
 use super::AppState;
 use crate::domain::{Order, Reservation, ReservationId, SaleId};
-use crate::engine::{ConfirmRequest, ReserveRequest};
+use crate::engine::{ConfirmRequest, Extension, ReserveRequest, ServiceConfirm};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,7 +86,7 @@ pub async fn get(
     rid: ReservationId,
 ) -> Result<Json<ReservationView>, ApiError> {
     let sale = rid.sale();
-    let owner = (!caller.admin).then_some(caller.subject.as_str());
+    let owner = caller.owner_scope();
     let (reservation, order) = match state.engine.reservation(sale, &rid, owner).await {
         Err(e) if crate::archive::not_in_redis(&e) => {
             let (reservation, order) = archived(&state, sale, &rid, owner, e).await?;
@@ -104,6 +104,8 @@ pub struct ConfirmBody {
     payment_ref: String,
 }
 
+/// A customer confirms their own hold (unless `auth.customer_confirm` is
+/// off); a service confirms anyone's, and the order records which service.
 #[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]
 pub async fn confirm(
     State(state): State<AppState>,
@@ -117,23 +119,77 @@ pub async fn confirm(
             "`payment_ref` must be at most 128 bytes".into(),
         ));
     }
-    let confirmed = state
-        .engine
-        .confirm(&ConfirmRequest {
-            sale_id: sale,
-            reservation_id: &rid,
-            customer: &caller.subject,
-            payment_ref: &body.payment_ref,
-        })
-        .await;
+    let confirmed = if caller.is_service() {
+        state
+            .engine
+            .confirm_as_service(&ServiceConfirm {
+                sale_id: sale,
+                reservation_id: &rid,
+                service: &caller.subject,
+                payment_ref: &body.payment_ref,
+            })
+            .await
+    } else {
+        if !state.settings.auth.customer_confirm {
+            return Err(ApiError::Forbidden(
+                "only the store's backend (a service) confirms holds here",
+            ));
+        }
+        state
+            .engine
+            .confirm(&ConfirmRequest {
+                sale_id: sale,
+                reservation_id: &rid,
+                customer: &caller.subject,
+                payment_ref: &body.payment_ref,
+            })
+            .await
+    };
     match confirmed {
         Ok(c) => Ok(Json(c.order)),
         // Confirming again after the sale was archived: the same order.
         Err(e) if crate::archive::not_in_redis(&e) => {
-            let (_, order) = archived(&state, sale, &rid, Some(&caller.subject), e).await?;
+            let (_, order) = archived(&state, sale, &rid, caller.owner_scope(), e).await?;
             Ok(Json(order))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    seconds: u32,
+}
+
+/// The longest single extension asked for; the sale's own limit (twice its
+/// `hold_seconds` in all) is judged by the script.
+const MAX_EXTEND_SECONDS: u32 = 86_400;
+
+/// A service moves a hold's deadline `seconds` later.
+#[tracing::instrument(level = "debug", skip_all, fields(service = %caller.subject))]
+pub async fn extend(
+    State(state): State<AppState>,
+    Limited(caller): Limited,
+    rid: ReservationId,
+    Body(body): Body<ExtendBody>,
+) -> Result<Json<Reservation>, ApiError> {
+    if !caller.is_service() {
+        return Err(ApiError::Forbidden(
+            "only the store's backend (a service) extends holds",
+        ));
+    }
+    if body.seconds == 0 || body.seconds > MAX_EXTEND_SECONDS {
+        return Err(ApiError::InvalidRequest(format!(
+            "`seconds` must be 1 to {MAX_EXTEND_SECONDS}"
+        )));
+    }
+    match state.engine.extend(rid.sale(), &rid, body.seconds).await? {
+        Extension::Extended(reservation) => Ok(Json(reservation)),
+        Extension::PastLimit { latest } => Err(ApiError::InvalidRequest(format!(
+            "a hold lives at most twice the sale's hold_seconds: its deadline can move to {} at the latest",
+            crate::domain::rfc3339_ms(latest)
+        ))),
     }
 }
 
@@ -161,6 +217,10 @@ pub async fn release(
     rid: ReservationId,
 ) -> Result<Json<Reservation>, ApiError> {
     let sale = rid.sale();
-    let owner = (!caller.admin).then_some(caller.subject.as_str());
-    Ok(Json(state.engine.release(sale, &rid, owner).await?))
+    Ok(Json(
+        state
+            .engine
+            .release(sale, &rid, caller.owner_scope())
+            .await?,
+    ))
 }

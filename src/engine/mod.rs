@@ -76,6 +76,7 @@ struct Scripts {
     sale_state: Lua,
     reserve: Lua,
     confirm: Lua,
+    extend: Lua,
     release: Lua,
     expire: Lua,
     adjust_sale: Lua,
@@ -100,6 +101,7 @@ impl Scripts {
             sale_state: lua!("sale_state"),
             reserve: lua!("reserve"),
             confirm: lua!("confirm"),
+            extend: lua!("extend"),
             release: lua!("release"),
             expire: lua!("expire"),
             adjust_sale: lua!("adjust_sale"),
@@ -336,6 +338,26 @@ pub struct ConfirmRequest<'a> {
     pub payment_ref: &'a str,
 }
 
+/// A service's confirm of any customer's hold, as the API validated it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceConfirm<'a> {
+    pub sale_id: &'a str,
+    pub reservation_id: &'a str,
+    /// The service's subject, kept in the order as `confirmed_by`.
+    pub service: &'a str,
+    pub payment_ref: &'a str,
+}
+
+/// What an extension did.
+#[derive(Debug, Clone)]
+pub enum Extension {
+    /// The hold, with its new `expires_at`.
+    Extended(Reservation),
+    /// The new deadline would pass twice the sale's `hold_seconds` from the
+    /// hold's creation; nothing changed. `latest` is the furthest allowed.
+    PastLimit { latest: time::OffsetDateTime },
+}
+
 /// A sale as the gateway created it: new, or the same one again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -463,6 +485,9 @@ struct Record {
     cu: String,
     o: Option<String>,
     ct: Option<i64>,
+    /// The service that confirmed it (absent: the customer did).
+    #[serde(default)]
+    cb: Option<String>,
 }
 
 impl Record {
@@ -487,6 +512,7 @@ impl Record {
             price_cents: self.pc,
             currency: self.cu.clone(),
             confirmed_at: rfc3339_ms(from_ms(self.ct?)),
+            confirmed_by: self.cb.clone().filter(|c| !c.is_empty()),
         })
     }
 
@@ -960,6 +986,33 @@ impl Engine {
             customer,
             payment_ref,
         } = *req;
+        self.confirm_hold(sale_id, reservation_id, customer, payment_ref, "")
+            .await
+    }
+
+    /// Confirms any customer's hold for a service (the store's backend),
+    /// recording its subject in the order as `confirmed_by`.
+    pub async fn confirm_as_service(&self, req: &ServiceConfirm<'_>) -> EngineResult<Confirmed> {
+        self.confirm_hold(
+            req.sale_id,
+            req.reservation_id,
+            "",
+            req.payment_ref,
+            req.service,
+        )
+        .await
+    }
+
+    /// `owner` empty: any customer's hold; `confirmed_by` empty: the
+    /// customer confirmed it themselves.
+    async fn confirm_hold(
+        &self,
+        sale_id: &str,
+        reservation_id: &str,
+        owner: &str,
+        payment_ref: &str,
+        confirmed_by: &str,
+    ) -> EngineResult<Confirmed> {
         let k = self.keys(sale_id);
         let order_id = uuid::Uuid::now_v7().to_string();
         let r = self
@@ -967,10 +1020,11 @@ impl Engine {
                 Self::hold_call(&self.scripts.confirm, &k)
                     .key(&k.outbox)
                     .arg(reservation_id)
-                    .arg(customer)
+                    .arg(owner)
                     .arg(order_id)
                     .arg(payment_ref)
-                    .arg(sale_id),
+                    .arg(sale_id)
+                    .arg(confirmed_by),
             )
             .await?
             .expect(&["confirmed"])?;
@@ -982,6 +1036,32 @@ impl Engine {
             reservation: rec.reservation(&rid, sale_id),
             order,
         })
+    }
+
+    /// Moves a held reservation's deadline `seconds` later, for a service
+    /// whose payment is slower than the hold (see `lua/extend.lua`).
+    pub async fn extend(
+        &self,
+        sale_id: &str,
+        reservation_id: &str,
+        seconds: u32,
+    ) -> EngineResult<Extension> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(
+                Self::hold_call(&self.scripts.extend, &k)
+                    .arg(reservation_id)
+                    .arg(i64::from(seconds) * 1000),
+            )
+            .await?;
+        if r.word == "too_long" {
+            return Ok(Extension::PastLimit {
+                latest: from_ms(r.int(0)?),
+            });
+        }
+        let r = r.expect(&["extended"])?;
+        let (rid, rec) = r.record()?;
+        Ok(Extension::Extended(rec.reservation(&rid, sale_id)))
     }
 
     /// Releases a hold. `customer` is `None` when an admin releases.
