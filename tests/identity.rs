@@ -796,3 +796,129 @@ async fn extends_racing_the_reaper_end_each_hold_confirmed_xor_expired() {
         confirmed.len()
     );
 }
+
+#[tokio::test]
+async fn token_key_signs_what_the_gateway_takes() {
+    let (rsa, ec, ed) = (keypair("rsa"), keypair("ec"), keypair("ed"));
+    let files: Vec<String> = [&rsa, &ec, &ed]
+        .iter()
+        .map(|k| k.public_pem.display().to_string())
+        .collect();
+    let app = spawn_app_with(move |s| {
+        s.auth.jwt_secret = Some(SecretString::from(SECRET));
+        s.auth.jwt_public_keys = files;
+    })
+    .await;
+    let sale = app.live_sale(10, 5, 600).await;
+    let rid = hold(&app, &sale, "alice").await;
+    for key in [&rsa, &ec, &ed] {
+        let dir = std::env::temp_dir().join(unique("fs-key-"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("private.pem");
+        std::fs::write(&file, &key.private_pem).unwrap();
+        let out = run_flashsale(
+            &app,
+            &[
+                "token",
+                "--key",
+                file.to_str().unwrap(),
+                "--kid",
+                "k1",
+                "--sub",
+                "shop",
+                "--role",
+                "service",
+            ],
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!((header.alg, header.kid.as_deref()), (key.alg, Some("k1")));
+        // A service token: it reads anyone's hold.
+        let a = app
+            .get(&format!("/v1/reservations/{rid}"), Some(&token))
+            .await;
+        assert_eq!(a.status, 200, "{:?}: {}", key.alg, a.body);
+    }
+    // The contract's form keeps working; an unknown role is refused.
+    let out = run_flashsale(
+        &app,
+        &["token", "--sub", "ops", "--role", "admin", "--ttl", "60"],
+    );
+    assert!(out.status.success());
+    let out = run_flashsale(&app, &["token", "--sub", "x", "--role", "root"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[tokio::test]
+async fn bad_identity_configuration_exits_2_naming_the_key() {
+    let app = spawn_app().await;
+    let rsa = keypair("rsa");
+    let private = std::env::temp_dir().join(unique("fs-private-"));
+    std::fs::write(&private, &rsa.private_pem).unwrap();
+    let cases: Vec<(Vec<(&str, String)>, &str)> = vec![
+        (
+            vec![(
+                "FLASHSALE__AUTH__JWT_PUBLIC_KEYS",
+                "/nonexistent/shop.pem".into(),
+            )],
+            "auth.jwt_public_keys",
+        ),
+        (
+            vec![(
+                "FLASHSALE__AUTH__JWT_PUBLIC_KEYS",
+                private.display().to_string(),
+            )],
+            "auth.jwt_public_keys",
+        ),
+        (
+            vec![
+                (
+                    "FLASHSALE__AUTH__JWKS_URL",
+                    "http://127.0.0.1:9/jwks".into(),
+                ),
+                (
+                    "FLASHSALE__AUTH__JWT_SECRET",
+                    flashsale::config::DEV_JWT_SECRET.into(),
+                ),
+            ],
+            "auth.jwt_secret",
+        ),
+        (
+            vec![(
+                "FLASHSALE__AUTH__JWKS_URL",
+                "ftp://shop.example/jwks".into(),
+            )],
+            "auth.jwks_url",
+        ),
+        (
+            vec![("FLASHSALE__AUTH__JWKS_MAX_AGE_SECONDS", "0".into())],
+            "auth.jwks_max_age_seconds",
+        ),
+    ];
+    for (env, key) in cases {
+        let mut cmd = flashsale_command(&app);
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let out = cmd
+            .args(["serve", "--no-worker"])
+            .env(
+                "FLASHSALE__HTTP__ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
+        assert_eq!(err.trim().lines().count(), 1, "{env:?}: {err}");
+        assert!(err.contains(&format!("`{key}`")), "{env:?}: {err}");
+    }
+    let _ = std::fs::remove_file(&private);
+}
