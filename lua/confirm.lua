@@ -3,9 +3,12 @@
 -- KEYS[1] sale hash          KEYS[2] reservations hash
 -- KEYS[3] customers hash     KEYS[4] deadline index
 -- KEYS[5] outbox stream (read by the worker, flushed to Postgres `orders`)
--- ARGV[1] reservation id     ARGV[2] customer id (must own the hold)
+-- ARGV[1] reservation id     ARGV[2] customer id (must own the hold), or ''
+--                            when a service confirms any customer's hold
 -- ARGV[3] order id for a first confirm   ARGV[4] payment reference
 -- ARGV[5] sale id (written into the outbox entry)
+-- ARGV[6] the confirming service's subject, kept in the order as
+--         confirmed_by; '' when the customer confirms
 -- Returns {'confirmed', now_ms, reservation_id, record}
 --      or {'hold_expired', now_ms, reservation_id, record}
 --      or {'reservation_not_found'|'reservation_not_held', now_ms}
@@ -18,4 +21,4 @@
 -- first order.
 -- The logic is `confirm_one` in prelude.lua, shared with confirm_batch.lua.
 return confirm_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[5],
-  ARGV[1], ARGV[2], ARGV[3], ARGV[4])
+  ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6])

@@ -5,8 +5,9 @@
 -- KEYS[3] customers hash     KEYS[4] deadline index
 -- KEYS[5] outbox stream
 -- ARGV[1] sale id (written into each outbox entry)
--- ARGV[2 + 4(i-1)] .. ARGV[5 + 4(i-1)]: member i's reservation id, customer
---         id, order id and payment reference (as in confirm.lua)
+-- ARGV[2 + 5(i-1)] .. ARGV[6 + 5(i-1)]: member i's reservation id, customer
+--         id ('' for a service), order id, payment reference and
+--         confirmed_by (as in confirm.lua)
 -- Returns one reply per member, in order, each exactly what confirm.lua
 -- returns for it, or {'fault', now_ms, message} for a member whose own
 -- record made the script fail (the others are not affected).
@@ -16,9 +17,9 @@
 -- in this one step; a hold ends confirmed xor expired.
 local now = now_ms()
 local out = {}
-for i = 1, (#ARGV - 1) / 4 do
-  local a = 2 + 4 * (i - 1)
+for i = 1, (#ARGV - 1) / 5 do
+  local a = 2 + 5 * (i - 1)
   out[i] = member(now, confirm_one, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1],
-    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3])
+    ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
 end
 return out

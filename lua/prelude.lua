@@ -16,7 +16,8 @@
 -- so that no repair needs to read every record.
 -- A reservation is one field of the reservations hash: id -> cjson record
 -- {c = customer, q = quantity, s = status, e = expires_ms, t = created_ms,
---  pc = price_cents, cu = currency, o = order_id, pr = payment_ref, ct = confirmed_ms}.
+--  pc = price_cents, cu = currency, o = order_id, pr = payment_ref, ct = confirmed_ms,
+--  cb = the service that confirmed it (absent: the customer did)}.
 
 local function now_ms()
   local t = redis.call('TIME')
@@ -148,12 +149,12 @@ end
 
 -- One confirm at `now` (keys, arguments and reply as in confirm.lua).
 local function confirm_one(now, sale, reservations, customers, due, outbox, sale_id,
-                           rid, cust, order_id, payment_ref)
+                           rid, cust, order_id, payment_ref, confirmed_by)
   local enc = redis.call('HGET', reservations, rid)
   if not enc then return {'reservation_not_found', now} end
   local rec = cjson.decode(enc)
   check_record(rid, rec)
-  if rec.c ~= cust then return {'reservation_not_found', now} end
+  if cust ~= '' and rec.c ~= cust then return {'reservation_not_found', now} end
   if rec.s == 'confirmed' then return {'confirmed', now, rid, enc} end
   if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
   if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
@@ -171,12 +172,14 @@ local function confirm_one(now, sale, reservations, customers, due, outbox, sale
   rec.o = order_id
   rec.pr = payment_ref
   rec.ct = now
+  if confirmed_by ~= '' then rec.cb = confirmed_by end
   enc = cjson.encode(rec)
   redis.call('HSET', reservations, rid, enc)
   redis.call('XADD', outbox, '*',
     'order_id', rec.o, 'reservation_id', rid, 'sale_id', sale_id, 'customer_id', rec.c,
     'quantity', rec.q, 'price_cents', rec.pc, 'currency', rec.cu,
-    'payment_ref', rec.pr, 'confirmed_ms', now, 'expires_ms', rec.e)
+    'payment_ref', rec.pr, 'confirmed_ms', now, 'expires_ms', rec.e,
+    'confirmed_by', confirmed_by)
   return {'confirmed', now, rid, enc}
 end
 

@@ -156,6 +156,7 @@ pub async fn reservation(
         price_cents: o.price_cents,
         currency: o.currency,
         confirmed_at: rfc3339_ms(o.confirmed_at),
+        confirmed_by: o.confirmed_by,
     };
     Ok(Some((reservation, order)))
 }

@@ -31,17 +31,25 @@ pub enum Command {
     Worker,
     /// Create the database if missing and apply migrations (idempotent).
     Migrate,
-    /// Print a signed bearer token (HS256 JWT).
+    /// Print a signed bearer token (HS256 JWT with auth.jwt_secret, or
+    /// signed with a private key given with --key).
     Token {
         /// The customer id (`sub`), 1 to 64 printable characters.
         #[arg(long)]
         sub: String,
-        /// `admin` for the admin endpoints.
-        #[arg(long)]
+        /// `admin` for the admin endpoints, `service` for the store's backend.
+        #[arg(long, value_parser = ["admin", "service"])]
         role: Option<String>,
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 3600)]
         ttl: u64,
+        /// Sign with this PEM private key instead: RSA signs RS256, EC
+        /// P-256 ES256, Ed25519 EdDSA (as the store's sign-in would).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
+        /// The `kid` to put in the header (the key's id in the JWKS).
+        #[arg(long, requires = "key")]
+        kid: Option<String>,
     },
     /// Schedule sales from a file, or list them with their live stock.
     #[command(subcommand)]
@@ -91,7 +99,19 @@ pub async fn run(cli: Cli) -> i32 {
         Command::Serve { no_worker } => serve(settings, !no_worker).await,
         Command::Worker => worker(settings).await,
         Command::Migrate => migrate(&settings).await,
-        Command::Token { sub, role, ttl } => token(&settings, &sub, role.as_deref(), ttl),
+        Command::Token {
+            sub,
+            role,
+            ttl,
+            key,
+            kid,
+        } => token(
+            &settings,
+            &sub,
+            role.as_deref(),
+            ttl,
+            key.as_deref().map(|k| (k, kid.as_deref())),
+        ),
         Command::Sales(SalesCommand::Load { file, dry_run }) => {
             sales_load(&settings, &file, dry_run).await
         }
@@ -361,16 +381,48 @@ async fn migrate(settings: &Settings) -> i32 {
     }
 }
 
-fn token(settings: &Settings, sub: &str, role: Option<&str>, ttl: u64) -> i32 {
+/// `key`: a PEM private key file and an optional `kid`, instead of the
+/// HS256 secret.
+fn token(
+    settings: &Settings,
+    sub: &str,
+    role: Option<&str>,
+    ttl: u64,
+    key: Option<(&std::path::Path, Option<&str>)>,
+) -> i32 {
     if !crate::domain::valid_customer_id(sub) {
         eprintln!("--sub must be 1 to 64 printable ASCII characters");
         return 2;
     }
-    if role.is_some_and(|r| r != "admin") {
-        eprintln!("--role takes only `admin`");
-        return 2;
-    }
-    match Auth::new(&settings.auth.jwt_secret).issue(sub, role, ttl) {
+    let signed = match key {
+        Some((path, kid)) => {
+            let text = match std::fs::read(path) {
+                Ok(t) => t,
+                Err(e) => {
+                    eprintln!("--key {}: cannot read it: {e}", path.display());
+                    return 2;
+                }
+            };
+            let (alg, key) = match crate::auth::keys::signing_from_pem(&text) {
+                Ok(k) => k,
+                Err(why) => {
+                    eprintln!("--key {}: {why}", path.display());
+                    return 2;
+                }
+            };
+            let mut header = jsonwebtoken::Header::new(alg);
+            header.kid = kid.map(String::from);
+            crate::auth::sign(&header, sub, role, ttl, &key)
+        }
+        None => match settings.auth.hs256_secret() {
+            Some(secret) => Auth::new(&secret).issue(sub, role, ttl),
+            None => {
+                eprintln!("no HS256 secret: public keys are configured and `auth.jwt_secret` is not set (sign with --key FILE)");
+                return 2;
+            }
+        },
+    };
+    match signed {
         Ok(t) => {
             println!("{t}");
             0

@@ -14,7 +14,9 @@ use serde::{Deserialize, Deserializer};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 
-/// The secret shipped in `config/default.toml`; `serve` warns while it is used.
+/// The HS256 secret used when `auth.jwt_secret` is not set and no public
+/// keys are configured; `serve` warns while it is used, and it is refused
+/// beside public keys (anyone can read it here).
 pub const DEV_JWT_SECRET: &str = "flashsale-development-secret-do-not-use-in-production";
 
 #[derive(Debug, Clone, Deserialize)]
@@ -78,7 +80,51 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthSettings {
-    pub jwt_secret: SecretString,
+    /// Absent from `config/default.toml` on purpose: "not set" must be told
+    /// from "set", since only the built-in development secret is refused
+    /// beside public keys. See `hs256_secret`.
+    #[serde(default)]
+    pub jwt_secret: Option<SecretString>,
+    /// PEM files of public keys (RSA, EC P-256, Ed25519).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub jwt_public_keys: Vec<String>,
+    /// The store's JWKS; empty: none.
+    pub jwks_url: String,
+    pub jwks_min_refresh_seconds: u64,
+    pub jwks_max_age_seconds: u64,
+    /// Checked when not empty.
+    pub issuer: String,
+    pub audience: String,
+    pub leeway_seconds: u64,
+    pub customer_claim: String,
+    pub role_claim: String,
+    /// `false`: only a service confirms.
+    pub customer_confirm: bool,
+    /// Verified tokens remembered (by hash, until their `exp`); 0: none.
+    pub token_cache_entries: usize,
+}
+
+impl AuthSettings {
+    pub fn has_public_keys(&self) -> bool {
+        !self.jwt_public_keys.is_empty() || !self.jwks_url.is_empty()
+    }
+
+    /// The HS256 secret tokens may be signed with: the one set, else the
+    /// development secret while no public keys are configured, else none
+    /// (HS256 tokens are then refused).
+    pub fn hs256_secret(&self) -> Option<SecretString> {
+        match &self.jwt_secret {
+            Some(s) => Some(s.clone()),
+            None if !self.has_public_keys() => Some(SecretString::from(DEV_JWT_SECRET)),
+            None => None,
+        }
+    }
+
+    /// Whether HS256 tokens are verified with the development secret.
+    pub fn uses_dev_secret(&self) -> bool {
+        self.hs256_secret()
+            .is_some_and(|s| s.expose_secret() == DEV_JWT_SECRET)
+    }
 }
 
 /// Rate limits of the reservation endpoints (`limits.enabled = false` turns
@@ -194,9 +240,7 @@ impl Settings {
         if !db.starts_with("postgres://") && !db.starts_with("postgresql://") {
             return bad("database.url", "must start with postgres://");
         }
-        if self.auth.jwt_secret.expose_secret().len() < 16 {
-            return bad("auth.jwt_secret", "must be at least 16 bytes long");
-        }
+        self.validate_auth()?;
         if self.http.body_limit_bytes < 256 {
             return bad("http.body_limit_bytes", "must be at least 256");
         }
@@ -296,6 +340,65 @@ impl Settings {
             .parse::<tracing_subscriber::filter::EnvFilter>()
         {
             return Err(ConfigError(format!("`log.level`: {e}")));
+        }
+        Ok(())
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("`{key}`: {why}")));
+        let a = &self.auth;
+        if let Some(secret) = &a.jwt_secret {
+            let secret = secret.expose_secret();
+            if secret.len() < 16 {
+                return bad("auth.jwt_secret", "must be at least 16 bytes long");
+            }
+            if secret == DEV_JWT_SECRET && a.has_public_keys() {
+                return bad(
+                    "auth.jwt_secret",
+                    "the development secret is refused beside public keys \
+                     (auth.jwt_public_keys, auth.jwks_url): set a secret of your own or none",
+                );
+            }
+        }
+        if !a.jwks_url.is_empty() {
+            let ok = reqwest::Url::parse(&a.jwks_url)
+                .is_ok_and(|u| matches!(u.scheme(), "http" | "https") && u.host().is_some());
+            if !ok {
+                return bad("auth.jwks_url", "must be an http:// or https:// URL");
+            }
+        }
+        if a.jwks_min_refresh_seconds == 0 {
+            return bad("auth.jwks_min_refresh_seconds", "must be above 0");
+        }
+        if a.jwks_max_age_seconds < a.jwks_min_refresh_seconds {
+            return bad(
+                "auth.jwks_max_age_seconds",
+                "must be at least auth.jwks_min_refresh_seconds",
+            );
+        }
+        if a.token_cache_entries > 10_000_000 {
+            return bad("auth.token_cache_entries", "must be 0 to 10000000");
+        }
+        if a.leeway_seconds > 300 {
+            return bad("auth.leeway_seconds", "must be 0 to 300");
+        }
+        for (key, claim) in [
+            ("auth.customer_claim", &a.customer_claim),
+            ("auth.role_claim", &a.role_claim),
+        ] {
+            if claim.is_empty() || claim.len() > 64 {
+                return bad(key, "must be a claim name of 1 to 64 characters");
+            }
+        }
+        for path in &a.jwt_public_keys {
+            let text = std::fs::read(path).map_err(|e| {
+                ConfigError(format!("`auth.jwt_public_keys`: cannot read {path}: {e}"))
+            })?;
+            if let Err(why) = crate::auth::keys::public_from_pem(&text) {
+                return Err(ConfigError(format!(
+                    "`auth.jwt_public_keys`: {path}: {why}"
+                )));
+            }
         }
         Ok(())
     }

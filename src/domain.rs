@@ -345,6 +345,8 @@ pub struct NewOrder {
     pub confirmed_at: OffsetDateTime,
     /// The hold's deadline (absent from entries written before it was kept).
     pub expires_at: Option<OffsetDateTime>,
+    /// The service that confirmed it; `None` when the customer did.
+    pub confirmed_by: Option<String>,
 }
 
 /// Where a sale stands in its window: the one rule of when it takes
@@ -462,6 +464,10 @@ pub struct Order {
     pub currency: String,
     #[schema(format = DateTime)]
     pub confirmed_at: String,
+    /// The service whose confirm made the order; absent when the customer
+    /// confirmed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub confirmed_by: Option<String>,
 }
 
 /// Reservation ids carry their sale: `<sale_id>.<32 hex>`. The sale id is the

@@ -59,10 +59,9 @@ pub use metrics::UPKEEP as METRICS_UPKEEP;
 use std::sync::Arc;
 
 use anyhow::Context;
-use secrecy::ExposeSecret;
 use tokio_util::sync::CancellationToken;
 
-use config::{Settings, DEV_JWT_SECRET};
+use config::Settings;
 use engine::Engine;
 
 /// The engine and the Postgres pool. Neither connects yet: a service that is
@@ -86,8 +85,27 @@ pub async fn serve(
     with_worker: bool,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
-    if settings.auth.jwt_secret.expose_secret() == DEV_JWT_SECRET {
+    let auth = Arc::new(
+        auth::Auth::from_settings(&settings.auth)
+            .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
+    );
+    if settings.auth.uses_dev_secret() {
         tracing::warn!("auth.jwt_secret is the development secret: set FLASHSALE__AUTH__JWT_SECRET in production");
+    } else if !auth.takes_hs256() {
+        tracing::info!(
+            "HS256 tokens are refused: public keys are configured and auth.jwt_secret is not set"
+        );
+    }
+    if let Some(jwks) = auth.jwks() {
+        // The store's sign-in being down at our start is no reason not to
+        // start: tokens with its keys are refused until a fetch succeeds.
+        match jwks.refresh().await {
+            Ok(n) => tracing::info!(url = %jwks.url(), keys = n, "JWKS fetched"),
+            Err(e) => {
+                tracing::warn!(url = %jwks.url(), error = %e, "JWKS not fetched at start; retrying")
+            }
+        }
+        tokio::spawn(jwks.clone().keep_fresh(stop.clone()));
     }
     metrics::handle();
     tokio::spawn(metrics::upkeep(stop.clone()));
@@ -136,7 +154,7 @@ pub async fn serve(
         open_file_limit = open_files,
         "connection caps"
     );
-    let state = api::AppState::new(settings, engine, db, limits, stop.clone());
+    let state = api::AppState::new(settings, auth, engine, db, limits, stop.clone());
     api::serve(listener, state, edge)
         .await
         .context("http server")?;

@@ -443,3 +443,13 @@ pub fn stream_refused() {
 pub fn public_read_limited() {
     counter!("flashsale_public_reads_limited_total").increment(1);
 }
+
+/// A fetch of the store's JWKS (at start, every max age, on an unknown kid).
+pub fn jwks_fetch() {
+    counter!("flashsale_jwks_fetches_total").increment(1);
+}
+
+/// A bearer token refused (`why`: expired, invalid, subject, unknown_key).
+pub fn token_refused(why: &'static str) {
+    counter!("flashsale_tokens_refused_total", "why" => why).increment(1);
+}

@@ -432,10 +432,11 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
     let col = |f: fn(&NewOrder) -> String| orders.iter().map(f).collect::<Vec<_>>();
     let result = sqlx::query(
         "INSERT INTO orders (order_id, reservation_id, sale_id, customer_id, quantity,
-                             price_cents, currency, payment_ref, confirmed_at, expires_at)
+                             price_cents, currency, payment_ref, confirmed_at, expires_at,
+                             confirmed_by)
          SELECT * FROM UNNEST($1::uuid[], $2::text[], $3::text[], $4::text[], $5::int[],
                               $6::bigint[], $7::text[], $8::text[], $9::timestamptz[],
-                              $10::timestamptz[])
+                              $10::timestamptz[], $11::text[])
          ON CONFLICT (reservation_id) DO NOTHING",
     )
     .bind(orders.iter().map(|o| o.order_id).collect::<Vec<_>>())
@@ -448,6 +449,12 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
     .bind(col(|o| o.payment_ref.clone()))
     .bind(orders.iter().map(|o| o.confirmed_at).collect::<Vec<_>>())
     .bind(orders.iter().map(|o| o.expires_at).collect::<Vec<_>>())
+    .bind(
+        orders
+            .iter()
+            .map(|o| o.confirmed_by.clone())
+            .collect::<Vec<_>>(),
+    )
     .execute(db)
     .await?;
     Ok(result.rows_affected())
@@ -583,7 +590,7 @@ pub async fn closed_sale(db: &PgPool, id: &str) -> StoreResult<Option<(SaleDef, 
 pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<NewOrder>> {
     let row = sqlx::query(
         "SELECT order_id, reservation_id, sale_id, customer_id, quantity, price_cents, currency,
-                payment_ref, confirmed_at, expires_at
+                payment_ref, confirmed_at, expires_at, confirmed_by
          FROM orders WHERE reservation_id = $1",
     )
     .bind(reservation_id)
@@ -601,6 +608,7 @@ pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<N
         payment_ref: row.try_get("payment_ref")?,
         confirmed_at: row.try_get("confirmed_at")?,
         expires_at: row.try_get("expires_at")?,
+        confirmed_by: row.try_get("confirmed_by")?,
     }))
 }
 

@@ -12,13 +12,14 @@ use common::{spawn_app, spawn_app_with, TestApp};
 use serde_json::Value;
 
 /// The contract's table of paths (CONTRACT.md, "HTTP API").
-const CONTRACT_PATHS: [&str; 12] = [
+const CONTRACT_PATHS: [&str; 13] = [
     "/v1/sales",
     "/v1/sales/{sale_id}",
     "/v1/sales/{sale_id}/stream",
     "/v1/sales/{sale_id}/reservations",
     "/v1/reservations/{id}",
     "/v1/reservations/{id}/confirm",
+    "/v1/reservations/{id}/extend",
     "/healthz",
     "/readyz",
     "/metrics",

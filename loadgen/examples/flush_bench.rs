@@ -479,6 +479,7 @@ fn synth_orders(sale: &SaleDef, n: usize) -> Vec<NewOrder> {
             payment_ref: "pay".into(),
             confirmed_at: from_ms(now + i as i64),
             expires_at: Some(from_ms(now + 600_000)),
+            confirmed_by: None,
         })
         .collect()
 }

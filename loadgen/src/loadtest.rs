@@ -299,7 +299,10 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
     );
     let out = Out { json: o.json };
     let baseline = o.target_kind == TargetKind::Baseline;
-    let auth = Auth::new(&settings.auth.jwt_secret);
+    let Some(secret) = settings.auth.hs256_secret() else {
+        anyhow::bail!("the load test signs HS256 tokens: set auth.jwt_secret");
+    };
+    let auth = Auth::new(&secret);
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(o.concurrency)

@@ -1,6 +1,7 @@
 //! Bearer-token extractors: `Caller` for any signed-in caller, `Admin` for
 //! the admin role, `Limited` for a caller of the reservation endpoints, held
-//! to the per-customer and per-address rate limits; `PublicReader` for the
+//! to the per-customer and per-address rate limits (a service is not: it
+//! acts for every buyer); `PublicReader` for the
 //! anonymous reads, held to the per-address limit of public reads.
 
 use axum::extract::FromRequestParts;
@@ -37,6 +38,7 @@ impl FromRequestParts<AppState> for Caller {
         state
             .auth
             .verify(token)
+            .await
             .map(Caller)
             .map_err(|e| ApiError::Unauthorized(e.to_string()))
     }
@@ -47,10 +49,10 @@ impl FromRequestParts<AppState> for Admin {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Caller(id) = Caller::from_request_parts(parts, state).await?;
-        if id.admin {
+        if id.is_admin() {
             Ok(Admin(id))
         } else {
-            Err(ApiError::Forbidden)
+            Err(ApiError::Forbidden("this endpoint needs the admin role"))
         }
     }
 }
@@ -63,6 +65,12 @@ impl FromRequestParts<AppState> for Limited {
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, ApiError> {
         let Caller(id) = Caller::from_request_parts(parts, state).await?;
+        // The store's backend confirms for every buyer of a sale, from a
+        // few addresses: the limits meant for one buyer (or one NAT of
+        // buyers) would throttle the payments of all of them.
+        if id.is_service() {
+            return Ok(Limited(id));
+        }
         let ip = super::client_ip(state, parts);
         if let Err(shed) = state.limits.check(&id.subject, ip) {
             return Err(shed.into());

@@ -14,8 +14,9 @@ use crate::store::StoreError;
 pub enum ApiError {
     #[error("{0}")]
     Unauthorized(String),
-    #[error("this endpoint needs the admin role")]
-    Forbidden,
+    /// Signed in, but not allowed this call; says what it needs.
+    #[error("{0}")]
+    Forbidden(&'static str),
     /// A refusal of the contract: its code, status and words come from the
     /// one table in `engine::Refusal`.
     #[error("{}", .0.message())]
@@ -108,7 +109,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
-            Forbidden => StatusCode::FORBIDDEN,
+            Forbidden(_) => StatusCode::FORBIDDEN,
             Refused(r) => {
                 StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
@@ -127,7 +128,7 @@ impl ApiError {
         use ApiError::*;
         match self {
             Unauthorized(_) => "unauthorized",
-            Forbidden => "forbidden",
+            Forbidden(_) => "forbidden",
             Refused(r) => r.code(),
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",

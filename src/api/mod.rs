@@ -53,13 +53,14 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         settings: Arc<Settings>,
+        auth: Arc<Auth>,
         engine: Engine,
         db: PgPool,
         limits: Arc<Limits>,
         stop: tokio_util::sync::CancellationToken,
     ) -> AppState {
         AppState {
-            auth: Arc::new(Auth::new(&settings.auth.jwt_secret)),
+            auth,
             engine,
             db,
             limits,
@@ -131,6 +132,7 @@ fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
         .routes((schemas, paths, reserve))
         .routes(routes!(reservations::get, reservations::release))
         .routes(routes!(reservations::confirm))
+        .routes(routes!(reservations::extend))
         .routes(routes!(health::healthz))
         .routes(routes!(health::readyz))
         .routes(routes!(health::metrics))

@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
 use super::AppState;
 use crate::domain::{Order, Reservation, ReservationId, SaleId};
-use crate::engine::{ConfirmRequest, ReserveRequest};
+use crate::engine::{ConfirmRequest, Extension, ReserveRequest, ServiceConfirm};
 
 /// An empty body asks for one unit.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -44,6 +44,7 @@ fn one() -> u32 {
             ("Confirm" = (operation_id = "confirm", parameters(("id" = "$response.body#/id")))),
             ("Release" = (operation_id = "release", parameters(("id" = "$response.body#/id")))),
             ("GetSale" = (operation_id = "getSale", parameters(("sale_id" = "$response.body#/sale_id")))),
+            ("Extend" = (operation_id = "extend", parameters(("id" = "$response.body#/id")))),
         )),
         (status = 404, description = "`sale_not_found`", body = Problem, content_type = PROBLEM),
         (status = 409, description = "`sold_out`, `insufficient_stock`, `limit_exceeded`, `sale_not_live`", body = Problem, content_type = PROBLEM),
@@ -124,7 +125,7 @@ pub async fn get(
     rid: ReservationId,
 ) -> Result<Json<ReservationView>, ApiError> {
     let sale = rid.sale();
-    let owner = (!caller.admin).then_some(caller.subject.as_str());
+    let owner = caller.owner_scope();
     let (reservation, order) = match state.engine.reservation(sale, &rid, owner).await {
         Err(e) if crate::archive::not_in_redis(&e) => {
             let (reservation, order) = archived(&state, sale, &rid, owner, e).await?;
@@ -154,6 +155,10 @@ pub(super) struct ReservationPath {
 }
 
 /// Turn a hold into an order; again: the same order.
+///
+/// A customer confirms their own hold (unless `auth.customer_confirm` is
+/// off: then 403); a service confirms anyone's, and the order records which
+/// service (`confirmed_by`).
 #[utoipa::path(post, path = "/v1/reservations/{id}/confirm", operation_id = "confirm",
     tag = "reservations",
     security(("bearer" = [])),
@@ -164,6 +169,7 @@ pub(super) struct ReservationPath {
             ("GetReservation" = (operation_id = "getReservation", parameters(("id" = "$response.body#/reservation_id")))),
             ("Release" = (operation_id = "release", parameters(("id" = "$response.body#/reservation_id")))),
         )),
+        (status = 403, description = "`forbidden`: a customer's confirm while `auth.customer_confirm` is off, or an admin", body = Problem, content_type = PROBLEM),
         (status = 404, description = "`reservation_not_found`", body = Problem, content_type = PROBLEM),
         (status = 409, description = "`reservation_not_held`: released or expired", body = Problem, content_type = PROBLEM),
         (status = 410, description = "`hold_expired`: past `expires_at`", body = Problem, content_type = PROBLEM),
@@ -181,23 +187,101 @@ pub async fn confirm(
             "`payment_ref` must be at most 128 characters, no control characters".into(),
         ));
     }
-    let confirmed = state
-        .engine
-        .confirm(&ConfirmRequest {
-            sale_id: sale,
-            reservation_id: &rid,
-            customer: &caller.subject,
-            payment_ref: &body.payment_ref,
-        })
-        .await;
+    let confirmed = if caller.is_service() {
+        state
+            .engine
+            .confirm_as_service(&ServiceConfirm {
+                sale_id: sale,
+                reservation_id: &rid,
+                service: &caller.subject,
+                payment_ref: &body.payment_ref,
+            })
+            .await
+    } else {
+        if !state.settings.auth.customer_confirm {
+            return Err(ApiError::Forbidden(
+                "only the store's backend (a service) confirms holds here",
+            ));
+        }
+        state
+            .engine
+            .confirm(&ConfirmRequest {
+                sale_id: sale,
+                reservation_id: &rid,
+                customer: &caller.subject,
+                payment_ref: &body.payment_ref,
+            })
+            .await
+    };
     match confirmed {
         Ok(c) => Ok(Json(c.order)),
         // Confirming again after the sale was archived: the same order.
         Err(e) if crate::archive::not_in_redis(&e) => {
-            let (_, order) = archived(&state, sale, &rid, Some(&caller.subject), e).await?;
+            let (_, order) = archived(&state, sale, &rid, caller.owner_scope(), e).await?;
             Ok(Json(order))
         }
         Err(e) => Err(e.into()),
+    }
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtendBody {
+    /// How much later the deadline moves. A hold lives at most twice the
+    /// sale's `hold_seconds` in all (422 beyond).
+    #[serde(deserialize_with = "crate::domain::whole")]
+    #[schema(minimum = 1, maximum = 86_400)]
+    seconds: u32,
+}
+
+/// The longest single extension asked for; the sale's own limit (twice its
+/// `hold_seconds` in all) is judged by the script.
+const MAX_EXTEND_SECONDS: u32 = 86_400;
+
+/// A service moves a hold's deadline `seconds` later (a payment slower than
+/// the hold).
+///
+/// Judged by the same clock and in the same step as expiry, so a hold still
+/// ends confirmed xor expired.
+#[utoipa::path(post, path = "/v1/reservations/{id}/extend", operation_id = "extend",
+    tag = "reservations",
+    security(("bearer" = [])),
+    params(ReservationPath),
+    request_body = ExtendBody,
+    responses(
+        (status = 200, description = "The reservation with its new `expires_at`", body = Reservation, links(
+            ("Confirm" = (operation_id = "confirm", parameters(("id" = "$response.body#/id")))),
+            ("GetReservation" = (operation_id = "getReservation", parameters(("id" = "$response.body#/id")))),
+        )),
+        (status = 403, description = "`forbidden`: only a service extends holds", body = Problem, content_type = PROBLEM),
+        (status = 404, description = "`reservation_not_found`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`reservation_not_held`: confirmed, released or expired", body = Problem, content_type = PROBLEM),
+        (status = 410, description = "`hold_expired`: past its deadline", body = Problem, content_type = PROBLEM),
+        (status = 422, description = "`invalid_request`: `seconds` out of range, or past twice the sale's `hold_seconds`", body = Problem, content_type = PROBLEM),
+    ))]
+#[tracing::instrument(level = "debug", skip_all, fields(service = %caller.subject))]
+pub async fn extend(
+    State(state): State<AppState>,
+    Limited(caller): Limited,
+    rid: ReservationId,
+    Body(body): Body<ExtendBody>,
+) -> Result<Json<Reservation>, ApiError> {
+    if !caller.is_service() {
+        return Err(ApiError::Forbidden(
+            "only the store's backend (a service) extends holds",
+        ));
+    }
+    if body.seconds == 0 || body.seconds > MAX_EXTEND_SECONDS {
+        return Err(ApiError::InvalidRequest(format!(
+            "`seconds` must be 1 to {MAX_EXTEND_SECONDS}"
+        )));
+    }
+    match state.engine.extend(rid.sale(), &rid, body.seconds).await? {
+        Extension::Extended(reservation) => Ok(Json(reservation)),
+        Extension::PastLimit { latest } => Err(ApiError::InvalidRequest(format!(
+            "a hold lives at most twice the sale's hold_seconds: its deadline can move to {} at the latest",
+            crate::domain::rfc3339_ms(latest)
+        ))),
     }
 }
 
@@ -238,6 +322,10 @@ pub async fn release(
     rid: ReservationId,
 ) -> Result<Json<Reservation>, ApiError> {
     let sale = rid.sale();
-    let owner = (!caller.admin).then_some(caller.subject.as_str());
-    Ok(Json(state.engine.release(sale, &rid, owner).await?))
+    Ok(Json(
+        state
+            .engine
+            .release(sale, &rid, caller.owner_scope())
+            .await?,
+    ))
 }

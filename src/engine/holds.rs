@@ -8,7 +8,7 @@
 use super::batch::{self, Job, Lanes};
 use super::{
     BatchStats, ConfirmRequest, Confirmed, Engine, EngineError, EngineResult, Reply,
-    ReserveRequest, SaleKeys,
+    ReserveRequest, SaleKeys, ServiceConfirm,
 };
 use crate::domain::Reservation;
 
@@ -144,10 +144,13 @@ impl Job for ReserveJob {
 /// A confirm waiting for its call.
 pub(super) struct ConfirmJob {
     rid: String,
+    /// Must own the hold; empty for a service (any customer's hold).
     customer: String,
     payment_ref: String,
     /// The order's id if this confirm is the first.
     order_id: String,
+    /// The service that confirmed it; empty when the customer did.
+    confirmed_by: String,
 }
 
 impl ConfirmJob {
@@ -157,6 +160,17 @@ impl ConfirmJob {
             customer: req.customer.to_string(),
             payment_ref: req.payment_ref.to_string(),
             order_id: uuid::Uuid::now_v7().to_string(),
+            confirmed_by: String::new(),
+        }
+    }
+
+    pub fn for_service(req: &ServiceConfirm<'_>) -> ConfirmJob {
+        ConfirmJob {
+            rid: req.reservation_id.to_string(),
+            customer: String::new(),
+            payment_ref: req.payment_ref.to_string(),
+            order_id: uuid::Uuid::now_v7().to_string(),
+            confirmed_by: req.service.to_string(),
         }
     }
 }
@@ -178,7 +192,8 @@ impl Job for ConfirmJob {
                 .arg(&job.customer)
                 .arg(&job.order_id)
                 .arg(&job.payment_ref)
-                .arg(sale_id);
+                .arg(sale_id)
+                .arg(&job.confirmed_by);
             vec![engine.run(&call).await]
         } else {
             let mut call = Engine::hold_call(&engine.scripts.confirm_batch, &k);
@@ -187,7 +202,8 @@ impl Job for ConfirmJob {
                 call.arg(&job.rid)
                     .arg(&job.customer)
                     .arg(&job.order_id)
-                    .arg(&job.payment_ref);
+                    .arg(&job.payment_ref)
+                    .arg(&job.confirmed_by);
             }
             batch::members("confirm_batch", jobs.len(), engine.invoke(&call).await)
         };

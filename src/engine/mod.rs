@@ -84,6 +84,7 @@ struct Scripts {
     sale_state: Lua,
     reserve: Lua,
     confirm: Lua,
+    extend: Lua,
     release: Lua,
     reserve_batch: Lua,
     confirm_batch: Lua,
@@ -111,6 +112,7 @@ impl Scripts {
             sale_state: lua!("sale_state"),
             reserve: lua!("reserve"),
             confirm: lua!("confirm"),
+            extend: lua!("extend"),
             release: lua!("release"),
             reserve_batch: lua!("reserve_batch"),
             confirm_batch: lua!("confirm_batch"),
@@ -358,6 +360,26 @@ pub struct ConfirmRequest<'a> {
     pub payment_ref: &'a str,
 }
 
+/// A service's confirm of any customer's hold, as the API validated it.
+#[derive(Debug, Clone, Copy)]
+pub struct ServiceConfirm<'a> {
+    pub sale_id: &'a str,
+    pub reservation_id: &'a str,
+    /// The service's subject, kept in the order as `confirmed_by`.
+    pub service: &'a str,
+    pub payment_ref: &'a str,
+}
+
+/// What an extension did.
+#[derive(Debug, Clone)]
+pub enum Extension {
+    /// The hold, with its new `expires_at`.
+    Extended(Reservation),
+    /// The new deadline would pass twice the sale's `hold_seconds` from the
+    /// hold's creation; nothing changed. `latest` is the furthest allowed.
+    PastLimit { latest: time::OffsetDateTime },
+}
+
 /// A sale as the gateway created it: new, or the same one again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Created {
@@ -485,6 +507,9 @@ struct Record {
     cu: String,
     o: Option<String>,
     ct: Option<i64>,
+    /// The service that confirmed it (absent: the customer did).
+    #[serde(default)]
+    cb: Option<String>,
 }
 
 impl Record {
@@ -509,6 +534,7 @@ impl Record {
             price_cents: self.pc,
             currency: self.cu.clone(),
             confirmed_at: rfc3339_ms(from_ms(self.ct?)),
+            confirmed_by: self.cb.clone().filter(|c| !c.is_empty()),
         })
     }
 
@@ -1014,6 +1040,39 @@ impl Engine {
     pub async fn confirm(&self, req: &ConfirmRequest<'_>) -> EngineResult<Confirmed> {
         let job = holds::ConfirmJob::new(req);
         self.batches.confirm.submit(self, req.sale_id, job).await
+    }
+
+    /// Confirms any customer's hold for a service (the store's backend),
+    /// recording its subject in the order as `confirmed_by`.
+    pub async fn confirm_as_service(&self, req: &ServiceConfirm<'_>) -> EngineResult<Confirmed> {
+        let job = holds::ConfirmJob::for_service(req);
+        self.batches.confirm.submit(self, req.sale_id, job).await
+    }
+
+    /// Moves a held reservation's deadline `seconds` later, for a service
+    /// whose payment is slower than the hold (see `lua/extend.lua`).
+    pub async fn extend(
+        &self,
+        sale_id: &str,
+        reservation_id: &str,
+        seconds: u32,
+    ) -> EngineResult<Extension> {
+        let k = self.keys(sale_id);
+        let r = self
+            .run(
+                Self::hold_call(&self.scripts.extend, &k)
+                    .arg(reservation_id)
+                    .arg(i64::from(seconds) * 1000),
+            )
+            .await?;
+        if r.word == "too_long" {
+            return Ok(Extension::PastLimit {
+                latest: from_ms(r.int(0)?),
+            });
+        }
+        let r = r.expect(&["extended"])?;
+        let (rid, rec) = r.record()?;
+        Ok(Extension::Extended(rec.reservation(&rid, sale_id)))
     }
 
     /// Releases a hold. `customer` is `None` when an admin releases.

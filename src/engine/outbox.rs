@@ -338,6 +338,12 @@ fn parse(fields: &[(String, String)]) -> Result<NewOrder, String> {
             Ok(_) => Some(from_ms(num("expires_ms")?)),
             Err(_) => None,
         },
+        // Absent from entries written before services confirmed; empty
+        // when the customer confirmed.
+        confirmed_by: get("confirmed_by")
+            .ok()
+            .filter(|c| !c.is_empty())
+            .map(String::from),
     })
 }
 

@@ -104,7 +104,14 @@ pub async fn spawn_with_settings(settings: Settings, with_worker: bool, migrate:
             .timeout(Duration::from_secs(30))
             .build()
             .unwrap(),
-        auth: Auth::new(&settings.auth.jwt_secret),
+        // A test that configures public keys sets its own secret beside
+        // them for the admin's and customers' HS256 tokens.
+        auth: Auth::new(
+            &settings
+                .auth
+                .hs256_secret()
+                .expect("the test settings take HS256 tokens"),
+        ),
         settings,
         engine,
         db,
