@@ -17,7 +17,9 @@
 //!   engine.
 //! - `server`: the accept loop in front of the router (header timeout,
 //!   connection caps, send timeout, graceful drain).
-//! - [`domain`] (the nouns and their validation), [`config`], [`auth`].
+//! - [`domain`] (the nouns and their validation), [`config`], [`auth`]
+//!   (bearer tokens: the HS256 secret, the store's PEM keys and JWKS, the
+//!   verified-token cache; roles customer, admin and service).
 //! - Beside it, not in it: the load generator that plays a sale against a
 //!   running gateway (`flashsale-loadtest`), a crate of its own, `loadgen/`,
 //!   built on this library.
@@ -28,7 +30,10 @@
 //! moves units from available to held, with a deadline, by Redis's clock.
 //! **A confirm**: `Engine::confirm` runs `lua/confirm.lua`, which judges the
 //! deadline, moves the units from held to sold and appends the order to the
-//! sale's outbox stream, in one atomic step. **An order**: the worker's flush
+//! sale's outbox stream, in one atomic step; a service (the store's
+//! backend) confirms any buyer's hold and is kept in the order as
+//! `confirmed_by`, and may first move its deadline (`lua/extend.lua`, the
+//! same clock and step as expiry). **An order**: the worker's flush
 //! ([`flush::Outbox`]) reads the outbox through a consumer group, writes a
 //! batch to Postgres with `ON CONFLICT DO NOTHING`, and only then acknowledges
 //! it; the reaper returns holds past their deadline to stock. **A repair**:
