@@ -478,6 +478,20 @@ async fn batches_form_under_concurrency() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_faulting_member_does_not_strand_the_others() {
+    // Whether requests sent together queue behind one call depends on the
+    // scheduler (on a loaded machine the first call can return before the
+    // rest are sent): a run in which no batch formed proves nothing, and is
+    // run again.
+    for _ in 0..20 {
+        if faulting_member_in_a_batch().await {
+            return;
+        }
+    }
+    panic!("in 20 runs the requests never formed a batch");
+}
+
+/// False when the requests did not share a call (nothing was shown).
+async fn faulting_member_in_a_batch() -> bool {
     let engine = engine_with(128);
     let sale = unique("b-");
     engine.create_sale(&sale_def(&sale, 20, 5)).await.unwrap();
@@ -527,11 +541,9 @@ async fn a_faulting_member_does_not_strand_the_others() {
             }),
     )
     .await;
-    assert!(
-        engine.batch_stats().confirm.largest >= 4,
-        "the confirms did not share a call: {:?}",
-        engine.batch_stats()
-    );
+    if engine.batch_stats().confirm.largest < 4 {
+        return false;
+    }
     assert!(matches!(
         confirms[0],
         Err(EngineError::Refused(Refusal::ReservationNotFound))
@@ -554,11 +566,9 @@ async fn a_faulting_member_does_not_strand_the_others() {
     // others of its batch hold.
     let _: () = conn.hset(&k.customers, "e", "x").await.unwrap();
     let reserves = join_all(["f", "e", "g", "h"].map(|w| reserve(w.to_string()))).await;
-    assert!(
-        engine.batch_stats().reserve.largest >= 3,
-        "{:?}",
-        engine.batch_stats()
-    );
+    if engine.batch_stats().reserve.largest < 3 {
+        return false;
+    }
     assert!(matches!(reserves[1], Err(EngineError::Fault { .. })));
     for i in [0, 2, 3] {
         assert!(reserves[i].is_ok(), "reserve {i}: {:?}", reserves[i]);
@@ -566,6 +576,7 @@ async fn a_faulting_member_does_not_strand_the_others() {
     let s = read_stock(&engine, &sale).await;
     assert_adds_up(&s);
     assert_eq!((s.held, s.sold), (4, 3));
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
