@@ -18,13 +18,19 @@ STATE=${FLASHSALE_STATE:-/var/tmp/flashsale}
 VENV=$STATE/schemathesis-$VERSION
 say() { echo "schemathesis: $*"; }
 
+# A fresh Debian may have neither Python's venv nor curl.
+missing=()
+python3 -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
+command -v curl >/dev/null || missing+=(curl)
+if ((${#missing[@]})); then
+  say "installing ${missing[*]}"
+  sudo=()
+  [[ $(id -u) == 0 ]] || sudo=(sudo)
+  export DEBIAN_FRONTEND=noninteractive
+  "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
+    { "${sudo[@]}" apt-get update -qq && "${sudo[@]}" apt-get install -y -qq "${missing[@]}" >/dev/null; }
+fi
 if [[ ! -x $VENV/bin/st ]]; then
-  if ! python3 -m venv --help >/dev/null 2>&1 || ! python3 -c 'import ensurepip' 2>/dev/null; then
-    say "installing python3-venv"
-    sudo=()
-    [[ $(id -u) == 0 ]] || sudo=(sudo)
-    DEBIAN_FRONTEND=noninteractive "${sudo[@]}" apt-get install -y -qq python3-venv >/dev/null
-  fi
   say "installing schemathesis $VERSION from PyPI into $VENV"
   rm -rf "$VENV"
   python3 -m venv "$VENV"
