@@ -5,6 +5,9 @@
 -- ARGV[2] total units      ARGV[3] starts_at ms   ARGV[4] ends_at ms
 -- ARGV[5] per-customer limit  ARGV[6] hold duration ms
 -- ARGV[7] price_cents      ARGV[8] currency
+-- ARGV[9..12] the waiting room, if the sale has one: opens_at ms, admitted
+--         per second, burst, admission ms (see prelude.lua for the room)
+-- KEYS[2] the room hash
 -- Returns {'created'|'exists'|'sale_conflict', now_ms}
 --
 -- Invariant: a sale's counters are written once, here, with
@@ -22,4 +25,9 @@ redis.call('HSET', KEYS[1],
   'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'limit', ARGV[5], 'hold_ms', ARGV[6],
   'price_cents', ARGV[7], 'currency', ARGV[8], 'paused', 0, 'version', 1,
   'tallied', 1, 'th', 0, 'ts', 0)
+if ARGV[9] then
+  redis.call('HSET', KEYS[1], 'room', 1)
+  redis.call('HSET', KEYS[2], 'opens_ms', ARGV[9], 'rate', ARGV[10], 'burst', ARGV[11],
+    'adm_ms', ARGV[12], 'next', 0, 'admitted', 0, 'issued', 0)
+end
 return {'created', now}

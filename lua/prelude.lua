@@ -98,12 +98,50 @@ local function check_record(rid, rec)
   end
 end
 
+-- The waiting room (a sale with `room` = 1 in its hash). Room hash fields:
+-- opens_ms rate burst adm_ms (its configuration), sha (SHA-256 of the seed,
+-- published when the room opens) seed (secret until published), next (the
+-- next ticket), members (tickets taken before the sale's start, set once at
+-- the seal), published (1 once Postgres keeps the seal), admitted (the
+-- positions handed an admission so far), issued (admission tokens issued).
+-- Tickets hash: ticket -> cjson {c = customer, j = joined_ms, s = 'waiting' |
+-- 'admitted' | 'used', k = token secret, x = token expires_ms, r = the hold
+-- it made}. Queuers hash: customer -> their latest ticket.
+
+-- Seals the room if the sale has started: the members are the tickets
+-- taken so far. Every script that hands out tickets calls it first, so no
+-- ticket taken after the start can count as a member. O(1).
+local function seal_if_due(room, starts_ms, now)
+  if now >= tonumber(starts_ms) and not redis.call('HGET', room, 'members') then
+    redis.call('HSET', room, 'members', redis.call('HGET', room, 'next') or 0)
+  end
+end
+
+-- A ticket's status at `now`: an admission not used by its deadline has
+-- expired.
+local function ticket_status(rec, now)
+  if rec.s == 'admitted' and now >= rec.x then return 'expired' end
+  return rec.s
+end
+
+-- The ticket an admission token names, if the token is `<ticket>.<secret>`,
+-- admits `cust` now and is not used: (ticket, record), else nil.
+local function admission(tickets, token, cust, now)
+  local t, secret = string.match(token, '^(%d+)%.(%x+)$')
+  if not t then return nil end
+  local enc = redis.call('HGET', tickets, t)
+  if not enc then return nil end
+  local rec = cjson.decode(enc)
+  if rec.c ~= cust or rec.k ~= secret or ticket_status(rec, now) ~= 'admitted' then return nil end
+  return t, rec
+end
+
 -- One reserve at the clock reading `now` (keys, arguments and reply as in
 -- reserve.lua). reserve.lua is one call of it and reserve_batch.lua one call
 -- per member, so a member of a batch gets exactly the answer it would have
 -- got alone at that point of the sequence.
 local function reserve_one(now, sale, reservations, customers, due, idem, idem_index,
-                           rid, cust, qty, fp, ttl)
+                           tickets, rid, cust, qty, fp, ttl, token)
   if fp ~= '' then
     local prev = redis.call('GET', idem)
     if prev then
@@ -120,10 +158,18 @@ local function reserve_one(now, sale, reservations, customers, due, idem, idem_i
   if existing then return {'held', now, rid, existing} end
 
   local s = redis.call('HMGET', sale, 'available', 'starts_ms', 'ends_ms', 'paused',
-    'limit', 'hold_ms', 'price_cents', 'currency')
+    'limit', 'hold_ms', 'price_cents', 'currency', 'room')
   if not s[1] then return {'sale_not_found', now} end
   local available = tonumber(s[1])
   if not is_live(s[2], s[3], s[4], now) then return {'sale_not_live', now} end
+  -- Behind a waiting room only an admitted buyer reserves, and the token is
+  -- used up below, with the hold: one hold per token, none without.
+  local ticket, trec
+  if s[9] == '1' then
+    if token == '' then return {'admission_required', now} end
+    ticket, trec = admission(tickets, token, cust, now)
+    if not ticket then return {'admission_invalid', now} end
+  end
   -- A count that is not a number (tampered) faults here, before any write.
   local mine = tonumber(redis.call('HGET', customers, cust) or '0')
   if mine + qty > tonumber(s[5]) then return {'limit_exceeded', now} end
@@ -140,6 +186,11 @@ local function reserve_one(now, sale, reservations, customers, due, idem, idem_i
     pc = tonumber(s[7]), cu = s[8]})
   redis.call('HSET', reservations, rid, rec)
   redis.call('ZADD', due, expires, rid)
+  if ticket then
+    trec.s = 'used'
+    trec.r = rid
+    redis.call('HSET', tickets, ticket, cjson.encode(trec))
+  end
   if fp ~= '' then
     redis.call('SET', idem, fp .. '|' .. rid, 'EX', ttl)
     redis.call('SADD', idem_index, idem)

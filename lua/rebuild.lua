@@ -53,12 +53,16 @@ else
 end
 if sold > total then return {'oversold', now} end
 local version = tonumber(redis.call('HGET', sale, 'version') or '0')
+-- Behind a waiting room before and after: no window in which a reserve
+-- passes without an admission (the room itself the worker restores).
+local room = redis.call('HGET', sale, 'room') == '1' or cjson.decode(ARGV[1]).queue ~= nil
 redis.call('UNLINK', sale, reservations, due)
 redis.call('HSET', sale,
   'def', ARGV[1], 'total', total, 'available', total - sold, 'held', 0, 'sold', sold,
   'sold_base', sold, 'tallied', 1, 'th', 0, 'ts', 0,
   'starts_ms', ARGV[3], 'ends_ms', ARGV[4], 'limit', ARGV[5], 'hold_ms', ARGV[6],
   'price_cents', ARGV[7], 'currency', ARGV[8], 'paused', ARGV[9], 'version', version + 1)
+if room then redis.call('HSET', sale, 'room', 1) end
 for i = 12, 11 + a do redis.call('SADD', applied, ARGV[i]) end
 for i = 12 + a, #ARGV do redis.call('SADD', voided, ARGV[i]) end
 return {'rebuilt', now, total, total - sold, sold}

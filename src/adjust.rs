@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::to_ms;
+use crate::domain::{to_ms, QueueDef};
 use crate::engine::{Adjusted, Change, Engine, EngineError, Refusal};
 use crate::store::{
     self, Adjustment, AdjustmentKey, AdjustmentState, KeyedAdjustment, Settlement, StoreError,
@@ -34,6 +34,8 @@ pub struct Request<'a> {
     pub stock_delta: i64,
     pub ends_at: Option<OffsetDateTime>,
     pub paused: Option<bool>,
+    /// A waiting room to set (before it opens).
+    pub queue: Option<QueueDef>,
     pub idempotency_key: Option<&'a str>,
 }
 
@@ -41,14 +43,26 @@ impl Request<'_> {
     /// Two requests with the same change have the same fingerprint, however
     /// their JSON was spelled.
     fn fingerprint(&self) -> String {
-        format!(
+        let mut fp = format!(
             "{}|{}|{}",
             self.stock_delta,
             self.ends_at
                 .map(to_ms)
                 .map_or(String::new(), |ms| ms.to_string()),
             self.paused.map_or("", |p| if p { "1" } else { "0" })
-        )
+        );
+        // Appended only with a room, so the fingerprints kept before rooms
+        // existed still match their retries.
+        if let Some(q) = &self.queue {
+            fp.push_str(&format!(
+                "|{}:{}:{}:{}",
+                to_ms(q.opens_at),
+                q.admit_per_second,
+                q.admit_burst,
+                q.admission_seconds
+            ));
+        }
+        fp
     }
 
     fn adjustment(&self) -> Adjustment {
@@ -120,6 +134,18 @@ pub async fn adjust(
             // The first call's reply was lost: apply the same id again.
             AdjustmentState::Pending => adj.id = found.id,
         }
+    }
+    if let Some(queue) = &req.queue {
+        // Postgres first (it refuses a room that opened), then Redis; if the
+        // room opens in between, the opener copies Postgres's configuration.
+        if !bounded(db_timeout, store::set_room(db, req.sale_id, queue)).await? {
+            let refused = Settlement::Rejected {
+                outcome: Refusal::RoomOpened.code(),
+            };
+            bounded(db_timeout, store::settle_adjustment(db, adj.id, &refused)).await?;
+            return Err(AdjustError::Refused(Refusal::RoomOpened));
+        }
+        engine.set_room(req.sale_id, queue).await?;
     }
     for _ in 0..ATTEMPTS {
         let id = adj.id.to_string();

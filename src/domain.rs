@@ -161,6 +161,71 @@ pub struct SaleInput {
     #[serde(deserialize_with = "whole")]
     #[schema(minimum = 1, maximum = 86_400)]
     pub hold_seconds: u32,
+    /// A waiting room in front of the sale; absent: none.
+    #[serde(default, deserialize_with = "present")]
+    pub queue: Option<QueueInput>,
+}
+
+/// A sale's waiting room as marketing asks for it (in `POST /v1/sales`,
+/// `PATCH` before the room opens, and sales files).
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(example = json!({"opens_at": "2026-12-11T23:30:00Z", "admit_per_second": 50,
+    "admit_burst": 100, "admission_seconds": 120}))]
+pub struct QueueInput {
+    /// Before the sale's `starts_at`; buyers may join from here on.
+    #[serde(with = "time::serde::rfc3339")]
+    pub opens_at: OffsetDateTime,
+    /// Buyers admitted per second once the sale starts.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 1, maximum = 1_000_000)]
+    pub admit_per_second: u32,
+    /// Buyers admitted at once when the sale starts.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 0, maximum = 1_000_000)]
+    pub admit_burst: u32,
+    /// How long an admission may wait for its reserve.
+    #[serde(deserialize_with = "whole")]
+    #[schema(minimum = 1, maximum = 86_400)]
+    pub admission_seconds: u32,
+}
+
+/// A validated waiting room. Canonical JSON, like [`SaleDef`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QueueDef {
+    #[serde(with = "time::serde::rfc3339")]
+    pub opens_at: OffsetDateTime,
+    pub admit_per_second: u32,
+    pub admit_burst: u32,
+    pub admission_seconds: u32,
+}
+
+impl QueueInput {
+    /// Checks the room against the sale's start.
+    pub fn validate(self, starts_at: OffsetDateTime) -> Result<QueueDef, String> {
+        if !in_years(self.opens_at) {
+            return Err("`queue.opens_at` must be between the years 2000 and 2999".into());
+        }
+        let opens_at = truncate_ms(self.opens_at);
+        if opens_at >= truncate_ms(starts_at) {
+            return Err("`queue.opens_at` must be before `starts_at`".into());
+        }
+        if !(1..=1_000_000).contains(&self.admit_per_second) {
+            return Err("`queue.admit_per_second` must be 1 to 1000000".into());
+        }
+        if self.admit_burst > 1_000_000 {
+            return Err("`queue.admit_burst` must be 0 to 1000000".into());
+        }
+        if !(1..=86_400).contains(&self.admission_seconds) {
+            return Err("`queue.admission_seconds` must be 1 to 86400".into());
+        }
+        Ok(QueueDef {
+            opens_at,
+            admit_per_second: self.admit_per_second,
+            admit_burst: self.admit_burst,
+            admission_seconds: self.admission_seconds,
+        })
+    }
 }
 
 /// A validated sale as marketing scheduled it. Its JSON form is canonical: the
@@ -179,6 +244,10 @@ pub struct SaleDef {
     pub ends_at: OffsetDateTime,
     pub per_customer_limit: u32,
     pub hold_seconds: u32,
+    /// Absent from the JSON when there is none, so the definitions of sales
+    /// made before waiting rooms existed compare equal to themselves.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueDef>,
 }
 
 /// Sales happen between these years. The upper bound keeps every time in
@@ -294,6 +363,7 @@ impl SaleInput {
         if !(1..=86_400).contains(&self.hold_seconds) {
             return Err("`hold_seconds` must be 1 to 86400".into());
         }
+        let queue = self.queue.map(|q| q.validate(self.starts_at)).transpose()?;
         Ok(SaleDef {
             id,
             sku: self.sku,
@@ -306,6 +376,7 @@ impl SaleInput {
             ends_at: truncate_ms(self.ends_at),
             per_customer_limit: self.per_customer_limit,
             hold_seconds: self.hold_seconds,
+            queue,
         })
     }
 }
@@ -390,6 +461,9 @@ pub struct Sale {
     pub hold_seconds: u32,
     pub status: SaleStatus,
     pub stock: Stock,
+    /// The sale's waiting room, as it stands now; absent: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<QueueDef>,
     /// Redis TIME when the figures were read, with milliseconds: the clock
     /// that judges sale windows and hold deadlines.
     #[schema(format = DateTime)]
@@ -424,6 +498,7 @@ impl Sale {
             hold_seconds: def.hold_seconds,
             status,
             stock,
+            queue: def.queue,
             server_time: rfc3339_ms(now),
         }
     }
@@ -493,7 +568,7 @@ pub fn to_ms(t: OffsetDateTime) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-fn truncate_ms(t: OffsetDateTime) -> OffsetDateTime {
+pub fn truncate_ms(t: OffsetDateTime) -> OffsetDateTime {
     from_ms(to_ms(t))
 }
 

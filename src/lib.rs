@@ -52,6 +52,7 @@ pub mod flush;
 mod limits;
 mod metrics;
 pub mod reconcile;
+pub mod room;
 pub mod schedule;
 pub mod server;
 pub mod store;

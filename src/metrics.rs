@@ -120,6 +120,11 @@ fn describe() {
         "Expired holds the reaper returned to stock."
     );
     describe_counter!(
+        "flashsale_queue_admissions_total",
+        Unit::Count,
+        "Admission tokens the worker issued to buyers waiting in sales' waiting rooms."
+    );
+    describe_counter!(
         "flashsale_redis_faults_total",
         Unit::Count,
         "Redis scripts or commands that failed with an error that will repeat (each one also a 500)."
@@ -202,6 +207,7 @@ fn describe() {
     // a series that does not exist yet says nothing at all.
     for name in [
         "flashsale_holds_reaped_total",
+        "flashsale_queue_admissions_total",
         "flashsale_sale_load_failures_total",
         "flashsale_sales_archived_total",
         "flashsale_accept_errors_total",
@@ -370,6 +376,10 @@ pub fn stock(sale_id: &str, stock: &crate::domain::Stock) {
 /// Holds the reaper returned to stock.
 pub fn reaped(n: u64) {
     counter!("flashsale_holds_reaped_total").increment(n);
+}
+
+pub fn admitted(n: u64) {
+    counter!("flashsale_queue_admissions_total").increment(n);
 }
 
 /// A script or command that failed inside Redis with an error that will

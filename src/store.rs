@@ -16,7 +16,7 @@ use uuid::Uuid;
 
 use crate::config::Settings;
 pub use crate::domain::NewOrder;
-use crate::domain::SaleDef;
+use crate::domain::{QueueDef, SaleDef};
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -80,11 +80,14 @@ pub enum Scheduled {
     Existing(SaleDef),
 }
 
+/// The sale and, if it has one, its waiting room, in one transaction.
 pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
+    let queue = def.queue.as_ref().map(sqlx::types::Json);
+    let mut tx = db.begin().await?;
     let inserted = sqlx::query(
         "INSERT INTO sales (id, sku, name, price_cents, currency, stock, starts_at, ends_at,
-                            per_customer_limit, hold_seconds)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)
+                            per_customer_limit, hold_seconds, queue)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (id) DO NOTHING",
     )
     .bind(&def.id)
@@ -97,12 +100,22 @@ pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
     .bind(def.ends_at)
     .bind(def.per_customer_limit as i32)
     .bind(def.hold_seconds as i32)
-    .execute(db)
+    .bind(queue)
+    .execute(&mut *tx)
     .await?
     .rows_affected();
     if inserted == 1 {
+        if let Some(queue) = queue {
+            sqlx::query("INSERT INTO sale_queues (sale_id, config) VALUES ($1, $2)")
+                .bind(&def.id)
+                .bind(queue)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
         return Ok(Scheduled::Inserted);
     }
+    tx.rollback().await?;
     let existing = sale(db, &def.id)
         .await?
         .ok_or_else(|| StoreError::SaleVanished(def.id.clone()))?;
@@ -110,7 +123,7 @@ pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
 }
 
 const SALE_COLUMNS: &str = "id, sku, name, price_cents, currency, stock, starts_at, ends_at,
-     per_customer_limit, hold_seconds";
+     per_customer_limit, hold_seconds, queue";
 
 fn sale_from_row(row: &sqlx::postgres::PgRow) -> Result<SaleDef, sqlx::Error> {
     Ok(SaleDef {
@@ -124,7 +137,114 @@ fn sale_from_row(row: &sqlx::postgres::PgRow) -> Result<SaleDef, sqlx::Error> {
         ends_at: row.try_get("ends_at")?,
         per_customer_limit: row.try_get::<i32, _>("per_customer_limit")? as u32,
         hold_seconds: row.try_get::<i32, _>("hold_seconds")? as u32,
+        queue: row
+            .try_get::<Option<sqlx::types::Json<QueueDef>>, _>("queue")?
+            .map(|q| q.0),
     })
+}
+
+/// A waiting room as Postgres keeps it.
+#[derive(Debug, Clone)]
+pub struct Room {
+    pub sale_id: String,
+    pub config: QueueDef,
+    /// With its SHA-256 (hex); committed when the room opened.
+    pub seed: Option<(String, String)>,
+    /// Fixed at the seal.
+    pub members: Option<u64>,
+}
+
+fn room_from_row(row: &sqlx::postgres::PgRow) -> Result<Room, sqlx::Error> {
+    let seed: Option<String> = row.try_get("seed")?;
+    let sha: Option<String> = row.try_get("seed_sha256")?;
+    Ok(Room {
+        sale_id: row.try_get("sale_id")?,
+        config: row.try_get::<sqlx::types::Json<QueueDef>, _>("config")?.0,
+        seed: seed.zip(sha),
+        members: row
+            .try_get::<Option<i64>, _>("members")?
+            .and_then(|m| u64::try_from(m).ok()),
+    })
+}
+
+const ROOM_COLUMNS: &str = "sale_id, config, seed, seed_sha256, members";
+
+pub async fn room(db: &PgPool, sale_id: &str) -> StoreResult<Option<Room>> {
+    let row = sqlx::query(&format!(
+        "SELECT {ROOM_COLUMNS} FROM sale_queues WHERE sale_id = $1"
+    ))
+    .bind(sale_id)
+    .fetch_optional(db)
+    .await?;
+    Ok(row.as_ref().map(room_from_row).transpose()?)
+}
+
+/// The rooms the worker tends: those of sales not archived that have not
+/// ended a day ago (their admissions may still be running late).
+pub async fn rooms_to_tend(db: &PgPool) -> StoreResult<Vec<Room>> {
+    let rows = sqlx::query(&format!(
+        "SELECT {ROOM_COLUMNS} FROM sale_queues q JOIN sales s ON s.id = q.sale_id
+         WHERE s.archived_at IS NULL AND s.ends_at > now() - interval '1 day'
+         ORDER BY q.sale_id"
+    ))
+    .fetch_all(db)
+    .await?;
+    Ok(rows
+        .iter()
+        .map(room_from_row)
+        .collect::<Result<_, sqlx::Error>>()?)
+}
+
+/// Commits a seed for the room if it has none; returns the room as kept
+/// (with whichever seed won).
+pub async fn commit_seed(
+    db: &PgPool,
+    sale_id: &str,
+    seed: &str,
+    sha: &str,
+) -> StoreResult<Option<Room>> {
+    sqlx::query(
+        "UPDATE sale_queues SET seed = $2, seed_sha256 = $3, opened_at = now()
+         WHERE sale_id = $1 AND seed IS NULL",
+    )
+    .bind(sale_id)
+    .bind(seed)
+    .bind(sha)
+    .execute(db)
+    .await?;
+    room(db, sale_id).await
+}
+
+/// Keeps the sealed member count if none is kept; returns the room as
+/// kept (with whichever count won).
+pub async fn keep_members(db: &PgPool, sale_id: &str, members: u64) -> StoreResult<Option<Room>> {
+    let members = i64::try_from(members).unwrap_or(i64::MAX);
+    sqlx::query(
+        "UPDATE sale_queues SET members = $2, sealed_at = now()
+         WHERE sale_id = $1 AND members IS NULL AND seed IS NOT NULL",
+    )
+    .bind(sale_id)
+    .bind(members)
+    .execute(db)
+    .await?;
+    room(db, sale_id).await
+}
+
+/// Sets the room of a sale (adding one, or changing one not yet open).
+/// `false`: the room has opened and keeps its configuration. The same
+/// configuration again is a success, so a retried PATCH passes.
+pub async fn set_room(db: &PgPool, sale_id: &str, config: &QueueDef) -> StoreResult<bool> {
+    let changed = sqlx::query(
+        "INSERT INTO sale_queues (sale_id, config) VALUES ($1, $2)
+         ON CONFLICT (sale_id) DO UPDATE SET config = EXCLUDED.config
+         WHERE sale_queues.seed IS NULL OR sale_queues.config = EXCLUDED.config",
+    )
+    .bind(sale_id)
+    .bind(sqlx::types::Json(config))
+    .execute(db)
+    .await?
+    .rows_affected();
+    Ok(changed == 1)
 }
 
 pub async fn sale(db: &PgPool, id: &str) -> StoreResult<Option<SaleDef>> {

@@ -43,6 +43,7 @@ fn sale_def(id: &str, stock: i64, limit: u32) -> SaleDef {
         ends_at: now + Duration::from_secs(3600),
         per_customer_limit: limit,
         hold_seconds: 600,
+        queue: None,
     }
 }
 
@@ -170,6 +171,7 @@ impl Side {
                     customer: &who,
                     quantity: *quantity,
                     idempotency: key.as_deref().map(|k| (k, quantity.to_string())),
+                    admission: None,
                 })
                 .await
                 .map(|r| Answer::Held(r.id, r.customer_id, r.quantity))
@@ -439,6 +441,7 @@ async fn batches_form_under_concurrency() {
                         customer: &customer(i % 200),
                         quantity: 1,
                         idempotency: None,
+                        admission: None,
                     })
                     .await
             })
@@ -506,6 +509,7 @@ async fn faulting_member_in_a_batch() -> bool {
                     customer: &who,
                     quantity: 1,
                     idempotency: None,
+                    admission: None,
                 })
                 .await
         }
@@ -599,6 +603,7 @@ async fn a_batch_that_times_out_answers_503_and_a_retry_finds_its_hold() {
                         customer: c,
                         quantity: 1,
                         idempotency: Some(("cart-1", "1".into())),
+                        admission: None,
                     })
                     .await
             }

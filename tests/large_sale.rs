@@ -44,6 +44,7 @@ async fn repairs_of_a_large_sale_never_block_redis() {
                         customer: &customer,
                         quantity: 1,
                         idempotency: None,
+                        admission: None,
                     })
                     .await
                     .unwrap();

@@ -139,6 +139,7 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
                     customer: &customer,
                     quantity: *quantity,
                     idempotency: Some((&key, quantity.to_string())),
+                    admission: None,
                 })
                 .await;
             match (expected, got) {
@@ -345,6 +346,7 @@ proptest! {
                 ends_at: now + Duration::from_secs(3600),
                 per_customer_limit: LIMIT,
                 hold_seconds: (HOLD_MS / 1000) as u32,
+                queue: None,
             };
             engine.create_sale(&def).await.unwrap();
             let mut model = Model { total: STOCK, available: STOCK, ..Model::default() };

@@ -222,6 +222,7 @@ impl Walk<'_> {
                 customer: &customer,
                 quantity,
                 idempotency: Some((&key, quantity.to_string())),
+                admission: None,
             })
             .await;
         match got {
@@ -329,6 +330,7 @@ impl Walk<'_> {
             stock_delta: delta,
             ends_at: None,
             paused: None,
+            queue: None,
             idempotency_key: Some(&key),
         };
         let timeout = Duration::from_secs(5);
@@ -342,6 +344,7 @@ impl Walk<'_> {
                     stock_delta: delta,
                     ends_at: None,
                     paused: None,
+                    queue: None,
                     idempotency_key: Some(&key),
                 };
                 let _ = adjust::adjust(&engine, &db, timeout, &req).await;

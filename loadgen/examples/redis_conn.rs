@@ -225,6 +225,7 @@ async fn fresh_sale(
         ends_at: now + time::Duration::days(1),
         per_customer_limit: PER_CUSTOMER_LIMIT,
         hold_seconds: HOLD_SECONDS,
+        queue: None,
     };
     // ARGV order as in Engine::create_sale.
     let reply: Value = create

@@ -46,6 +46,20 @@ pub struct IdempotencyKeyHeader {
     idempotency_key: Option<String>,
 }
 
+/// The `Admission-Token` header of a reserve behind a waiting room.
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Header)]
+#[allow(dead_code)] // Only its description is used.
+pub struct AdmissionTokenHeader {
+    /// The `admission.token` of `GET /v1/sales/{sale_id}/queue/me` once
+    /// admitted: one hold, by its customer, on this sale, before
+    /// `admission.expires_at`. Without it a sale behind a live waiting room
+    /// answers 409 `admission_required`; a token that is not valid, 409
+    /// `admission_invalid`.
+    #[param(rename = "Admission-Token")]
+    admission_token: Option<String>,
+}
+
 #[derive(utoipa::OpenApi)]
 #[openapi(
     info(

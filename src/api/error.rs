@@ -68,6 +68,15 @@ impl From<crate::limits::Shed> for ApiError {
     }
 }
 
+impl From<crate::room::RoomError> for ApiError {
+    fn from(e: crate::room::RoomError) -> Self {
+        match e {
+            crate::room::RoomError::Engine(e) => e.into(),
+            crate::room::RoomError::Store(e) => e.into(),
+        }
+    }
+}
+
 impl From<crate::schedule::ScheduleError> for ApiError {
     fn from(e: crate::schedule::ScheduleError) -> Self {
         match e {

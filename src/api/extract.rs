@@ -86,6 +86,28 @@ impl<S: Send + Sync> FromRequestParts<S> for IdempotencyKey {
     }
 }
 
+/// The optional `Admission-Token` header of a reserve. Never refused here:
+/// a token that cannot be one (too long, not text) goes on as one that
+/// matches nothing, so the reserve script answers `admission_invalid` in
+/// its place among the checks (after sold out and not live).
+pub struct AdmissionToken(pub Option<String>);
+
+impl<S: Send + Sync> FromRequestParts<S> for AdmissionToken {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(AdmissionToken(parts.headers.get("admission-token").map(
+            |v| {
+                v.to_str()
+                    .ok()
+                    .filter(|t| !t.is_empty() && t.len() <= 128)
+                    .unwrap_or("-")
+                    .to_string()
+            },
+        )))
+    }
+}
+
 /// A sale id in the path: `[a-z0-9_-]{1,64}`, or a 422.
 impl<S: Send + Sync> FromRequestParts<S> for SaleId {
     type Rejection = ApiError;

@@ -11,6 +11,7 @@ mod error;
 mod extract;
 mod health;
 mod pages;
+mod queue;
 mod reservations;
 mod sales;
 mod stream;
@@ -129,6 +130,8 @@ fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
         .routes(routes!(sales::create, sales::list))
         .routes(routes!(sales::get, sales::patch))
         .routes(routes!(stream::stream))
+        .routes(routes!(queue::public, queue::join))
+        .routes(routes!(queue::me))
         .routes((schemas, paths, reserve))
         .routes(routes!(reservations::get, reservations::release))
         .routes(routes!(reservations::confirm))
@@ -166,6 +169,7 @@ fn cors(origins: &[String]) -> Option<tower_http::cors::CorsLayer> {
                 header::AUTHORIZATION,
                 header::CONTENT_TYPE,
                 HeaderName::from_static("idempotency-key"),
+                HeaderName::from_static("admission-token"),
             ])
             .expose_headers([header::RETRY_AFTER])
             .max_age(std::time::Duration::from_secs(600)),

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use super::auth::Limited;
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
-use super::extract::{Body, IdempotencyKey};
+use super::extract::{AdmissionToken, Body, IdempotencyKey};
 use super::AppState;
 use crate::domain::{Order, Reservation, ReservationId, SaleId};
 use crate::engine::{ConfirmRequest, Extension, ReserveRequest, ServiceConfirm};
@@ -36,7 +36,7 @@ fn one() -> u32 {
 #[utoipa::path(post, path = "/v1/sales/{sale_id}/reservations", operation_id = "reserve",
     tag = "reservations",
     security(("bearer" = [])),
-    params(super::sales::SalePath, super::doc::IdempotencyKeyHeader),
+    params(super::sales::SalePath, super::doc::IdempotencyKeyHeader, super::doc::AdmissionTokenHeader),
     request_body = Option<ReserveBody>,
     responses(
         (status = 201, description = "Held", body = Reservation, links(
@@ -47,7 +47,7 @@ fn one() -> u32 {
             ("Extend" = (operation_id = "extend", parameters(("id" = "$response.body#/id")))),
         )),
         (status = 404, description = "`sale_not_found`", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "`sold_out`, `insufficient_stock`, `limit_exceeded`, `sale_not_live`", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`sold_out`, `insufficient_stock`, `limit_exceeded`, `sale_not_live`, `admission_required`, `admission_invalid`", body = Problem, content_type = PROBLEM),
         (status = 422, description = "`invalid_request`, `idempotency_key_reused`", body = Problem, content_type = PROBLEM),
     ))]
 #[tracing::instrument(level = "debug", skip_all, fields(sale_id, customer = %caller.subject))]
@@ -56,6 +56,7 @@ pub async fn reserve(
     Limited(caller): Limited,
     sale_id: SaleId,
     IdempotencyKey(key): IdempotencyKey,
+    AdmissionToken(admission): AdmissionToken,
     Body(body): Body<ReserveBody>,
 ) -> Result<(StatusCode, Json<Reservation>), ApiError> {
     tracing::Span::current().record("sale_id", sale_id.as_str());
@@ -76,6 +77,7 @@ pub async fn reserve(
             customer: &caller.subject,
             quantity: body.quantity,
             idempotency,
+            admission: admission.as_deref(),
         })
         .await?;
     Ok((StatusCode::CREATED, Json(reservation)))

@@ -15,7 +15,8 @@ use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
 use super::{db_call, AppState};
 use crate::domain::{
-    present, present_rfc3339, present_whole, valid_sale_id, Sale, SaleId, SaleInput, MAX_UNITS,
+    present, present_rfc3339, present_whole, valid_sale_id, QueueInput, Sale, SaleId, SaleInput,
+    MAX_UNITS,
 };
 use crate::{adjust, schedule};
 
@@ -222,6 +223,11 @@ pub struct SalePatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
     paused: Option<bool>,
+    /// Adds or replaces the sale's waiting room, until the room opens
+    /// (`queue.opens_at` reached: 422 after).
+    #[serde(default, deserialize_with = "present")]
+    #[schema(nullable = false)]
+    queue: Option<QueueInput>,
 }
 
 /// The sale id of a path.
@@ -265,12 +271,21 @@ pub async fn patch(
             "`stock_delta` must be within ±{MAX_UNITS}"
         )));
     }
-    if patch.stock_delta.is_none() && patch.ends_at.is_none() && patch.paused.is_none() {
+    if patch.stock_delta.is_none()
+        && patch.ends_at.is_none()
+        && patch.paused.is_none()
+        && patch.queue.is_none()
+    {
         return Err(ApiError::InvalidRequest(
-            "give at least one of `stock_delta`, `ends_at`, `paused`".into(),
+            "give at least one of `stock_delta`, `ends_at`, `paused`, `queue`".into(),
         ));
     }
     let current = state.engine.sale(&sale_id).await?;
+    let queue = patch
+        .queue
+        .map(|q| q.validate(current.starts_at))
+        .transpose()
+        .map_err(ApiError::InvalidRequest)?;
     if let Some(ends_at) = patch.ends_at {
         if ends_at <= current.starts_at {
             return Err(ApiError::InvalidRequest(
@@ -287,6 +302,7 @@ pub async fn patch(
         stock_delta,
         ends_at: patch.ends_at,
         paused: patch.paused,
+        queue,
         idempotency_key: key.as_deref(),
     };
     let answer = adjust::adjust(

@@ -45,6 +45,8 @@ pub(super) struct ReserveJob {
     quantity: u32,
     /// `(Idempotency-Key, fingerprint)`.
     idempotency: Option<(String, String)>,
+    /// The admission token; empty when none was sent.
+    admission: String,
 }
 
 impl ReserveJob {
@@ -57,6 +59,7 @@ impl ReserveJob {
                 .idempotency
                 .as_ref()
                 .map(|(key, fp)| (key.to_string(), fp.clone())),
+            admission: req.admission.unwrap_or_default().to_string(),
         }
     }
 
@@ -90,15 +93,17 @@ impl Job for ReserveJob {
             let mut call = Engine::hold_call(&engine.scripts.reserve, &k);
             call.key(idem)
                 .key(&k.idempotency_index)
+                .key(&k.tickets)
                 .arg(&job.rid)
                 .arg(&job.customer)
                 .arg(job.quantity)
                 .arg(fp)
-                .arg(engine.idempotency_ttl);
+                .arg(engine.idempotency_ttl)
+                .arg(&job.admission);
             vec![engine.run(&call).await]
         } else {
             let mut call = Engine::hold_call(&engine.scripts.reserve_batch, &k);
-            call.key(&k.idempotency_index);
+            call.key(&k.idempotency_index).key(&k.tickets);
             for job in &jobs {
                 call.key(job.idempotency(&k).0);
             }
@@ -107,7 +112,8 @@ impl Job for ReserveJob {
                 call.arg(&job.rid)
                     .arg(&job.customer)
                     .arg(job.quantity)
-                    .arg(job.idempotency(&k).1);
+                    .arg(job.idempotency(&k).1)
+                    .arg(&job.admission);
             }
             batch::members("reserve_batch", jobs.len(), engine.invoke(&call).await)
         };

@@ -30,6 +30,12 @@ pub struct SaleKeys {
     /// Counter: written before each wait for replicas (`conn::Replication`),
     /// so the wait covers every earlier write to the sale's primary.
     pub fence: String,
+    /// Hash: the waiting room (configuration, seed, counters; prelude.lua).
+    pub room: String,
+    /// Hash: ticket -> record (cjson).
+    pub tickets: String,
+    /// Hash: customer id -> their latest ticket.
+    pub queuers: String,
     tag_prefix: String,
 }
 
@@ -48,6 +54,9 @@ impl SaleKeys {
             voided: key("adjx"),
             idempotency_index: key("idem"),
             fence: key("fence"),
+            room: key("room"),
+            tickets: key("tickets"),
+            queuers: key("queuers"),
             tag_prefix,
         }
     }
@@ -65,7 +74,7 @@ impl SaleKeys {
 
     /// Every key of the sale except the idempotency keys (which expire, and
     /// which the index names).
-    pub fn all(&self) -> [&str; 10] {
+    pub fn all(&self) -> [&str; 13] {
         [
             &self.sale,
             &self.reservations,
@@ -77,6 +86,9 @@ impl SaleKeys {
             &self.voided,
             &self.idempotency_index,
             &self.fence,
+            &self.room,
+            &self.tickets,
+            &self.queuers,
         ]
     }
 }

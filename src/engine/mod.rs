@@ -19,6 +19,7 @@ mod holds;
 pub mod keys;
 pub(crate) mod live;
 pub mod outbox;
+pub mod room;
 pub(crate) mod soldout;
 
 use std::sync::Arc;
@@ -98,6 +99,12 @@ struct Scripts {
     rebuild: Lua,
     archive: Lua,
     retire: Lua,
+    queue_join: Lua,
+    queue_open: Lua,
+    queue_seal: Lua,
+    queue_admit: Lua,
+    queue_set: Lua,
+    queue_view: Lua,
 }
 
 impl Scripts {
@@ -126,6 +133,12 @@ impl Scripts {
             rebuild: lua!("rebuild"),
             archive: lua!("archive"),
             retire: lua!("retire"),
+            queue_join: lua!("queue_join"),
+            queue_open: lua!("queue_open"),
+            queue_seal: lua!("queue_seal"),
+            queue_admit: lua!("queue_admit"),
+            queue_set: lua!("queue_set"),
+            queue_view: lua!("queue_view"),
         }
     }
 }
@@ -150,12 +163,19 @@ pub enum Refusal {
     ReservationNotHeld,
     HoldExpired,
     SaleConflict,
+    AdmissionRequired,
+    AdmissionInvalid,
+    QueueNotOpen,
+    QueueNotFound,
+    NotInQueue,
+    /// A PATCH of a room that has opened (not a word of the scripts).
+    RoomOpened,
 }
 
 /// Every refusal, once: the word the scripts answer with (also the
 /// contract's code), the HTTP status the contract gives it, and what it
 /// tells the client.
-const REFUSALS: [(Refusal, &str, u16, &str); 10] = [
+const REFUSALS: [(Refusal, &str, u16, &str); 16] = [
     (Refusal::SaleNotFound, "sale_not_found", 404, "no such sale"),
     (
         Refusal::SaleNotLive,
@@ -205,6 +225,42 @@ const REFUSALS: [(Refusal, &str, u16, &str); 10] = [
         "sale_conflict",
         409,
         "a sale with this id exists with a different definition",
+    ),
+    (
+        Refusal::AdmissionRequired,
+        "admission_required",
+        409,
+        "the sale is behind a waiting room: join it, and reserve with the admission token (header Admission-Token) once admitted",
+    ),
+    (
+        Refusal::AdmissionInvalid,
+        "admission_invalid",
+        409,
+        "the admission token is not yours, not this sale's, expired or already used",
+    ),
+    (
+        Refusal::QueueNotOpen,
+        "queue_not_open",
+        409,
+        "the waiting room is not open (before its opening, or after the sale)",
+    ),
+    (
+        Refusal::QueueNotFound,
+        "queue_not_found",
+        404,
+        "the sale has no waiting room",
+    ),
+    (
+        Refusal::NotInQueue,
+        "not_in_queue",
+        404,
+        "you have not joined this sale's waiting room",
+    ),
+    (
+        Refusal::RoomOpened,
+        "invalid_request",
+        422,
+        "the waiting room has opened: it keeps its configuration",
     ),
 ];
 
@@ -348,6 +404,8 @@ pub struct ReserveRequest<'a> {
     pub quantity: u32,
     /// `(Idempotency-Key, fingerprint of the request)`.
     pub idempotency: Option<(&'a str, String)>,
+    /// The `Admission-Token` of a sale behind a waiting room.
+    pub admission: Option<&'a str>,
 }
 
 /// One confirm call, as the API validated it.
@@ -891,6 +949,7 @@ impl Engine {
                 self.scripts
                     .create_sale
                     .key(&k.sale)
+                    .key(&k.room)
                     .arg(json)
                     .arg(def.stock)
                     .arg(crate::domain::to_ms(def.starts_at))
@@ -898,7 +957,8 @@ impl Engine {
                     .arg(def.per_customer_limit)
                     .arg(i64::from(def.hold_seconds) * 1000)
                     .arg(def.price_cents)
-                    .arg(&def.currency),
+                    .arg(&def.currency)
+                    .arg(def.queue.as_ref().map(room::config_args)),
             )
             .await?
             .expect(&["created", "exists"])?;
@@ -912,10 +972,9 @@ impl Engine {
     /// The sale with its live figures, or `SaleNotFound`.
     pub async fn sale(&self, sale_id: &str) -> EngineResult<Sale> {
         let k = self.keys(sale_id);
-        let r = self
-            .run(&self.scripts.sale_state.key(&k.sale))
-            .await?
-            .expect(&["ok"])?;
+        let mut call = self.scripts.sale_state.key(&k.sale);
+        call.key(&k.room);
+        let r = self.run(&call).await?.expect(&["ok"])?;
         let def: SaleDef = serde_json::from_str(&r.text(0)?)
             .map_err(|e| EngineError::Corrupt(format!("sale definition: {e}")))?;
         let stock = Stock {
@@ -926,7 +985,13 @@ impl Engine {
         };
         let ends_at = from_ms(r.int(5)?);
         let paused = r.int(6)? == 1;
-        Ok(Sale::new(def, stock, ends_at, paused, from_ms(r.now_ms)))
+        let mut sale = Sale::new(def, stock, ends_at, paused, from_ms(r.now_ms));
+        // The room as it stands (an admin may have set it after the start
+        // of the sale's definition).
+        if r.rest.len() > 7 {
+            sale.queue = Some(room::config_of(&r, 7)?);
+        }
+        Ok(sale)
     }
 
     pub async fn sale_ids(&self) -> EngineResult<Vec<String>> {

@@ -195,6 +195,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             }
         })
     };
+    let rooms = rooms_loop(engine.clone(), db.clone(), stop.clone());
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
         every_tick("reconcile", every, stop.clone(), move || {
@@ -202,7 +203,43 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             async move { crate::reconcile::watch_live(&engine, &db).await }
         })
     };
-    tokio::join!(flush, reaper, loader, archiver, reconciler);
+    tokio::join!(flush, reaper, loader, archiver, reconciler, rooms);
+}
+
+/// How often the worker tends the waiting rooms: the granularity of their
+/// pace (admissions come in steps of at most this long).
+const ROOM_INTERVAL: Duration = Duration::from_millis(100);
+
+/// The waiting rooms' loop: opens, seals and admits ([`crate::room::tend`]).
+/// The list of rooms comes from Postgres; while Postgres is down the last
+/// list is used, so admission goes on from Redis alone.
+async fn rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
+    let rooms = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
+    let mut listed = Instant::now() - Duration::from_secs(3600);
+    let listed_every = Duration::from_secs(1);
+    every_tick("rooms", ROOM_INTERVAL, stop, move || {
+        let (engine, db, rooms) = (engine.clone(), db.clone(), rooms.clone());
+        let refresh = listed.elapsed() >= listed_every;
+        if refresh {
+            listed = Instant::now();
+        }
+        async move {
+            let mut rooms = rooms.lock().await;
+            if refresh {
+                if let Ok(fresh) = crate::store::rooms_to_tend(&db).await {
+                    *rooms = fresh;
+                }
+            }
+            let mut failure = None;
+            for room in rooms.iter() {
+                if let Err(e) = crate::room::tend(&engine, &db, room).await {
+                    failure = Some(format!("room of sale {}: {e}", room.sale_id));
+                }
+            }
+            failure.map_or(Ok(()), Err)
+        }
+    })
+    .await
 }
 
 async fn every_tick<F, Fut, E>(name: &str, every: Duration, stop: CancellationToken, mut step: F)

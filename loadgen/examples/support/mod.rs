@@ -30,6 +30,7 @@ pub fn sale_def(id: &str, stock: usize, what: &str) -> SaleDef {
         ends_at: now + time::Duration::days(1),
         per_customer_limit: 10,
         hold_seconds: 3600,
+        queue: None,
     }
 }
 
@@ -92,6 +93,7 @@ pub async fn hold_one(
             customer: &customer,
             quantity: 1,
             idempotency: None,
+            admission: None,
         })
         .await
         .context("reserve")?;

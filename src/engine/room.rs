@@ -1,0 +1,245 @@
+//! The waiting room's Redis side: joining, reading, opening, sealing and
+//! admitting, each one script (`lua/queue_*.lua`). What the room means
+//! (positions, pace, tokens) is `crate::room`'s; here are only the calls.
+
+use serde::Deserialize;
+
+use super::{int, text, Engine, EngineError, EngineResult, Refusal, Reply};
+use crate::domain::{from_ms, QueueDef};
+
+/// The configuration arguments of a room, as the scripts take them
+/// (opens_at ms, per second, burst, admission ms).
+pub(super) fn config_args(q: &QueueDef) -> Vec<i64> {
+    vec![
+        crate::domain::to_ms(q.opens_at),
+        i64::from(q.admit_per_second),
+        i64::from(q.admit_burst),
+        i64::from(q.admission_seconds) * 1000,
+    ]
+}
+
+/// A room's configuration from four reply fields starting at `at`.
+pub(super) fn config_of(r: &Reply, at: usize) -> EngineResult<QueueDef> {
+    let field = |i| u32::try_from(r.int(at + i)?).map_err(|_| corrupt("room configuration"));
+    Ok(QueueDef {
+        opens_at: from_ms(r.int(at)?),
+        admit_per_second: field(1)?,
+        admit_burst: field(2)?,
+        admission_seconds: field(3)? / 1000,
+    })
+}
+
+fn corrupt(what: &str) -> EngineError {
+    EngineError::Corrupt(format!("waiting room: {what}"))
+}
+
+/// A ticket as Redis keeps it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct TicketRecord {
+    /// The customer.
+    pub c: String,
+    /// Joined at, ms.
+    pub j: i64,
+    /// `waiting`, `admitted` or `used` (an admission past `x` has expired).
+    pub s: String,
+    /// The admission token's secret.
+    #[serde(default)]
+    pub k: Option<String>,
+    /// The admission's deadline, ms.
+    #[serde(default)]
+    pub x: Option<i64>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Ticket {
+    pub number: u64,
+    pub record: TicketRecord,
+}
+
+/// What a join did.
+#[derive(Debug, Clone)]
+pub enum Joined {
+    New(Ticket),
+    /// The customer's active ticket, unchanged.
+    Existing(Ticket),
+    /// The room's time has come but its seed is not committed: open it
+    /// (`crate::room::open`) and join again.
+    Opening,
+}
+
+/// A room as it stands, read in one step, with one customer's ticket.
+#[derive(Debug, Clone)]
+pub struct RoomState {
+    pub now_ms: i64,
+    pub config: QueueDef,
+    pub seed_sha256: Option<String>,
+    pub seed: Option<String>,
+    /// Tickets handed out so far.
+    pub next: u64,
+    /// Set at the seal.
+    pub members: Option<u64>,
+    /// The seal is kept in Postgres: the seed and members may be shown.
+    pub published: bool,
+    /// Positions handed an admission (or skipped) so far.
+    pub admitted: u64,
+    pub issued: u64,
+    pub starts_ms: i64,
+    pub ends_ms: i64,
+    pub ticket: Option<Ticket>,
+}
+
+fn ticket(number: i64, enc: &str) -> EngineResult<Ticket> {
+    let record = serde_json::from_str(enc).map_err(|e| corrupt(&format!("ticket: {e}")))?;
+    Ok(Ticket {
+        number: u64::try_from(number).map_err(|_| corrupt("ticket number"))?,
+        record,
+    })
+}
+
+fn opt(r: &Reply, i: usize) -> EngineResult<Option<String>> {
+    let t = r.text(i)?;
+    Ok((!t.is_empty()).then_some(t))
+}
+
+fn count(r: &Reply, i: usize) -> EngineResult<u64> {
+    u64::try_from(r.int(i)?).map_err(|_| corrupt("count"))
+}
+
+impl Engine {
+    /// The customer takes a ticket (or finds their active one).
+    pub async fn join(&self, sale_id: &str, customer: &str) -> EngineResult<Joined> {
+        let k = self.keys(sale_id);
+        let mut call = self.scripts.queue_join.key(&k.sale);
+        call.key(&k.room)
+            .key(&k.tickets)
+            .key(&k.queuers)
+            .arg(customer);
+        let r = self
+            .run(&call)
+            .await?
+            .expect(&["joined", "existing", "queue_opening"])?;
+        if r.word == "queue_opening" {
+            return Ok(Joined::Opening);
+        }
+        let t = ticket(r.int(0)?, &r.text(1)?)?;
+        Ok(if r.word == "joined" {
+            Joined::New(t)
+        } else {
+            Joined::Existing(t)
+        })
+    }
+
+    /// The room, and `customer`'s latest ticket if they have one.
+    pub async fn room(&self, sale_id: &str, customer: Option<&str>) -> EngineResult<RoomState> {
+        let k = self.keys(sale_id);
+        let mut call = self.scripts.queue_view.key(&k.sale);
+        call.key(&k.room)
+            .key(&k.tickets)
+            .key(&k.queuers)
+            .arg(customer.unwrap_or(""));
+        let r = self.run(&call).await?.expect(&["ok"])?;
+        let flag = |i| r.text(i).map(|t| t == "1");
+        let members = opt(&r, 7)?
+            .map(|m| m.parse::<u64>().map_err(|_| corrupt("members")))
+            .transpose()?;
+        let ticket = match (r.rest.get(13).and_then(int), r.rest.get(14).and_then(text)) {
+            (Some(n), Some(enc)) => Some(ticket(n, &enc)?),
+            _ => None,
+        };
+        Ok(RoomState {
+            now_ms: r.now_ms,
+            config: config_of(&r, 0)?,
+            seed_sha256: opt(&r, 4)?,
+            seed: opt(&r, 5)?,
+            next: count(&r, 6)?,
+            members,
+            published: flag(8)?,
+            admitted: count(&r, 9)?,
+            issued: count(&r, 10)?,
+            starts_ms: r.int(11)?,
+            ends_ms: r.int(12)?,
+            ticket,
+        })
+    }
+
+    /// Opens the room with the seed Postgres committed, or restores what
+    /// Postgres keeps of it (`members`: the sealed count, once kept).
+    pub async fn open_room(
+        &self,
+        sale_id: &str,
+        config: &QueueDef,
+        seed: &str,
+        seed_sha256: &str,
+        members: Option<u64>,
+    ) -> EngineResult<()> {
+        let k = self.keys(sale_id);
+        let mut call = self.scripts.queue_open.key(&k.sale);
+        call.key(&k.room)
+            .arg(config_args(config))
+            .arg(seed)
+            .arg(seed_sha256)
+            .arg(members.map_or(String::new(), |m| m.to_string()));
+        self.run(&call).await?.expect(&["opened", "open"])?;
+        Ok(())
+    }
+
+    /// Seals the room if the sale has started: `(members, published)`, or
+    /// `None` before the start.
+    pub async fn seal_room(&self, sale_id: &str) -> EngineResult<Option<(u64, bool)>> {
+        let k = self.keys(sale_id);
+        let mut call = self.scripts.queue_seal.key(&k.sale);
+        call.key(&k.room);
+        let r = self.run(&call).await?.expect(&["sealed", "not_due"])?;
+        if r.word == "not_due" {
+            return Ok(None);
+        }
+        Ok(Some((count(&r, 0)?, r.text(1)? == "1")))
+    }
+
+    /// Admits positions `from, from + 1, …` (their tickets and token
+    /// secrets in `next`), as far as the pace allows now. `(positions
+    /// advanced, tokens issued)`, or `None` when another worker moved the
+    /// cursor first (or the room is not published).
+    pub async fn admit(
+        &self,
+        sale_id: &str,
+        from: u64,
+        next: &[(u64, String)],
+    ) -> EngineResult<Option<(u64, u64)>> {
+        let k = self.keys(sale_id);
+        let mut call = self.scripts.queue_admit.key(&k.sale);
+        call.key(&k.room).key(&k.tickets).arg(from);
+        for (ticket, secret) in next {
+            call.arg(ticket).arg(secret);
+        }
+        let r = self
+            .run(&call)
+            .await?
+            .expect(&["admitted", "moved", "not_published"])?;
+        if r.word != "admitted" {
+            return Ok(None);
+        }
+        Ok(Some((count(&r, 0)?, count(&r, 1)?)))
+    }
+
+    /// Sets the room of a sale whose room has not opened; `false` if it
+    /// has (it keeps its configuration).
+    pub async fn set_room(&self, sale_id: &str, config: &QueueDef) -> EngineResult<bool> {
+        let k = self.keys(sale_id);
+        let mut call = self.scripts.queue_set.key(&k.sale);
+        call.key(&k.room).arg(config_args(config));
+        let r = self.run(&call).await?;
+        match r.word.as_str() {
+            "queue_opened" => Ok(false),
+            _ => r.expect(&["set"]).map(|_| true),
+        }
+    }
+}
+
+/// A refusal of the room's scripts that is not a contract code of its own.
+pub fn is_missing(e: &EngineError) -> bool {
+    matches!(
+        e,
+        EngineError::Refused(Refusal::QueueNotFound | Refusal::SaleNotFound)
+    )
+}
