@@ -12,7 +12,7 @@ use common::{spawn_app, spawn_app_with, TestApp};
 use serde_json::Value;
 
 /// The contract's table of paths (CONTRACT.md, "HTTP API").
-const CONTRACT_PATHS: [&str; 13] = [
+const CONTRACT_PATHS: [&str; 15] = [
     "/v1/sales",
     "/v1/sales/{sale_id}",
     "/v1/sales/{sale_id}/stream",
@@ -20,6 +20,8 @@ const CONTRACT_PATHS: [&str; 13] = [
     "/v1/reservations/{id}",
     "/v1/reservations/{id}/confirm",
     "/v1/reservations/{id}/extend",
+    "/v1/sales/{sale_id}/queue",
+    "/v1/sales/{sale_id}/queue/me",
     "/healthz",
     "/readyz",
     "/metrics",

@@ -140,7 +140,7 @@ async fn members_are_placed_by_the_published_seed_and_admitted_at_the_pace() {
     assert_eq!(a.status, 201, "{}", a.body);
     assert_eq!(a.body["queue"]["admit_per_second"], 10, "{}", a.body);
 
-    // 60 buyers, and one who joins 200 times at once.
+    // 60 buyers, and one who joins 1,000 times at once.
     let buyers: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
     let joins = buyers.iter().map(|b| {
         let (app, other, sale, token) = (&app, &other, &sale, app.token(b));
@@ -150,7 +150,7 @@ async fn members_are_placed_by_the_published_seed_and_admitted_at_the_pace() {
         }
     });
     let dup = app.token("dup");
-    let dups = (0..200).map(|_| join(&app, &sale, &dup));
+    let dups = (0..1000).map(|_| join(&app, &sale, &dup));
     let (answers, dup_answers) = tokio::join!(
         futures::future::join_all(joins),
         futures::future::join_all(dups)
@@ -601,5 +601,67 @@ async fn ten_thousand_members_are_placed_fairly() {
             "{place}"
         );
     }
+    app.shutdown().await.unwrap();
+}
+
+/// A sales file's `[sale.queue]` table puts the sale behind a room, as the
+/// API's `queue` does; and a store page on another origin may send the
+/// admission token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sales_files_and_other_origins_reach_the_room() {
+    let app =
+        spawn_app_with(|s| s.http.cors_allowed_origins = vec!["https://shop.example".into()]).await;
+    let dir = std::env::temp_dir().join(unique("rooms-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let id = unique("wr-");
+    let file = dir.join("sales.toml");
+    std::fs::write(
+        &file,
+        format!(
+            "[[sale]]\nid = \"{id}\"\nsku = \"TV\"\nname = \"TV\"\nprice_cents = 1000\n\
+             currency = \"IDR\"\nstock = 5\nstarts_at = 2999-01-01T00:00:00Z\n\
+             ends_at = 2999-01-02T00:00:00Z\nper_customer_limit = 1\nhold_seconds = 600\n\
+             [sale.queue]\nopens_at = 2026-01-01T00:00:00Z\nadmit_per_second = 5\n\
+             admit_burst = 1\nadmission_seconds = 60\n"
+        ),
+    )
+    .unwrap();
+    let out = run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sale = app.get(&format!("/v1/sales/{id}"), None).await;
+    assert_eq!(sale.body["queue"]["admit_per_second"], 5, "{}", sale.body);
+    // The room is open (opens_at passed): joining works, and a second load
+    // of the same file changes nothing.
+    let joined = join(&app, &id, &app.token("c1")).await;
+    assert_eq!(joined.status, 201, "{}", joined.body);
+    let again = run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
+    assert!(again.status.success());
+    assert_eq!(room(&app, &id).await["members"], 1);
+
+    let preflight = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            app.url(&format!("/v1/sales/{id}/reservations")),
+        )
+        .header("origin", "https://shop.example")
+        .header("access-control-request-method", "POST")
+        .header(
+            "access-control-request-headers",
+            "authorization,admission-token",
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(preflight.status().is_success());
+    let allowed = preflight.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_lowercase();
+    assert!(allowed.contains("admission-token"), "{allowed}");
     app.shutdown().await.unwrap();
 }

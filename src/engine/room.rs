@@ -60,8 +60,9 @@ pub struct Ticket {
 #[derive(Debug, Clone)]
 pub enum Joined {
     New(Ticket),
-    /// The customer's active ticket, unchanged.
-    Existing(Ticket),
+    /// The customer's active ticket, unchanged, and the Redis clock (ms)
+    /// that judged it active.
+    Existing(Ticket, i64),
     /// The room's time has come but its seed is not committed: open it
     /// (`crate::room::open`) and join again.
     Opening,
@@ -125,7 +126,7 @@ impl Engine {
         Ok(if r.word == "joined" {
             Joined::New(t)
         } else {
-            Joined::Existing(t)
+            Joined::Existing(t, r.now_ms)
         })
     }
 

@@ -86,10 +86,7 @@ pub async fn join(
     for _ in 0..2 {
         match engine.join(sale_id, customer).await? {
             Joined::New(t) => return Ok((ticket_view(&t, t.record.j), true)),
-            Joined::Existing(t) => {
-                let now = crate::domain::to_ms(time::OffsetDateTime::now_utc());
-                return Ok((ticket_view(&t, now), false));
-            }
+            Joined::Existing(t, now_ms) => return Ok((ticket_view(&t, now_ms), false)),
             Joined::Opening => open(engine, db, sale_id).await?,
         }
     }
