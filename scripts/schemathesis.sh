@@ -78,6 +78,17 @@ curl -fsS -o /dev/null -X POST "http://127.0.0.1:$port/v1/sales" \
        \"starts_at\":\"2000-01-01T00:00:00Z\",
        \"ends_at\":\"$(date -u -d @$((now + 86400)) +%FT%TZ)\",
        \"per_customer_limit\":1000000,\"hold_seconds\":3600}"
+# And one behind a waiting room (open, sealed, admitting fast), so joins
+# and places answer 201/200 too, and its reserves the admission codes.
+curl -fsS -o /dev/null -X POST "http://127.0.0.1:$port/v1/sales" \
+  -H "Authorization: Bearer $token" -H 'Content-Type: application/json' \
+  -d "{\"id\":\"st-room\",\"sku\":\"ST\",\"name\":\"schemathesis room\",\"price_cents\":100,
+       \"currency\":\"IDR\",\"stock\":1000000000,
+       \"starts_at\":\"2000-01-01T00:00:01Z\",
+       \"ends_at\":\"$(date -u -d @$((now + 86400)) +%FT%TZ)\",
+       \"per_customer_limit\":1000000,\"hold_seconds\":3600,
+       \"queue\":{\"opens_at\":\"2000-01-01T00:00:00Z\",\"admit_per_second\":1000,
+                \"admit_burst\":1000,\"admission_seconds\":600}}"
 
 out=$(mktemp)
 say "running against 127.0.0.1:$port"

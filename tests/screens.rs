@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 use common::browser::Browser;
 use common::redis_server::PrivateRedis;
 use common::*;
+use flashsale::domain::rfc3339_ms;
 use serde_json::{json, Value};
 
 /// Reads one SSE stream until `done` says so (or `within` passes); returns the
@@ -263,6 +264,125 @@ async fn a_buyer_reserves_and_confirms_on_the_landing_page() {
     assert_eq!(app.reserve(&sale, &app.token("other"), 1).await.status, 201);
     browser.wait_text("#status", |t| t == "Sold out").await;
     browser.wait_text("#available", |t| t == "0").await;
+}
+
+/// A buyer behind a waiting room: joins before the start, sees the place
+/// drawn at the seal and the seed that drew it, is admitted, and reserves
+/// with the admission, which the hold uses up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
+    let app = spawn_app().await;
+    // Chromium first: its start on a busy machine must not eat the seconds
+    // before the sale starts, in which the buyer joins as a member.
+    let browser = Browser::start().await;
+    let sale = unique("s-");
+    let now = time::OffsetDateTime::now_utc();
+    let mut body = common::live_sale(&sale, 5, 2, 600);
+    body["starts_at"] = json!(rfc3339_ms(now + Duration::from_secs(5)));
+    body["queue"] = json!({
+        "opens_at": rfc3339_ms(now - Duration::from_secs(1)),
+        "admit_per_second": 1000, "admit_burst": 10, "admission_seconds": 120,
+    });
+    let created = app.create_sale(&body).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+
+    browser.open(&app.url(&format!("/sales/{sale}"))).await;
+    browser
+        .wait_text("#room-status", |t| {
+            t.starts_with("The waiting room is open")
+        })
+        .await;
+    assert_eq!(
+        browser.text("#reserve").await,
+        "",
+        "no Reserve before the turn"
+    );
+    let token = app.token("room-buyer");
+    let set_token = format!(
+        "document.getElementById('token').value = {}; document.getElementById('token').dispatchEvent(new Event('change'));",
+        json!(token)
+    );
+    browser.execute(&set_token).await;
+    browser.click("#join").await;
+    browser
+        .wait_text("#room-status", |t| {
+            t.contains("Your place is drawn at the start")
+        })
+        .await;
+    browser.wait_text("#room-ticket", |t| t == "0").await;
+    let sha = browser.wait_text("#room-sha", |t| t.len() == 64).await;
+    let public = app.get(&format!("/v1/sales/{sale}/queue"), None).await;
+    assert_eq!(public.body["seed_sha256"], sha.as_str());
+
+    // The seal: the only member is first in line, and the seed it was
+    // drawn from matches the hash published before.
+    browser.wait_text("#room-position", |t| t == "1").await;
+    let seed = browser.wait_text("#room-seed", |t| t.len() > 20).await;
+    assert_eq!(flashsale::room::sha256_hex(&seed), sha);
+    browser
+        .wait_text("#room-status", |t| t.starts_with("It is your turn"))
+        .await;
+    browser.wait_text("#reserve", |t| t == "Reserve").await;
+    let me = app
+        .get(&format!("/v1/sales/{sale}/queue/me"), Some(&token))
+        .await;
+    assert_eq!(me.body["status"], "admitted", "{}", me.body);
+    let admission = me.body["admission"]["token"].as_str().unwrap().to_string();
+
+    browser.click("#reserve").await;
+    browser
+        .wait_text("#message", |t| t.starts_with("Reserved"))
+        .await;
+    browser.wait_text("#hold-status", |t| t == "held").await;
+    browser
+        .wait_text("#room-status", |t| t.contains("used for your hold"))
+        .await;
+    assert_eq!(
+        browser.text("#reserve").await,
+        "",
+        "one admission, one hold"
+    );
+    assert_eq!(app.stock(&sale).await.held, 1);
+    assert_eq!(app.per_customer(&sale).await.get("room-buyer"), Some(&1));
+    let me = app
+        .get(&format!("/v1/sales/{sale}/queue/me"), Some(&token))
+        .await;
+    assert_eq!(me.body["status"], "used", "{}", me.body);
+
+    // The page sent the admission: the same one again makes no second hold.
+    let again = app
+        .http
+        .post(app.url(&format!("/v1/sales/{sale}/reservations")))
+        .bearer_auth(&token)
+        .header("Admission-Token", &admission)
+        .json(&json!({ "quantity": 1 }))
+        .send()
+        .await
+        .unwrap();
+    Answer::from(again)
+        .await
+        .assert_problem(409, "admission_invalid");
+    assert_eq!(app.stock(&sale).await.held, 1);
+
+    // A room that opens later: the page says when, and offers no Join yet.
+    let later = unique("s-");
+    let mut body = common::live_sale(&later, 5, 2, 600);
+    body["starts_at"] = json!(rfc3339_ms(now + Duration::from_secs(7200)));
+    body["ends_at"] = json!(rfc3339_ms(now + Duration::from_secs(10800)));
+    body["queue"] = json!({
+        "opens_at": rfc3339_ms(now + Duration::from_secs(3600)),
+        "admit_per_second": 10, "admit_burst": 1, "admission_seconds": 60,
+    });
+    let created = app.create_sale(&body).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    browser.open(&app.url(&format!("/sales/{later}"))).await;
+    browser
+        .wait_text("#room-status", |t| {
+            t.starts_with("The waiting room opens at") && t.contains("(in 59:")
+        })
+        .await;
+    assert_eq!(browser.text("#join").await, "");
+    assert_eq!(browser.text("#reserve").await, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

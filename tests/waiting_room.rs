@@ -311,6 +311,8 @@ async fn members_are_placed_by_the_published_seed_and_admitted_at_the_pace() {
     }
     let used = me(&app, &sale, &holder_token).await;
     assert_eq!(used.body["status"], "used", "{}", used.body);
+    let hold = replies.iter().find(|a| a.status == 201).unwrap();
+    assert_eq!(used.body["reservation_id"], hold.body["id"], "{}", used.body);
     assert_eq!(app.stock(&sale).await.held, 1);
 
     // Used up, the holder may queue again, at the back.

@@ -138,9 +138,10 @@ async fn round(
     engine.open_room(&roomed, &queue, seed, &sha, None).await?;
 
     let started = Instant::now();
+    let room_id = roomed.as_str();
     let tickets: Vec<(usize, u64)> = futures::stream::iter(0..n)
         .map(|i| async move {
-            match engine.join(&roomed, &format!("c{i}")).await? {
+            match engine.join(room_id, &format!("c{i}")).await? {
                 Joined::New(t) => Ok((i, t.number)),
                 other => anyhow::bail!("join of c{i}: {other:?}"),
             }

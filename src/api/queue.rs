@@ -5,7 +5,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::auth::{Limited, PublicReader};
+use super::auth::{Caller, Limited, PublicReader};
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::{db_call, AppState};
@@ -79,7 +79,11 @@ pub async fn join(
     ))]
 pub async fn me(
     State(state): State<AppState>,
-    Limited(caller): Limited,
+    // A read that waiting buyers repeat: held to the per-address limit of
+    // public reads, not to the reserve budget, so buyers behind one NAT
+    // polling their places never use up that address's reserves.
+    PublicReader(_): PublicReader,
+    Caller(caller): Caller,
     sale_id: SaleId,
 ) -> Result<Json<MyPlace>, ApiError> {
     let room = state.engine.room(&sale_id, Some(&caller.subject)).await?;

@@ -48,6 +48,9 @@ pub struct TicketRecord {
     /// The admission's deadline, ms.
     #[serde(default)]
     pub x: Option<i64>,
+    /// The hold the admission made, once used.
+    #[serde(default)]
+    pub r: Option<String>,
 }
 
 #[derive(Debug, Clone)]

@@ -281,6 +281,10 @@ pub struct MyPlace {
     pub eta_seconds: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub admission: Option<Admission>,
+    /// The hold the admission made, once `used` (a page reloaded after the
+    /// reserve finds it again).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reservation_id: Option<String>,
     #[schema(format = DateTime)]
     pub joined_at: String,
     #[schema(format = DateTime)]
@@ -339,6 +343,7 @@ pub fn my_place(state: &RoomState) -> Option<MyPlace> {
         ahead,
         eta_seconds,
         admission,
+        reservation_id: t.record.r.clone().filter(|_| status == TicketStatus::Used),
         joined_at: rfc3339_ms(from_ms(t.record.j)),
         server_time: rfc3339_ms(from_ms(now)),
     })
