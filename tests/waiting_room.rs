@@ -312,7 +312,11 @@ async fn members_are_placed_by_the_published_seed_and_admitted_at_the_pace() {
     let used = me(&app, &sale, &holder_token).await;
     assert_eq!(used.body["status"], "used", "{}", used.body);
     let hold = replies.iter().find(|a| a.status == 201).unwrap();
-    assert_eq!(used.body["reservation_id"], hold.body["id"], "{}", used.body);
+    assert_eq!(
+        used.body["reservation_id"], hold.body["id"],
+        "{}",
+        used.body
+    );
     assert_eq!(app.stock(&sale).await.held, 1);
 
     // Used up, the holder may queue again, at the back.
@@ -666,4 +670,85 @@ async fn sales_files_and_other_origins_reach_the_room() {
         .to_lowercase();
     assert!(allowed.contains("admission-token"), "{allowed}");
     app.shutdown().await.unwrap();
+}
+
+/// Redis loses the room (its keys deleted), then the whole sale (deleted and
+/// rebuilt by on-call): the published seed and member count come back from
+/// Postgres unchanged, and the sale stays behind the room throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_published_order_survives_redis_losing_the_room_and_the_sale() {
+    let app = spawn_app().await;
+    let sale = unique("wr-");
+    let cfg = json!({"admit_per_second": 1, "admit_burst": 1, "admission_seconds": 600});
+    let a = app
+        .create_sale(&room_sale(&sale, 10, Duration::from_secs(2), cfg))
+        .await;
+    assert_eq!(a.status, 201, "{}", a.body);
+    for b in ["l0", "l1", "l2", "l3"] {
+        assert_eq!(join(&app, &sale, &app.token(b)).await.status, 201);
+    }
+    let sealed = published(&app, &sale, Duration::from_secs(15)).await;
+    let k = app.engine.keys(&sale);
+    let mut conn = app.engine.connection();
+    let same = |r: &Value| {
+        assert_eq!(r["seed"], sealed["seed"], "{r}");
+        assert_eq!(r["seed_sha256"], sealed["seed_sha256"], "{r}");
+        assert_eq!(r["members"], 4, "{r}");
+        assert_eq!(r["sealed_at"], sealed["sealed_at"], "{r}");
+    };
+
+    // The room's hash alone.
+    redis::cmd("DEL")
+        .arg(&k.room)
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let restored = restored_room(&app, &sale).await;
+    same(&restored);
+
+    // The whole sale, then a rebuild from Postgres.
+    redis::cmd("DEL")
+        .arg(&k.all()[..])
+        .query_async::<()>(&mut conn)
+        .await
+        .unwrap();
+    let out = run_flashsale(&app, &["reconcile", "--rebuild", "--sale", &sale]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // At once after the rebuild, before the worker restored the room: a
+    // reserve still needs an admission.
+    reserve_admitted(&app, &sale, &app.token("l0"), None)
+        .await
+        .assert_problem(409, "admission_required");
+    same(&restored_room(&app, &sale).await);
+    // The tickets were lost with Redis: a buyer joins again, after the
+    // members, and the line goes on.
+    let again = join(&app, &sale, &app.token("l9")).await;
+    assert_eq!(again.status, 201, "{}", again.body);
+    assert!(
+        again.body["ticket"].as_u64().unwrap() >= 4,
+        "{}",
+        again.body
+    );
+    app.shutdown().await.unwrap();
+}
+
+/// The public room once the worker has put it back.
+async fn restored_room(app: &TestApp, sale: &str) -> Value {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let a = app.get(&format!("/v1/sales/{sale}/queue"), None).await;
+        if a.status == 200 && !a.body["sealed_at"].is_null() {
+            return a.body;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "never restored: {}",
+            a.body
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
