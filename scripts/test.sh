@@ -2,7 +2,9 @@
 # The README's "run the tests": `bash scripts/test.sh [CARGO TEST ARGS]`.
 # Makes sure Redis and Postgres run, checks formatting and lints when those
 # components are installed, then runs `cargo test --locked "$@"` and, with no
-# arguments, schemathesis against a gateway (scripts/schemathesis.sh).
+# arguments, the storm, model and outbox suites again on a loopback Redis
+# Cluster (scripts/cluster.sh) and schemathesis against a gateway
+# (scripts/schemathesis.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -46,6 +48,43 @@ bash scripts/check-deploy.sh
 
 echo "test: cargo test"
 cargo test --locked "$@"
+
+# The suites that attack the engine hardest (storm, model, outbox) again on
+# a loopback Redis Cluster (scripts/cluster.sh: 3 primaries, 3 replicas) with
+# redis.confirm_replicas = 1, as tests/common/mod.rs reads
+# FLASHSALE_TEST_CLUSTER_NODES. Only on a whole run: arguments pick some tests.
+cluster_base=
+stop_cluster() {
+  [[ -z $cluster_base ]] || bash scripts/cluster.sh stop "$cluster_base" >/dev/null 2>&1 || true
+}
+trap stop_cluster EXIT
+# Six ports and their bus ports (+10000) that nothing listens on; a port
+# taken between this check and the start makes cluster.sh fail: the next base.
+ports_free() {
+  local p
+  for p in $(seq "$1" $(($1 + 5))); do
+    for q in "$p" $((p + 10000)); do
+      (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && return 1
+    done
+  done
+  return 0
+}
+if (($# == 0)); then
+  echo "test: cargo test on a Redis Cluster (storm, model, outbox)"
+  nodes=
+  for base in $(seq 31001 10 31991); do
+    ports_free "$base" || continue
+    if nodes=$(bash scripts/cluster.sh start "$base" | tail -n 1); then
+      cluster_base=$base
+      break
+    fi
+    bash scripts/cluster.sh stop "$base" >/dev/null 2>&1 || true
+  done
+  [[ -n $cluster_base ]] || { echo "test: no loopback cluster could start" >&2; exit 1; }
+  FLASHSALE_TEST_CLUSTER_NODES=$nodes cargo test --locked --test storm --test model --test outbox
+  stop_cluster
+  cluster_base=
+fi
 
 # The API document against the running gateway (schemathesis, every check,
 # the stateful phase). Only on a whole run: arguments pick some Rust tests.
