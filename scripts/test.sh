@@ -58,29 +58,12 @@ stop_cluster() {
   [[ -z $cluster_base ]] || bash scripts/cluster.sh stop "$cluster_base" >/dev/null 2>&1 || true
 }
 trap stop_cluster EXIT
-# Six ports and their bus ports (+10000) that nothing listens on; a port
-# taken between this check and the start makes cluster.sh fail: the next base.
-ports_free() {
-  local p
-  for p in $(seq "$1" $(($1 + 5))); do
-    for q in "$p" $((p + 10000)); do
-      (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && return 1
-    done
-  done
-  return 0
-}
 if (($# == 0)); then
   echo "test: cargo test on a Redis Cluster (storm, model, outbox)"
-  nodes=
-  for base in $(seq 31001 10 31991); do
-    ports_free "$base" || continue
-    if nodes=$(bash scripts/cluster.sh start "$base" | tail -n 1); then
-      cluster_base=$base
-      break
-    fi
-    bash scripts/cluster.sh stop "$base" >/dev/null 2>&1 || true
-  done
-  [[ -n $cluster_base ]] || { echo "test: no loopback cluster could start" >&2; exit 1; }
+  nodes=$(bash scripts/cluster.sh start auto | tail -n 1)
+  # The seed list starts with the base port: redis://127.0.0.1:BASE,...
+  cluster_base=${nodes%%,*}
+  cluster_base=${cluster_base##*:}
   FLASHSALE_TEST_CLUSTER_NODES=$nodes cargo test --locked --test storm --test model --test outbox
   stop_cluster
   cluster_base=
