@@ -403,7 +403,7 @@ fn print_tables(args: &Args, targets: &[Target], runs: &[Run]) {
     println!();
     println!("Per primary, summed over rounds: holds of its sales, EVALSHA calls and Redis CPU (INFO cpu sys+user) in each phase; µs of CPU per reserve and per confirm, and what one core per primary would serve of this phase alone:");
     println!();
-    println!("| target | primary | holds | reserve: EVALSHA / CPU s / µs per reserve / reserves/s per core | confirm: EVALSHA / CPU s / µs per confirm |");
+    println!("| target | primary | holds | reserve: EVALSHA / holds per call / CPU s / µs per reserve / reserves/s per core | confirm: EVALSHA / CPU s / µs per confirm |");
     println!("|---|---|---:|---|---|");
     for t in targets {
         let mut sum: BTreeMap<&str, [f64; 5]> = BTreeMap::new();
@@ -434,8 +434,9 @@ fn print_tables(args: &Args, targets: &[Target], runs: &[Run]) {
                 0.0
             };
             println!(
-                "| {} | {addr} | {holds:.0} | {r_calls:.0} / {r_cpu:.2} / {:.1} / {per_core:.0} | {c_calls:.0} / {c_cpu:.2} / {:.1} |",
+                "| {} | {addr} | {holds:.0} | {r_calls:.0} / {:.2} / {r_cpu:.2} / {:.1} / {per_core:.0} | {c_calls:.0} / {c_cpu:.2} / {:.1} |",
                 t.label,
+                holds / r_calls.max(1.0),
                 us(r_cpu),
                 us(c_cpu)
             );
