@@ -55,6 +55,15 @@ if ((cluster)); then
   cluster_base=${nodes%%,*}
   cluster_base=${cluster_base##*:}
   export FLASHSALE__REDIS__CLUSTER_NODES=$nodes FLASHSALE__REDIS__CONFIRM_REPLICAS=1
+  # A database of its own, fresh as the cluster: the sales of a cluster that
+  # is gone would show as drift to the plain demo's `reconcile`.
+  if [[ -z ${FLASHSALE__DATABASE__URL:-} ]]; then
+    if command -v psql >/dev/null; then
+      psql -X -q -h 127.0.0.1 -p 5432 -U postgres -d postgres \
+        -c "DROP DATABASE IF EXISTS flashsale_demo_cluster WITH (FORCE)" </dev/null >/dev/null
+    fi
+    export FLASHSALE__DATABASE__URL=postgres://postgres@127.0.0.1:5432/flashsale_demo_cluster
+  fi
 fi
 "$BIN" migrate
 
