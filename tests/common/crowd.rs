@@ -29,6 +29,8 @@ pub struct Seen {
     pub statuses: HashMap<u16, usize>,
     /// Reservation ids answered 200 on confirm, by sale.
     pub confirmed: HashMap<String, HashSet<String>>,
+    /// 503s without `Retry-After`: the contract sets it on every one.
+    pub bare_503s: usize,
 }
 
 /// `customers` buyers, spread round-robin over `apps`, each reserving one
@@ -60,11 +62,11 @@ pub async fn storm(
                     &sales[(n >> 33) as usize % sales.len()]
                 };
                 let held = app.reserve(sale, &token, 1).await;
-                let mut statuses = vec![held.status];
+                let mut statuses = vec![(held.status, held.retry_after.is_some())];
                 if held.status == 201 {
                     let rid = held.body["id"].as_str().unwrap_or_default().to_string();
                     let done = app.confirm(&rid, &token).await;
-                    statuses.push(done.status);
+                    statuses.push((done.status, done.retry_after.is_some()));
                     if done.status == 200 {
                         seen.lock()
                             .unwrap()
@@ -77,8 +79,9 @@ pub async fn storm(
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 let mut s = seen.lock().unwrap();
-                for st in statuses {
+                for (st, retry_after) in statuses {
                     *s.statuses.entry(st).or_default() += 1;
+                    s.bare_503s += usize::from(st == 503 && !retry_after);
                 }
             }
         }));
@@ -127,6 +130,7 @@ pub async fn assert_no_order_lost(
             seen.statuses
         );
     }
+    assert_eq!(seen.bare_503s, 0, "503s without Retry-After");
     let mut total_confirmed = 0;
     for sale in sales {
         let confirmed = seen.confirmed.get(sale).cloned().unwrap_or_default();
