@@ -2,7 +2,9 @@
 # A Redis Cluster on loopback from Debian's redis-server: 3 primaries, each
 # with one replica, for the tests and `scripts/demo.sh --cluster`. Never Docker.
 #
-#   bash scripts/cluster.sh start [BASE_PORT]   # ports BASE..BASE+5 (default 30001)
+#   bash scripts/cluster.sh start [BASE_PORT]   # ports BASE..BASE+5 (default 30001);
+#                                               # `auto`: the first base from 31001
+#                                               # (step 10) whose ports are free
 #   bash scripts/cluster.sh stop  [BASE_PORT]
 #   bash scripts/cluster.sh nodes [BASE_PORT]   # the seed list for redis.cluster_nodes
 #   bash scripts/cluster.sh restart BASE_PORT PORT  # a killed node, back with its
@@ -17,6 +19,28 @@ set -euo pipefail
 
 cmd=${1:-start}
 base=${2:-30001}
+
+# `start auto`: six ports and their bus ports (+10000) that nothing listens
+# on. A port taken between this check and the start fails the start: the
+# next base. The seed list printed last names the base chosen.
+if [[ $cmd == start && $base == auto ]]; then
+  ports_free() {
+    local p q
+    for p in $(seq "$1" $(($1 + 5))); do
+      for q in "$p" $((p + 10000)); do
+        (exec 3<>"/dev/tcp/127.0.0.1/$q") 2>/dev/null && return 1
+      done
+    done
+    return 0
+  }
+  for b in $(seq 31001 10 31991); do
+    ports_free "$b" || continue
+    bash "${BASH_SOURCE[0]}" start "$b" && exit 0
+    bash "${BASH_SOURCE[0]}" stop "$b" >/dev/null 2>&1 || true
+  done
+  echo "cluster: no free ports for a cluster from 31001 to 31996" >&2
+  exit 1
+fi
 # The cluster bus listens on port + 10000, which must stay a valid port.
 ((base >= 1024 && base + 5 <= 55535)) || { echo "cluster: BASE_PORT must be 1024..55530" >&2; exit 2; }
 state=${FLASHSALE_STATE:-/var/tmp/flashsale}/cluster-$base

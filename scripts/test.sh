@@ -2,7 +2,9 @@
 # The README's "run the tests": `bash scripts/test.sh [CARGO TEST ARGS]`.
 # Makes sure Redis and Postgres run, checks formatting and lints when those
 # components are installed, then runs `cargo test --locked "$@"` and, with no
-# arguments, schemathesis against a gateway (scripts/schemathesis.sh).
+# arguments, the storm, model and outbox suites again on a loopback Redis
+# Cluster (scripts/cluster.sh) and schemathesis against a gateway
+# (scripts/schemathesis.sh).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -46,6 +48,26 @@ bash scripts/check-deploy.sh
 
 echo "test: cargo test"
 cargo test --locked "$@"
+
+# The suites that attack the engine hardest (storm, model, outbox) again on
+# a loopback Redis Cluster (scripts/cluster.sh: 3 primaries, 3 replicas) with
+# redis.confirm_replicas = 1, as tests/common/mod.rs reads
+# FLASHSALE_TEST_CLUSTER_NODES. Only on a whole run: arguments pick some tests.
+cluster_base=
+stop_cluster() {
+  [[ -z $cluster_base ]] || bash scripts/cluster.sh stop "$cluster_base" >/dev/null 2>&1 || true
+}
+trap stop_cluster EXIT
+if (($# == 0)); then
+  echo "test: cargo test on a Redis Cluster (storm, model, outbox)"
+  nodes=$(bash scripts/cluster.sh start auto | tail -n 1)
+  # The seed list starts with the base port: redis://127.0.0.1:BASE,...
+  cluster_base=${nodes%%,*}
+  cluster_base=${cluster_base##*:}
+  FLASHSALE_TEST_CLUSTER_NODES=$nodes cargo test --locked --test storm --test model --test outbox
+  stop_cluster
+  cluster_base=
+fi
 
 # The API document against the running gateway (schemathesis, every check,
 # the stateful phase). Only on a whole run: arguments pick some Rust tests.

@@ -55,9 +55,12 @@ pub enum TargetKind {
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct Options {
-    /// The gateway's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
+    /// The gateway's base URL. Several gateways of one deployment (the
+    /// option repeated, or a comma-separated list): buyer i reserves through
+    /// the i-th modulo their number and holds are decided round-robin over
+    /// them; the sale is created and its stock read through the first.
+    #[arg(long, default_value = "http://127.0.0.1:8080", value_delimiter = ',')]
+    pub url: Vec<String>,
     /// Distinct buyers.
     #[arg(long, default_value_t = 500)]
     pub customers: usize,
@@ -307,8 +310,16 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
         .timeout(Duration::from_secs(10))
         .pool_max_idle_per_host(o.concurrency)
         .build()?;
-    let base = o.url.trim_end_matches('/').to_string();
-    wait_ready(&http, &base).await?;
+    let bases: Vec<String> = o
+        .url
+        .iter()
+        .map(|u| u.trim_end_matches('/').to_string())
+        .collect();
+    anyhow::ensure!(!bases.is_empty(), "--url names no gateway");
+    for base in &bases {
+        wait_ready(&http, base).await?;
+    }
+    let base = bases[0].clone();
 
     let admin = auth.issue("loadtest-admin", Some("admin"), 3600)?;
     let now = time::OffsetDateTime::now_utc();
@@ -367,8 +378,14 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
     let started = Instant::now();
     let crowd = Arc::new(Crowd {
         http: http.clone(),
-        url: format!("{base}/v1/sales/{sale_id}/reservations"),
-        plain: conn::Target::parse(&format!("{base}/v1/sales/{sale_id}/reservations")),
+        urls: bases
+            .iter()
+            .map(|b| format!("{b}/v1/sales/{sale_id}/reservations"))
+            .collect(),
+        plain: bases
+            .iter()
+            .map(|b| conn::Target::parse(&format!("{b}/v1/sales/{sale_id}/reservations")))
+            .collect::<Option<Vec<_>>>(),
         bearers: tokens
             .iter()
             .map(|t| conn::bearer(t).context("a token that is not a header value"))
@@ -416,7 +433,7 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
     let n_decide = (n_confirm + n_release).min(holds.len());
     let decisions: Vec<Decision> = stream::iter(holds[..n_decide].iter().enumerate())
         .map(|(i, h)| {
-            let (http, base, auth) = (&http, &base, &auth);
+            let (http, base, auth) = (&http, &bases[i % bases.len()], &auth);
             async move { decide(http, base, auth, h, i, i < n_confirm).await }
         })
         .buffer_unordered(o.concurrency)
@@ -662,7 +679,7 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
     };
     let report = Report {
         target_kind: o.target_kind,
-        url: base.clone(),
+        url: bases.join(","),
         sale_id,
         concurrency: o.concurrency,
         customers: o.customers,
@@ -726,10 +743,12 @@ pub async fn play(settings: &Settings, o: &Options) -> anyhow::Result<Report> {
 /// What every buyer task shares.
 struct Crowd {
     http: reqwest::Client,
-    url: String,
-    /// The reserve URL when it is plain `http://`: the storm then goes
-    /// through one bare connection per buyer task (see [`conn`]).
-    plain: Option<conn::Target>,
+    /// The reserve URL on each gateway: buyer i reserves through the
+    /// i-th modulo their number.
+    urls: Vec<String>,
+    /// The same when every one is plain `http://`: the storm then goes
+    /// through one bare connection per buyer task and gateway (see [`conn`]).
+    plain: Option<Vec<conn::Target>>,
     tokens: Vec<String>,
     /// `Bearer <token>` of each token, for [`conn`].
     bearers: Vec<HeaderValue>,
@@ -802,8 +821,12 @@ impl Tally {
 async fn buyer(crowd: Arc<Crowd>) -> anyhow::Result<Tally> {
     let mut tally = Tally::new()?;
     let customers = crowd.tokens.len() as u64;
-    // One kept-alive connection per buyer task, as a browser tab would have.
-    let mut conn = crowd.plain.as_ref().map(|_| conn::Conn::default());
+    // One kept-alive connection per buyer task (and gateway), as a browser
+    // tab would have.
+    let mut conns: Vec<conn::Conn> = match &crowd.plain {
+        Some(targets) => targets.iter().map(|_| conn::Conn::default()).collect(),
+        None => Vec::new(),
+    };
     loop {
         let i = crowd.next.fetch_add(1, Ordering::Relaxed);
         let over = match crowd.deadline {
@@ -820,17 +843,24 @@ async fn buyer(crowd: Arc<Crowd>) -> anyhow::Result<Tally> {
             rand::thread_rng().gen_range(1..=crowd.max_quantity)
         };
         let t = Instant::now();
-        let answer = match (&crowd.plain, conn.as_mut()) {
-            (Some(target), Some(conn)) => {
+        let gateway = buyer % crowd.urls.len();
+        let answer = match (&crowd.plain, conns.get_mut(gateway)) {
+            (Some(targets), Some(conn)) => {
+                let target = &targets[gateway];
                 let body = Bytes::from(format!("{{\"quantity\":{quantity}}}"));
                 match conn.post(target, &crowd.bearers[buyer], body).await {
                     Ok((status, body)) => Ok(read_answer(status, &body)),
                     Err(e) => Err(e.to_string()),
                 }
             }
-            _ => reserve(&crowd.http, &crowd.url, &crowd.tokens[buyer], quantity)
-                .await
-                .map_err(|e| e.to_string()),
+            _ => reserve(
+                &crowd.http,
+                &crowd.urls[gateway],
+                &crowd.tokens[buyer],
+                quantity,
+            )
+            .await
+            .map_err(|e| e.to_string()),
         };
         tally
             .latency
@@ -1146,6 +1176,14 @@ mod tests {
         let o = Options::from_args(["--target-kind", "baseline", "--duration", "2.5"]).unwrap();
         assert_eq!(o.target_kind, TargetKind::Baseline);
         assert_eq!(o.duration, Some(2.5));
+        assert_eq!(o.url, ["http://127.0.0.1:8080"]);
+    }
+
+    #[test]
+    fn several_gateways_by_commas_or_repeated() {
+        let o =
+            Options::from_args(["--url", "http://a:1,http://b:2", "--url", "http://c:3"]).unwrap();
+        assert_eq!(o.url, ["http://a:1", "http://b:2", "http://c:3"]);
     }
 
     #[test]

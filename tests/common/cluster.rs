@@ -101,6 +101,80 @@ impl PrivateCluster {
         })
     }
 
+    /// The slot of `key`.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        self.cli(self.base, &["cluster", "keyslot", key])
+            .trim()
+            .parse()
+            .expect("CLUSTER KEYSLOT answers a slot")
+    }
+
+    /// The ports of the primaries that own slots, as the first node sees them.
+    pub fn primaries(&self) -> Vec<u16> {
+        let nodes = self.cli(self.base, &["cluster", "nodes"]);
+        nodes
+            .lines()
+            .filter_map(|line| {
+                let f: Vec<&str> = line.split_whitespace().collect();
+                let owns = f.get(2)?.contains("master") && f.len() > 8;
+                let port = f
+                    .get(1)?
+                    .split('@')
+                    .next()?
+                    .rsplit(':')
+                    .next()?
+                    .parse()
+                    .ok()?;
+                owns.then_some(port)
+            })
+            .collect()
+    }
+
+    fn id(&self, port: u16) -> String {
+        self.cli(port, &["cluster", "myid"]).trim().to_string()
+    }
+
+    /// Moves `slot` from the primary on `from` to the one on `to` while it
+    /// serves, the way `redis-cli --cluster reshard` moves each slot: the
+    /// target imports, the source migrates, the keys go over one at a time
+    /// (a pause between them keeps the slot split across both nodes for a
+    /// while, the window in which multi-key scripts get ASK and TRYAGAIN),
+    /// then both are told the slot's new owner. Returns the keys moved.
+    pub fn move_slot(&self, slot: u16, from: u16, to: u16) -> usize {
+        let (from_id, to_id) = (self.id(from), self.id(to));
+        let slot = slot.to_string();
+        let ok = |reply: String| assert_eq!(reply.trim(), "OK", "{reply}");
+        ok(self.cli(to, &["cluster", "setslot", &slot, "importing", &from_id]));
+        ok(self.cli(from, &["cluster", "setslot", &slot, "migrating", &to_id]));
+        let mut moved = 0;
+        loop {
+            let keys = self.cli(from, &["cluster", "getkeysinslot", &slot, "10"]);
+            let keys: Vec<&str> = keys.lines().filter(|k| !k.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            for key in keys {
+                let to_port = to.to_string();
+                let reply = self.cli(from, &["migrate", "127.0.0.1", &to_port, key, "0", "5000"]);
+                // NOKEY: a script deleted it since GETKEYSINSLOT.
+                assert!(
+                    matches!(reply.trim(), "OK" | "NOKEY"),
+                    "MIGRATE {key}: {reply}"
+                );
+                moved += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+        }
+        ok(self.cli(to, &["cluster", "setslot", &slot, "node", &to_id]));
+        ok(self.cli(from, &["cluster", "setslot", &slot, "node", &to_id]));
+        for p in self.primaries() {
+            if p != from && p != to {
+                self.cli(p, &["cluster", "setslot", &slot, "node", &to_id]);
+            }
+        }
+        moved
+    }
+
     /// The port of a replica of the primary on `primary`.
     pub fn replica_of(&self, primary: u16) -> Option<u16> {
         let nodes = self.cli(primary, &["cluster", "nodes"]);

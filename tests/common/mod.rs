@@ -4,10 +4,15 @@
 //!
 //! `FLASHSALE_TEST_REDIS_URL` and `FLASHSALE_TEST_DATABASE_URL` (a server
 //! URL without a database) point the tests elsewhere.
+//! `FLASHSALE_TEST_CLUSTER_NODES` (comma-separated `redis://host:port`, as
+//! `redis.cluster_nodes`) runs them on a Redis Cluster with one replica per
+//! primary instead, with `redis.confirm_replicas = 1` (scripts/test.sh runs
+//! storm, model and outbox so on a loopback cluster).
 #![allow(dead_code)]
 
 pub mod browser;
 pub mod cluster;
+pub mod crowd;
 pub mod proxy;
 pub mod redis_server;
 
@@ -27,6 +32,17 @@ pub fn redis_url() -> String {
     std::env::var("FLASHSALE_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379".into())
 }
 
+/// The seed nodes of the cluster the tests run on; empty: one Redis.
+pub fn cluster_nodes() -> Vec<String> {
+    std::env::var("FLASHSALE_TEST_CLUSTER_NODES")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect()
+}
+
 pub fn pg_server_url() -> String {
     std::env::var("FLASHSALE_TEST_DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
@@ -43,6 +59,10 @@ pub fn unique(prefix: &str) -> String {
 pub fn test_settings() -> Settings {
     let mut s = Settings::load(None).expect("default configuration loads");
     s.redis.url = redis_url();
+    s.redis.cluster_nodes = cluster_nodes();
+    // The topology scripts/cluster.sh makes: one replica per primary, so
+    // every confirm of a run on the cluster also goes through the wait.
+    s.redis.confirm_replicas = u32::from(!s.redis.cluster_nodes.is_empty());
     s.redis.key_prefix = unique("t");
     s.database.url =
         SecretString::from(format!("{}/{}", pg_server_url(), unique("flashsale_test_")));
@@ -338,6 +358,14 @@ pub fn flashsale_command(app: &TestApp) -> std::process::Command {
     use secrecy::ExposeSecret;
     let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
     cmd.env("FLASHSALE__REDIS__URL", &app.settings.redis.url)
+        .env(
+            "FLASHSALE__REDIS__CLUSTER_NODES",
+            app.settings.redis.cluster_nodes.join(","),
+        )
+        .env(
+            "FLASHSALE__REDIS__CONFIRM_REPLICAS",
+            app.settings.redis.confirm_replicas.to_string(),
+        )
         .env(
             "FLASHSALE__REDIS__KEY_PREFIX",
             &app.settings.redis.key_prefix,

@@ -10,16 +10,25 @@ pub struct PrivateRedis {
     child: Option<Child>,
     pub port: u16,
     dir: std::path::PathBuf,
+    persistence: Vec<String>,
 }
 
 impl PrivateRedis {
+    /// Without persistence: a restarted server comes back empty.
     pub fn start() -> PrivateRedis {
+        PrivateRedis::start_with(&["--save", "", "--appendonly", "no"])
+    }
+
+    /// With these persistence options (`--appendonly yes`, ...): a server
+    /// restarted after a kill reloads what it persisted in its dir.
+    pub fn start_with(persistence: &[&str]) -> PrivateRedis {
         let dir = std::env::temp_dir().join(unique("flashsale-redis-"));
         std::fs::create_dir_all(&dir).unwrap();
         let mut r = PrivateRedis {
             child: None,
             port: free_port(),
             dir,
+            persistence: persistence.iter().map(|a| a.to_string()).collect(),
         };
         r.restart();
         r
@@ -33,7 +42,7 @@ impl PrivateRedis {
     pub fn restart(&mut self) {
         let child = Command::new("redis-server")
             .args(["--port", &self.port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
+            .args(&self.persistence)
             .arg("--dir")
             .arg(&self.dir)
             .stdout(Stdio::null())
@@ -50,7 +59,7 @@ impl PrivateRedis {
         }
     }
 
-    /// Kills the server: its data is gone, as after a crash without persistence.
+    /// SIGKILLs the server: without persistence its data is gone.
     pub fn stop(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
