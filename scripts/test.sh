@@ -2,7 +2,7 @@
 # The README's "run the tests": `bash scripts/test.sh [CARGO TEST ARGS]`.
 # Makes sure Redis and Postgres run, checks formatting and lints when those
 # components are installed, then runs `cargo test --locked "$@"` and, with no
-# arguments, the storm, model and outbox suites again on a loopback Redis
+# arguments, the storm, model, outbox and waiting-room suites again on a loopback Redis
 # Cluster (scripts/cluster.sh) and schemathesis against a gateway
 # (scripts/schemathesis.sh).
 set -euo pipefail
@@ -49,7 +49,8 @@ bash scripts/check-deploy.sh
 echo "test: cargo test"
 cargo test --locked "$@"
 
-# The suites that attack the engine hardest (storm, model, outbox) again on
+# The suites that attack the engine hardest (storm, model, outbox) and the
+# waiting room (its keys under the sale's tag, its seal and admissions) again on
 # a loopback Redis Cluster (scripts/cluster.sh: 3 primaries, 3 replicas) with
 # redis.confirm_replicas = 1, as tests/common/mod.rs reads
 # FLASHSALE_TEST_CLUSTER_NODES. Only on a whole run: arguments pick some tests.
@@ -59,12 +60,12 @@ stop_cluster() {
 }
 trap stop_cluster EXIT
 if (($# == 0)); then
-  echo "test: cargo test on a Redis Cluster (storm, model, outbox)"
+  echo "test: cargo test on a Redis Cluster (storm, model, outbox, waiting room)"
   nodes=$(bash scripts/cluster.sh start auto | tail -n 1)
   # The seed list starts with the base port: redis://127.0.0.1:BASE,...
   cluster_base=${nodes%%,*}
   cluster_base=${cluster_base##*:}
-  FLASHSALE_TEST_CLUSTER_NODES=$nodes cargo test --locked --test storm --test model --test outbox
+  FLASHSALE_TEST_CLUSTER_NODES=$nodes cargo test --locked --test storm --test model --test outbox --test waiting_room
   stop_cluster
   cluster_base=
 fi
