@@ -174,3 +174,103 @@ async fn a_killed_replica_holds_confirms_back_until_it_returns() {
     }
     assert_eq!(app.wait_for_orders("r0", 1, 30).await.0, 1);
 }
+
+/// On-call's tools on a cluster: a sales file loads, reconcile finds the
+/// sales consistent, and `/readyz` names every primary, stays 200 while one
+/// is down and is 503 once none answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_call_tools_and_readyz_work_on_the_cluster() {
+    let cluster = PrivateCluster::start();
+    let mut settings = test_settings();
+    settings.redis.cluster_nodes = cluster.nodes();
+    settings.redis.confirm_replicas = 1;
+    let app = spawn_with_settings(settings, true, true).await;
+
+    let dir = std::env::temp_dir().join(common::unique("cluster-sales-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let file = dir.join("sales.toml");
+    let ids: Vec<String> = (0..6).map(|i| common::unique(&format!("f{i}-"))).collect();
+    let body: String = ids
+        .iter()
+        .map(|id| {
+            format!(
+                "[[sale]]\nid = \"{id}\"\nsku = \"SKU\"\nname = \"Sale {id}\"\nprice_cents = 1000\n\
+                 currency = \"IDR\"\nstock = 10\nstarts_at = 2026-01-01T00:00:00Z\n\
+                 ends_at = 2999-01-01T00:00:00Z\nper_customer_limit = 2\nhold_seconds = 600\n\n"
+            )
+        })
+        .collect();
+    std::fs::write(&file, body).unwrap();
+    let out = common::run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The sales spread over more than one primary (by their hash tags).
+    let owners: std::collections::BTreeSet<u16> = ids
+        .iter()
+        .filter_map(|id| cluster.primary_of(&app.engine.keys(id).sale))
+        .collect();
+    assert!(owners.len() > 1, "every sale on one primary: {owners:?}");
+
+    let token = app.token("oncall-buyer");
+    for id in &ids {
+        let held = app.reserve(id, &token, 1).await;
+        assert_eq!(held.status, 201, "{}", held.body);
+        let rid = held.body["id"].as_str().unwrap().to_string();
+        assert_eq!(app.confirm(&rid, &token).await.status, 200);
+    }
+    for id in &ids {
+        assert_eq!(app.wait_for_orders(id, 1, 30).await.0, 1);
+    }
+    let out = common::run_flashsale(&app, &["reconcile", "--json"]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let ready = app.get("/readyz", None).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
+    let primaries = ready.body["primaries"]
+        .as_array()
+        .expect("primaries listed");
+    assert_eq!(primaries.len(), 3, "{}", ready.body);
+    assert!(
+        primaries.iter().all(|p| p["redis"] == "up"),
+        "{}",
+        ready.body
+    );
+
+    // One primary down: the others still serve, so the gateway stays ready.
+    let victim = *owners.iter().next().unwrap();
+    cluster.kill(victim);
+    let until = Instant::now() + Duration::from_secs(2);
+    while Instant::now() < until {
+        let ready = app.get("/readyz", None).await;
+        assert_eq!(ready.status, 200, "{}", ready.body);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Every node down: nothing answers, and the gateway says so.
+    for port in cluster.ports() {
+        if port != victim {
+            cluster.kill(port);
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = app.get("/readyz", None).await;
+        if ready.status == 503 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still ready with every node down: {}",
+            ready.body
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
