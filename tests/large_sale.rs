@@ -132,8 +132,24 @@ async fn repairs_of_a_large_sale_never_block_redis() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert_eq!(out.status.code(), Some(0), "{said}");
     assert!(said.contains("recounted"), "{said}");
+    match out.status.code() {
+        Some(0) => {}
+        // The check after the repair can catch one of the buyers' holds
+        // between its deadline moved into the past and its reap (drift the
+        // buyers make on purpose, seen on a slow machine): with the buyers
+        // stopped, the sale must be consistent.
+        Some(1) if said.contains("holds_not_reaped") => {
+            let again = run_flashsale(&app, &["reconcile", "--sale", &sale]);
+            assert_eq!(
+                again.status.code(),
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&again.stdout)
+            );
+        }
+        _ => panic!("reconcile --apply: {said}"),
+    }
 
     // Whatever the buyers did while it ran, the counters are right after it
     // (a recount once more, now that they have stopped, changes nothing).
