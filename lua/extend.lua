@@ -20,9 +20,8 @@
 local now = now_ms()
 local sale, reservations, customers, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local rid = ARGV[1]
-local enc = redis.call('HGET', reservations, rid)
+local enc, rec = load_hold(reservations, rid, '')
 if not enc then return {'reservation_not_found', now} end
-local rec = cjson.decode(enc)
 if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
 if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
 if now >= rec.e then

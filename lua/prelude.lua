@@ -98,6 +98,19 @@ local function check_record(rid, rec)
   end
 end
 
+-- A hold's record (encoded and decoded, checked) when it exists and `cust`
+-- owns it ('' for any owner: a service or an admin); nil otherwise, which
+-- the hold scripts answer reservation_not_found, so a stranger's hold looks
+-- like none.
+local function load_hold(reservations, rid, cust)
+  local enc = redis.call('HGET', reservations, rid)
+  if not enc then return nil end
+  local rec = cjson.decode(enc)
+  check_record(rid, rec)
+  if cust ~= '' and rec.c ~= cust then return nil end
+  return enc, rec
+end
+
 -- The waiting room (a sale with `room` = 1 in its hash). Room hash fields:
 -- opens_ms rate burst adm_ms (its configuration), sha (SHA-256 of the seed,
 -- published when the room opens) seed (secret until published), next (the
@@ -201,11 +214,8 @@ end
 -- One confirm at `now` (keys, arguments and reply as in confirm.lua).
 local function confirm_one(now, sale, reservations, customers, due, outbox, sale_id,
                            rid, cust, order_id, payment_ref, confirmed_by)
-  local enc = redis.call('HGET', reservations, rid)
+  local enc, rec = load_hold(reservations, rid, cust)
   if not enc then return {'reservation_not_found', now} end
-  local rec = cjson.decode(enc)
-  check_record(rid, rec)
-  if cust ~= '' and rec.c ~= cust then return {'reservation_not_found', now} end
   if rec.s == 'confirmed' then return {'confirmed', now, rid, enc} end
   if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
   if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
@@ -237,11 +247,8 @@ end
 -- One release at `now` (keys, arguments and reply as in release.lua); `cust`
 -- is '' when an admin releases.
 local function release_one(now, sale, reservations, customers, due, rid, cust)
-  local enc = redis.call('HGET', reservations, rid)
+  local enc, rec = load_hold(reservations, rid, cust)
   if not enc then return {'reservation_not_found', now} end
-  local rec = cjson.decode(enc)
-  check_record(rid, rec)
-  if cust ~= '' and rec.c ~= cust then return {'reservation_not_found', now} end
   if rec.s == 'released' then return {'released', now, rid, enc} end
   if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
   if now >= rec.e then

@@ -57,6 +57,15 @@ pub async fn archive_due(
                 continue; // not over (held units, orders waiting)
             };
             store::keep_final(db, &def.id, last.total, last.sold).await?;
+            if def.queue.is_some() {
+                // The room's public view answers from Postgres after this.
+                match engine.room(&def.id, None).await {
+                    Ok(room) => store::keep_admitted(db, &def.id, room.admitted).await?,
+                    // A room Redis lost (reconcile names it): nothing to keep.
+                    Err(e) if crate::engine::room::is_missing(&e) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
             engine.remove_sale(&def.id).await?;
         }
         store::mark_archived(db, &def.id).await?;

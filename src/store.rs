@@ -152,6 +152,8 @@ pub struct Room {
     pub seed: Option<(String, String)>,
     /// Fixed at the seal.
     pub members: Option<u64>,
+    /// The positions admitted, kept when the sale is archived.
+    pub admitted: Option<u64>,
 }
 
 fn room_from_row(row: &sqlx::postgres::PgRow) -> Result<Room, sqlx::Error> {
@@ -164,10 +166,13 @@ fn room_from_row(row: &sqlx::postgres::PgRow) -> Result<Room, sqlx::Error> {
         members: row
             .try_get::<Option<i64>, _>("members")?
             .and_then(|m| u64::try_from(m).ok()),
+        admitted: row
+            .try_get::<Option<i64>, _>("admitted")?
+            .and_then(|m| u64::try_from(m).ok()),
     })
 }
 
-const ROOM_COLUMNS: &str = "sale_id, config, seed, seed_sha256, members";
+const ROOM_COLUMNS: &str = "sale_id, config, seed, seed_sha256, members, admitted";
 
 pub async fn room(db: &PgPool, sale_id: &str) -> StoreResult<Option<Room>> {
     let row = sqlx::query(&format!(
@@ -674,6 +679,16 @@ pub async fn keep_final(db: &PgPool, id: &str, total: i64, sold: i64) -> StoreRe
         .bind(id)
         .bind(total)
         .bind(sold)
+        .execute(db)
+        .await?;
+    Ok(())
+}
+
+/// Keeps how many positions a room admitted, before Redis forgets it.
+pub async fn keep_admitted(db: &PgPool, sale_id: &str, admitted: u64) -> StoreResult<()> {
+    sqlx::query("UPDATE sale_queues SET admitted = $2 WHERE sale_id = $1")
+        .bind(sale_id)
+        .bind(i64::try_from(admitted).unwrap_or(i64::MAX))
         .execute(db)
         .await?;
     Ok(())

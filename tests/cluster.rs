@@ -202,11 +202,7 @@ async fn on_call_tools_and_readyz_work_on_the_cluster() {
         .collect();
     std::fs::write(&file, body).unwrap();
     let out = common::run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_exit(&out, 0);
     // The sales spread over more than one primary (by their hash tags).
     let owners: std::collections::BTreeSet<u16> = ids
         .iter()
@@ -225,13 +221,7 @@ async fn on_call_tools_and_readyz_work_on_the_cluster() {
         assert_eq!(app.wait_for_orders(id, 1, 30).await.0, 1);
     }
     let out = common::run_flashsale(&app, &["reconcile", "--json"]);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    common::assert_exit(&out, 0);
 
     let ready = app.get("/readyz", None).await;
     assert_eq!(ready.status, 200, "{}", ready.body);

@@ -127,11 +127,7 @@ async fn repairs_of_a_large_sale_never_block_redis() {
     let repair = tokio::task::spawn_blocking(move || cmd.output());
     let (confirmed, out) = tokio::join!(buyers, repair);
     let out = out.unwrap().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let said = common::said(&out);
     assert!(said.contains("recounted"), "{said}");
     match out.status.code() {
         Some(0) => {}

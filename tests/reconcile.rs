@@ -211,13 +211,7 @@ async fn a_rebuild_during_a_storm_never_oversells() {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        common::assert_exit(&out, 0);
         (
             started_at,
             answered.load(std::sync::atomic::Ordering::Relaxed),

@@ -17,14 +17,6 @@ fn run(app: &TestApp, args: &[&str]) -> Output {
     run_flashsale(app, args)
 }
 
-fn text(out: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
-
 fn drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
     reconcile_drift(app, sale)
 }
@@ -108,7 +100,7 @@ async fn a_recount_after_a_rebuild_never_offers_sold_units_again() {
     let mut conn = app.engine.connection();
     let _: () = conn.del(&app.engine.keys(&sale).all()[..]).await.unwrap();
     let out = run(&app, &["reconcile", "--rebuild", "--sale", &sale]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available, s.held, s.sold), (10, 4, 0, 6));
 
@@ -120,13 +112,13 @@ async fn a_recount_after_a_rebuild_never_offers_sold_units_again() {
             let _: () = conn.hincr(&k.sale, "available", 1).await.unwrap();
         }
         let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
-        assert_eq!(out.status.code(), Some(0), "{field}: {}", text(&out));
+        assert_eq!(out.status.code(), Some(0), "{field}: {}", said(&out));
         let s = app.stock(&sale).await;
         assert_eq!(
             (s.total, s.available, s.held, s.sold),
             (10, 4, 0, 6),
             "after drift in {field}: {}",
-            text(&out)
+            said(&out)
         );
     }
     // The one who bought the limit before the loss is still at it.
@@ -147,19 +139,19 @@ async fn a_recount_takes_the_largest_sold_any_source_knows() {
     buy(&app, &sale, "a", 3).await;
     // Flushed by hand: Postgres has 3, then Redis loses the sale.
     let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let mut conn = app.engine.connection();
     let k = app.engine.keys(&sale);
     let _: () = conn.del(&k.all()[..]).await.unwrap();
     let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // Two more sold, not yet in Postgres (no worker): only the records and
     // the counter know them. Then the counter is lost.
     buy(&app, &sale, "b", 2).await;
     let _: () = conn.hset(&k.sale, "sold", 0).await.unwrap();
     let _: () = conn.hincr(&k.sale, "available", 5).await.unwrap();
     let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available, s.held, s.sold), (10, 5, 0, 5));
     // Whether or not --apply flushed the young outbox, the 5 were counted.
@@ -178,13 +170,13 @@ async fn a_recount_that_cannot_be_reconciled_changes_nothing_and_exits_1() {
     let sale = app.live_sale(4, 4, 600).await;
     buy(&app, &sale, "a", 4).await;
     let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // Marketing's total in Redis lowered behind everyone's back.
     let mut conn = app.engine.connection();
     let k = app.engine.keys(&sale);
     let _: () = conn.hset(&k.sale, "total", 2).await.unwrap();
     let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     // The scheduled total is 4 and 4 are sold: that one can be repaired.
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available, s.sold), (4, 0, 4));
@@ -192,8 +184,8 @@ async fn a_recount_that_cannot_be_reconciled_changes_nothing_and_exits_1() {
     let _: () = conn.hset(&k.sale, "sold", 9).await.unwrap();
     let before = app.stock(&sale).await;
     let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(text(&out).contains("NOT recounted"), "{}", text(&out));
+    assert_exit(&out, 1);
+    assert!(said(&out).contains("NOT recounted"), "{}", said(&out));
     assert_eq!(app.stock(&sale).await, before, "nothing changed");
 }
 
@@ -305,7 +297,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
         .await
         .unwrap();
     let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available), (6, 6), "marketing's -4 stands");
 
@@ -344,7 +336,7 @@ async fn a_patch_voided_in_flight_is_applied_once_after_all() {
     recorded_with_key(&app, &stock_change(&sale, 2), "slow-1").await;
     // Reconcile runs while the first call is stalled before Redis.
     let out = run(&app, &["reconcile", "--sale", &sale]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let retry = patch(&app, &sale, Some("slow-1"), &json!({"stock_delta": 2})).await;
     assert_eq!(retry.status, 200, "{}", retry.body);
     assert_eq!(app.stock(&sale).await.total, 12);
@@ -494,7 +486,7 @@ async fn repairs_leave_no_consumer_in_the_outbox_group() {
         buy(&app, &sale, &format!("c{i}"), 1).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
         let out = run(&app, args);
-        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        assert_exit(&out, 0);
         assert_eq!(app.orders(&sale).await.0, i as i64 + 1, "flushed");
         let consumers: Vec<redis::Value> = redis::cmd("XINFO")
             .arg("CONSUMERS")
@@ -672,10 +664,10 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
         .await
         .assert_problem(404, "sale_not_found");
     let out = run(&app, &["reconcile", "--sale", &sale, "--json"]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert_exit(&out, 0);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["sales"][0]["archived"], true);
     let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(text(&out).contains("archived"), "{}", text(&out));
+    assert_exit(&out, 2);
+    assert!(said(&out).contains("archived"), "{}", said(&out));
 }

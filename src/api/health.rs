@@ -69,7 +69,7 @@ async fn probe(engine: &Engine, db: &PgPool, timeout: Duration) -> (bool, bool, 
     let redis_up = primaries.iter().any(|(_, up)| *up);
     let pg_up = matches!(pg, Ok(Ok(())));
     crate::metrics::services_up(redis_up, pg_up);
-    let primaries = if engine.connection().is_cluster() {
+    let primaries = if engine.is_cluster() {
         primaries
             .into_iter()
             .map(|(node, up)| Primary {

@@ -27,8 +27,16 @@ pub async fn public(
     PublicReader(_): PublicReader,
     sale_id: SaleId,
 ) -> Result<Json<PublicRoom>, ApiError> {
-    let room = state.engine.room(&sale_id, None).await?;
-    Ok(Json(room::public(&room)))
+    match state.engine.room(&sale_id, None).await {
+        Err(e) if crate::archive::not_in_redis(&e) => {
+            // Archived: the order stays verifiable from what Postgres keeps.
+            let sale = super::sales::archived(&state, &sale_id, e).await?;
+            let kept = db_call(&state, crate::store::room(&state.db, &sale_id)).await?;
+            let kept = kept.ok_or(ApiError::Refused(Refusal::QueueNotFound))?;
+            Ok(Json(room::archived(&kept, sale.starts_at)))
+        }
+        found => Ok(Json(room::public(&found?))),
+    }
 }
 
 /// Join a sale's waiting room (a customer).

@@ -725,6 +725,11 @@ impl Engine {
         self.conn.clone()
     }
 
+    /// Whether the engine runs on a Redis Cluster (reports name each primary).
+    pub fn is_cluster(&self) -> bool {
+        self.conn.is_cluster()
+    }
+
     /// Bounds every Redis call: a slow or dead Redis becomes a prompt
     /// `Unavailable`, never a request that hangs.
     pub(crate) async fn bounded<T>(

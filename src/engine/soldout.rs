@@ -77,7 +77,7 @@ pub async fn poll(engine: Engine, stop: CancellationToken) {
         if sales.is_empty() {
             continue;
         }
-        if engine.connection().is_cluster() {
+        if engine.is_cluster() {
             // A pipeline stays in one slot, and each sale is judged by the
             // clock of its own primary: one [TIME, HMGET] per sale.
             let reads = sales.iter().map(|id| {

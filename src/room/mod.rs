@@ -19,6 +19,7 @@ pub mod permutation;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
+use time::OffsetDateTime;
 
 use crate::domain::{from_ms, rfc3339_ms};
 use crate::engine::room::{Joined, RoomState, Ticket};
@@ -255,6 +256,26 @@ pub fn public(state: &RoomState) -> PublicRoom {
         admit_burst: state.config.admit_burst,
         admission_seconds: state.config.admission_seconds,
         server_time: rfc3339_ms(from_ms(state.now_ms)),
+    }
+}
+
+/// The public view of an archived sale's room, from what Postgres keeps: the
+/// seed, the member count and the admissions stay verifiable after Redis
+/// forgot the room. A room sealed at the sale's start, as [`public`] shows it.
+pub fn archived(room: &store::Room, starts_at: OffsetDateTime) -> PublicRoom {
+    let seed = room.seed.as_ref();
+    PublicRoom {
+        opens_at: rfc3339_ms(room.config.opens_at),
+        sealed_at: room.members.map(|_| rfc3339_ms(starts_at)),
+        seed_sha256: seed.map(|(_, sha)| sha.clone()),
+        seed: room.members.and(seed.map(|(seed, _)| seed.clone())),
+        members: room.members.unwrap_or(0),
+        admitted: room.admitted.unwrap_or(0),
+        permutation: permutation::NAME,
+        admit_per_second: room.config.admit_per_second,
+        admit_burst: room.config.admit_burst,
+        admission_seconds: room.config.admission_seconds,
+        server_time: rfc3339_ms(OffsetDateTime::now_utc()),
     }
 }
 

@@ -219,11 +219,7 @@ impl PrivateCluster {
             &self.state,
             &["restart", &self.base.to_string(), &port.to_string()],
         );
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        super::assert_exit(&out, 0);
     }
 
     /// Whether every slot is served again (`cluster_state:ok` on a live node).

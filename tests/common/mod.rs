@@ -391,6 +391,20 @@ pub fn run_flashsale(app: &TestApp, args: &[&str]) -> std::process::Output {
         .expect("flashsale runs")
 }
 
+/// What a command printed, stdout then stderr: the message of an assertion on it.
+pub fn said(out: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Asserts a command exited `code`, showing what it printed when it did not.
+pub fn assert_exit(out: &std::process::Output, code: i32) {
+    assert_eq!(out.status.code(), Some(code), "{}", said(out));
+}
+
 /// `reconcile --json` for one sale: (exit code, drift kinds).
 pub fn reconcile_drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
     let out = run_flashsale(app, &["reconcile", "--sale", sale, "--json"]);
