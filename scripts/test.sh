@@ -26,6 +26,14 @@ for db in $dbs; do
 done
 ((n == 0)) || echo "test: dropped $n leftover test database(s)"
 
+# A clean build of every test binary takes about 3 GiB under target/ (4.5 GiB
+# with incremental data). A disk that fills during it kills the linker with
+# SIGBUS, a message that names nothing; say so first.
+free_kib=$(df -Pk . | awk 'NR == 2 {print $4}')
+if [[ $free_kib =~ ^[0-9]+$ ]] && ((free_kib < 5 * 1024 * 1024)); then
+  echo "test: warning: only $((free_kib / 1024)) MiB free here; a clean build needs about 3 GiB" >&2
+fi
+
 # Formatting and lints first: they fail in seconds, the tests take minutes.
 if cargo fmt --version >/dev/null 2>&1; then
   echo "test: cargo fmt --check"
