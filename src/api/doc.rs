@@ -73,6 +73,7 @@ pub struct AdmissionTokenHeader {
     tags(
         (name = "sales", description = "Sales: scheduled by an admin, read by anyone"),
         (name = "reservations", description = "Holds, confirms and releases of a customer"),
+        (name = "queue", description = "A sale's waiting room: its verifiable order, joining, a buyer's place"),
         (name = "probes", description = "Health, readiness, metrics, this document"),
         (name = "pages", description = "HTML for people, when `http.pages` is on"),
     )
