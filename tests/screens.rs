@@ -277,8 +277,12 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
     let browser = Browser::start().await;
     let sale = unique("s-");
     let now = time::OffsetDateTime::now_utc();
+    // Room enough before the start for a slow page to show the room before
+    // its seal (5 s was not, once, on a machine busy building).
+    let until_start = Duration::from_secs(15);
+    let starts = tokio::time::Instant::now() + until_start;
     let mut body = common::live_sale(&sale, 5, 2, 600);
-    body["starts_at"] = json!(rfc3339_ms(now + Duration::from_secs(5)));
+    body["starts_at"] = json!(rfc3339_ms(now + until_start));
     body["queue"] = json!({
         "opens_at": rfc3339_ms(now - Duration::from_secs(1)),
         "admit_per_second": 1000, "admit_burst": 10, "admission_seconds": 120,
@@ -314,6 +318,11 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
     let public = app.get(&format!("/v1/sales/{sale}/queue"), None).await;
     assert_eq!(public.body["seed_sha256"], sha.as_str());
 
+    assert!(
+        tokio::time::Instant::now() < starts,
+        "the page was too slow to show the room before its seal"
+    );
+    tokio::time::sleep_until(starts).await;
     // The seal: the only member is first in line, and the seed it was
     // drawn from matches the hash published before.
     browser.wait_text("#room-position", |t| t == "1").await;
