@@ -185,6 +185,16 @@ fn describe() {
         "Event streams refused by http.max_streams."
     );
     describe_counter!(
+        "flashsale_jwks_fetches_total",
+        Unit::Count,
+        "Fetches of auth.jwks_url (at the start, at each refresh, and for an unknown kid at most once per auth.jwks_min_refresh_seconds)."
+    );
+    describe_counter!(
+        "flashsale_tokens_refused_total",
+        Unit::Count,
+        "Bearer tokens refused (401), by reason: expired, invalid, subject, unknown_key."
+    );
+    describe_counter!(
         "flashsale_replicas_missed_total",
         Unit::Count,
         "Waits for redis.confirm_replicas that ended with too few replicas (the confirm is 503, the flush waits)."
@@ -214,6 +224,7 @@ fn describe() {
         "flashsale_streams_refused_total",
         "flashsale_public_reads_limited_total",
         "flashsale_replicas_missed_total",
+        "flashsale_jwks_fetches_total",
     ] {
         counter!(name).absolute(0);
     }
@@ -221,6 +232,8 @@ fn describe() {
         counter!("flashsale_connections_refused_total", "cap" => cap).absolute(0);
     }
     counter!("flashsale_connections_dropped_total", "why" => "send_stalled").absolute(0);
+    // The family from the start; another reason's series is born at its first.
+    counter!("flashsale_tokens_refused_total", "why" => "invalid").absolute(0);
 }
 
 /// How often the recorder drains its histogram samples on its own. Without
