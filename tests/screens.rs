@@ -392,6 +392,48 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
         .await;
     assert_eq!(browser.text("#join").await, "");
     assert_eq!(browser.text("#reserve").await, "");
+
+    // A buyer an hour before the seal has nothing new to learn each 1.5 s:
+    // the page polls a quarter of the time left, at most a quarter of an
+    // admission's 60 s (15 s), so a crowd waiting early costs little.
+    let far = unique("s-");
+    let mut body = common::live_sale(&far, 5, 2, 600);
+    body["starts_at"] = json!(rfc3339_ms(now + Duration::from_secs(3600)));
+    body["ends_at"] = json!(rfc3339_ms(now + Duration::from_secs(7200)));
+    body["queue"] = json!({
+        "opens_at": rfc3339_ms(now - Duration::from_secs(1)),
+        "admit_per_second": 10, "admit_burst": 1, "admission_seconds": 60,
+    });
+    let created = app.create_sale(&body).await;
+    assert_eq!(created.status, 201, "{}", created.body);
+    browser.open(&app.url(&format!("/sales/{far}"))).await;
+    browser
+        .wait_text("#room-status", |t| {
+            t.starts_with("The waiting room is open")
+        })
+        .await;
+    browser.execute(&set_token).await;
+    browser.click("#join").await;
+    browser
+        .wait_text("#room-status", |t| {
+            t.contains("Your place is drawn at the start")
+        })
+        .await;
+    browser
+        .execute(
+            "window.polls = 0; const f = window.fetch; \
+             window.fetch = (...a) => { if (String(a[0]).includes('/queue')) window.polls++; return f(...a); }; \
+             const p = document.createElement('p'); p.id = 'polls'; document.body.prepend(p); \
+             setInterval(() => { p.textContent = 'polls ' + window.polls; }, 100);",
+        )
+        .await;
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let polls = browser
+        .wait_text("#polls", |t| t.starts_with("polls "))
+        .await;
+    let n: u32 = polls["polls ".len()..].parse().expect("a count");
+    // Every 1.5 s, as before, would be 5 rounds of two calls each.
+    assert!(n <= 2, "{n} room calls in 8 s, an hour before the seal");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
