@@ -598,20 +598,7 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
         .await
         .unwrap();
 
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let archived: Option<time::OffsetDateTime> =
-            sqlx::query_scalar("SELECT archived_at FROM sales WHERE id = $1")
-                .bind(&sale)
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-        if archived.is_some() {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "never archived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_archived(&app, &sale, Duration::from_secs(20)).await;
     let pattern = format!("{}:\\{{{sale}\\}}:*", app.settings.redis.key_prefix);
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)

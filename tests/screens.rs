@@ -266,30 +266,25 @@ async fn a_buyer_reserves_and_confirms_on_the_landing_page() {
     browser.wait_text("#available", |t| t == "0").await;
 }
 
-/// A buyer behind a waiting room: joins before the start, sees the place
-/// drawn at the seal and the seed that drew it, is admitted, and reserves
-/// with the admission, which the hold uses up.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
-    let app = spawn_app().await;
-    // Chromium first: its start on a busy machine must not eat the seconds
-    // before the sale starts, in which the buyer joins as a member.
-    let browser = Browser::start().await;
+/// A sale of 5 units starting at `starts_at`, behind a room (`queue`, less
+/// `opens_at`) that opened a second ago.
+async fn create_room_sale(app: &TestApp, starts_at: time::OffsetDateTime, queue: Value) -> String {
     let sale = unique("s-");
-    let now = time::OffsetDateTime::now_utc();
-    // Room enough before the start for a slow page to show the room before
-    // its seal (5 s was not, once, on a machine busy building).
-    let until_start = Duration::from_secs(15);
-    let starts = tokio::time::Instant::now() + until_start;
     let mut body = common::live_sale(&sale, 5, 2, 600);
-    body["starts_at"] = json!(rfc3339_ms(now + until_start));
-    body["queue"] = json!({
-        "opens_at": rfc3339_ms(now - Duration::from_secs(1)),
-        "admit_per_second": 1000, "admit_burst": 10, "admission_seconds": 120,
-    });
+    body["starts_at"] = json!(rfc3339_ms(starts_at));
+    body["ends_at"] = json!(rfc3339_ms(starts_at + Duration::from_secs(3600)));
+    body["queue"] = queue;
+    body["queue"]["opens_at"] = json!(rfc3339_ms(
+        time::OffsetDateTime::now_utc() - Duration::from_secs(1)
+    ));
     let created = app.create_sale(&body).await;
     assert_eq!(created.status, 201, "{}", created.body);
+    sale
+}
 
+/// Opens the sale's page and joins its open room before the seal, signed in
+/// by `set_token` (a script that fills in the page's token).
+async fn join_before_the_seal(browser: &Browser, app: &TestApp, sale: &str, set_token: &str) {
     browser.open(&app.url(&format!("/sales/{sale}"))).await;
     browser
         .wait_text("#room-status", |t| {
@@ -301,18 +296,41 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
         "",
         "no Reserve before the turn"
     );
-    let token = app.token("room-buyer");
-    let set_token = format!(
-        "document.getElementById('token').value = {}; document.getElementById('token').dispatchEvent(new Event('change'));",
-        json!(token)
-    );
-    browser.execute(&set_token).await;
+    browser.execute(set_token).await;
     browser.click("#join").await;
     browser
         .wait_text("#room-status", |t| {
             t.contains("Your place is drawn at the start")
         })
         .await;
+}
+
+/// A buyer behind a waiting room: joins before the start, sees the place
+/// drawn at the seal and the seed that drew it, is admitted, and reserves
+/// with the admission, which the hold uses up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
+    let app = spawn_app().await;
+    // Chromium first: its start on a busy machine must not eat the seconds
+    // before the sale starts, in which the buyer joins as a member.
+    let browser = Browser::start().await;
+    let now = time::OffsetDateTime::now_utc();
+    // Room enough before the start for a slow page to show the room before
+    // its seal (5 s was not, once, on a machine busy building).
+    let until_start = Duration::from_secs(15);
+    let starts = tokio::time::Instant::now() + until_start;
+    let sale = create_room_sale(
+        &app,
+        now + until_start,
+        json!({"admit_per_second": 1000, "admit_burst": 10, "admission_seconds": 120}),
+    )
+    .await;
+    let token = app.token("room-buyer");
+    let set_token = format!(
+        "document.getElementById('token').value = {}; document.getElementById('token').dispatchEvent(new Event('change'));",
+        json!(token)
+    );
+    join_before_the_seal(&browser, &app, &sale, &set_token).await;
     browser.wait_text("#room-ticket", |t| t == "0").await;
     let sha = browser.wait_text("#room-sha", |t| t.len() == 64).await;
     let public = app.get(&format!("/v1/sales/{sale}/queue"), None).await;
@@ -396,29 +414,13 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
     // A buyer an hour before the seal has nothing new to learn each 1.5 s:
     // the page polls a quarter of the time left, at most a quarter of an
     // admission's 60 s (15 s), so a crowd waiting early costs little.
-    let far = unique("s-");
-    let mut body = common::live_sale(&far, 5, 2, 600);
-    body["starts_at"] = json!(rfc3339_ms(now + Duration::from_secs(3600)));
-    body["ends_at"] = json!(rfc3339_ms(now + Duration::from_secs(7200)));
-    body["queue"] = json!({
-        "opens_at": rfc3339_ms(now - Duration::from_secs(1)),
-        "admit_per_second": 10, "admit_burst": 1, "admission_seconds": 60,
-    });
-    let created = app.create_sale(&body).await;
-    assert_eq!(created.status, 201, "{}", created.body);
-    browser.open(&app.url(&format!("/sales/{far}"))).await;
-    browser
-        .wait_text("#room-status", |t| {
-            t.starts_with("The waiting room is open")
-        })
-        .await;
-    browser.execute(&set_token).await;
-    browser.click("#join").await;
-    browser
-        .wait_text("#room-status", |t| {
-            t.contains("Your place is drawn at the start")
-        })
-        .await;
+    let far = create_room_sale(
+        &app,
+        now + Duration::from_secs(3600),
+        json!({"admit_per_second": 10, "admit_burst": 1, "admission_seconds": 60}),
+    )
+    .await;
+    join_before_the_seal(&browser, &app, &far, &set_token).await;
     browser
         .execute(
             "window.polls = 0; const f = window.fetch; \

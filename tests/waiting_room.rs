@@ -398,20 +398,7 @@ async fn an_archived_sales_room_stays_verifiable() {
         assert!(tokio::time::Instant::now() < deadline, "not admitted: {r}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        let archived: Option<OffsetDateTime> =
-            sqlx::query_scalar("SELECT archived_at FROM sales WHERE id = $1")
-                .bind(&sale)
-                .fetch_one(&app.db)
-                .await
-                .unwrap();
-        if archived.is_some() {
-            break;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "never archived");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_archived(&app, &sale, Duration::from_secs(30)).await;
     let kept = room(&app, &sale).await;
     for field in [
         "opens_at",

@@ -391,6 +391,27 @@ pub fn run_flashsale(app: &TestApp, args: &[&str]) -> std::process::Output {
         .expect("flashsale runs")
 }
 
+/// Waits until the worker has archived the sale (`sales.archived_at` set).
+pub async fn wait_archived(app: &TestApp, sale: &str, within: Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let archived: Option<time::OffsetDateTime> =
+            sqlx::query_scalar("SELECT archived_at FROM sales WHERE id = $1")
+                .bind(sale)
+                .fetch_one(&app.db)
+                .await
+                .expect("the sale is in Postgres");
+        if archived.is_some() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{sale} never archived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// What a command printed, stdout then stderr: the message of an assertion on it.
 pub fn said(out: &std::process::Output) -> String {
     format!(
