@@ -339,9 +339,10 @@ pub struct Backlog {
 }
 
 /// Orders waiting in each live sale's outbox and for how long, and its dead
-/// letters. `gone` are sales reported before that left the loops: their
-/// outbox is empty (a sale leaves only then), and a gauge left at its last
-/// reading would page on-call about a backlog that no longer exists.
+/// letters. `gone` are sales reported before that left the loops (archived:
+/// their outbox was empty, their dead letters copied to Postgres's
+/// `dead_letters`, their keys removed): a gauge left at its last reading
+/// would page on-call, for ever, about a backlog that no longer exists.
 ///
 /// No all-sales total: `sum(flashsale_outbox_pending)` is one, and an
 /// unlabelled sample in the same family would be counted twice by it.
@@ -356,6 +357,8 @@ pub fn backlog(live: &[Backlog], gone: &[String]) {
     for sale in gone {
         gauge!("flashsale_outbox_pending", "sale_id" => sale.clone()).set(0.0);
         gauge!("flashsale_outbox_oldest_age_seconds", "sale_id" => sale.clone()).set(0.0);
+        gauge!("flashsale_dead_letters", "sale_id" => sale.clone()).set(0.0);
+        gauge!("flashsale_sale_keys", "sale_id" => sale.clone()).set(0.0);
     }
 }
 

@@ -6,6 +6,7 @@
 //! from the reservation records, rebuild a sale Redis lost); `--rebuild`
 //! restores a sale from Postgres after Redis lost its data.
 
+use std::collections::HashSet;
 use std::time::Duration;
 
 use serde::Serialize;
@@ -380,14 +381,28 @@ const SETTLE_AGE: Duration = Duration::from_secs(5);
 /// The light reconcile: every sale that is live now (or ended within the
 /// hour) is compared with Postgres, and its drift and stock exported as
 /// metrics, so drift alerts before anyone is paged. It repairs nothing.
-pub async fn watch_live(engine: &Engine, db: &PgPool) -> Result<(), ReconcileError> {
+/// `drifting` (kept by the caller from pass to pass) are the sales whose
+/// last report had drift: they stay watched after that hour until the drift
+/// clears (a repair, or the archive), so a drift gauge never freezes at an
+/// alert that nothing could clear.
+pub async fn watch_live(
+    engine: &Engine,
+    db: &PgPool,
+    drifting: &mut HashSet<String>,
+) -> Result<(), ReconcileError> {
     let now = time::OffsetDateTime::now_utc();
     for def in store::sales(db).await? {
-        if def.starts_at > now || def.ends_at < now - time::Duration::hours(1) {
+        let live = def.starts_at <= now && def.ends_at >= now - time::Duration::hours(1);
+        if !live && !drifting.contains(&def.id) {
             continue;
         }
         let report = inspect(engine, db, &def, SETTLE_AGE).await?;
         report.export();
+        if report.drift.is_empty() {
+            drifting.remove(&def.id);
+        } else {
+            drifting.insert(def.id.clone());
+        }
         if let Some(r) = &report.redis {
             let stock = crate::domain::Stock {
                 total: r.total,

@@ -451,3 +451,47 @@ fn names_are_read_out_of_promql() {
         Some("flashsale_stock")
     );
 }
+
+/// A sale that ends with drift stays watched after the light reconcile's
+/// hour until the drift clears, so its gauge drops to 0 with the repair
+/// instead of freezing at the alert.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sale_that_ended_with_drift_stays_watched_until_it_clears() {
+    let app = spawn_app_with(|s| s.worker.reconcile_interval_ms = 200).await;
+    let sale = app.live_sale(10, 5, 600).await;
+    let dead = app.engine.keys(&sale).dead_letters;
+    let mut conn = app.engine.connection();
+    let _: String = redis::cmd("XADD")
+        .arg(&dead)
+        .arg("*")
+        .arg("reason")
+        .arg("bad row")
+        .query_async(&mut conn)
+        .await
+        .expect("XADD");
+    let labels = [
+        format!("sale_id=\"{sale}\""),
+        "kind=\"dead_letters\"".to_string(),
+    ];
+    let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+    let within = Duration::from_secs(15);
+    app.wait_sample("flashsale_reconcile_drift", &labels, 1.0, within)
+        .await;
+    // Long over: past the hour in which every ended sale is watched.
+    sqlx::query(
+        "UPDATE sales SET starts_at = now() - interval '3 hours',
+         ends_at = now() - interval '2 hours' WHERE id = $1",
+    )
+    .bind(&sale)
+    .execute(&app.db)
+    .await
+    .expect("UPDATE");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let _: () = redis::cmd("DEL")
+        .arg(&dead)
+        .query_async(&mut conn)
+        .await
+        .expect("DEL");
+    app.wait_sample("flashsale_reconcile_drift", &labels, 0.0, within)
+        .await;
+}

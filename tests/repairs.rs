@@ -565,7 +565,8 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
     let sale = unique("s-");
     let now = time::OffsetDateTime::now_utc();
     let mut body = live_sale(&sale, 10, 5, 600);
-    body["ends_at"] = json!(flashsale::domain::rfc3339_ms(now + Duration::from_secs(1)));
+    // Long enough for the worker's gauges to see the sale live (each second).
+    body["ends_at"] = json!(flashsale::domain::rfc3339_ms(now + Duration::from_secs(3)));
     assert_eq!(app.create_sale(&body).await.status, 201);
     let t = app.token("alice");
     let held = app
@@ -598,7 +599,31 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
         .await
         .unwrap();
 
+    let label = format!("sale_id=\"{sale}\"");
+    app.wait_sample(
+        "flashsale_dead_letters",
+        &[&label],
+        1.0,
+        Duration::from_secs(10),
+    )
+    .await;
     wait_archived(&app, &sale, Duration::from_secs(20)).await;
+    // Its dead letters went to Postgres with it: the gauge says 0, not the
+    // last reading, which would keep an alert firing for ever.
+    app.wait_sample(
+        "flashsale_dead_letters",
+        &[&label],
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
+    app.wait_sample(
+        "flashsale_sale_keys",
+        &[&label],
+        0.0,
+        Duration::from_secs(10),
+    )
+    .await;
     let pattern = format!("{}:\\{{{sale}\\}}:*", app.settings.redis.key_prefix);
     let left: Vec<String> = redis::cmd("KEYS")
         .arg(&pattern)

@@ -7,6 +7,7 @@
 //! worker one step at a time; the loops only repeat the steps.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -112,29 +113,7 @@ async fn flush_loop(
         }
         if report && last_gauges.elapsed() >= Duration::from_secs(1) {
             last_gauges = Instant::now();
-            if let Ok(ids) = engine.active_ids().await {
-                let mut live = Vec::with_capacity(ids.len());
-                for id in ids {
-                    if let Ok(keys) = engine.key_count(&id).await {
-                        crate::metrics::sale_keys(&id, keys);
-                    }
-                    // inspect.lua dates the oldest entry by Redis's clock, the
-                    // one that stamped it: no skew with this host's.
-                    if let Ok(Some(i)) = engine.inspect(&id, crate::reconcile::GRACE_MS).await {
-                        live.push(crate::metrics::Backlog {
-                            sale_id: id,
-                            pending: u64::try_from(i.outbox).unwrap_or(0),
-                            dead: u64::try_from(i.dead_letters).unwrap_or(0),
-                            oldest_age: Duration::from_millis(
-                                u64::try_from(i.oldest_outbox_age_ms).unwrap_or(0),
-                            ),
-                        });
-                    }
-                }
-                let now: HashSet<String> = live.iter().map(|b| b.sale_id.clone()).collect();
-                let gone: Vec<String> = reported.difference(&now).cloned().collect();
-                crate::metrics::backlog(&live, &gone);
-                crate::metrics::active_sales(live.len());
+            if let Some(now) = backlog_gauges(&engine, &reported).await {
                 reported = now;
             }
             if let Ok(bytes) = engine.memory_used().await {
@@ -198,12 +177,52 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
     let rooms = rooms_loop(engine.clone(), db.clone(), stop.clone());
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
+        let drifting = Arc::new(tokio::sync::Mutex::new(HashSet::new()));
         every_tick("reconcile", every, stop.clone(), move || {
-            let (engine, db) = (engine.clone(), db.clone());
-            async move { crate::reconcile::watch_live(&engine, &db).await }
+            let (engine, db, drifting) = (engine.clone(), db.clone(), drifting.clone());
+            async move {
+                let mut drifting = drifting.lock().await;
+                crate::reconcile::watch_live(&engine, &db, &mut drifting).await
+            }
         })
     };
     tokio::join!(flush, reaper, loader, archiver, reconciler, rooms);
+}
+
+/// One pass of the backlog gauges; returns the sales it reported (None:
+/// Redis did not answer, nothing changed). It reads the active sales and
+/// those it reported last time: a sale that retired since (ended, nothing
+/// held, outbox empty) is still read while it keeps dead letters, until a
+/// human clears them or the archive removes the sale, so its gauge follows
+/// them instead of freezing at an alert nothing could clear. Every other
+/// sale that left is reported `gone` (its gauges at 0).
+async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<HashSet<String>> {
+    let active: HashSet<String> = engine.active_ids().await.ok()?.into_iter().collect();
+    let mut live = Vec::with_capacity(active.len());
+    for id in active.union(reported) {
+        // inspect.lua dates the oldest entry by Redis's clock, the one that
+        // stamped it: no skew with this host's.
+        let Ok(Some(i)) = engine.inspect(id, crate::reconcile::GRACE_MS).await else {
+            continue;
+        };
+        if !active.contains(id) && i.dead_letters <= 0 {
+            continue;
+        }
+        if let Ok(keys) = engine.key_count(id).await {
+            crate::metrics::sale_keys(id, keys);
+        }
+        live.push(crate::metrics::Backlog {
+            sale_id: id.clone(),
+            pending: u64::try_from(i.outbox).unwrap_or(0),
+            dead: u64::try_from(i.dead_letters).unwrap_or(0),
+            oldest_age: Duration::from_millis(u64::try_from(i.oldest_outbox_age_ms).unwrap_or(0)),
+        });
+    }
+    let now: HashSet<String> = live.iter().map(|b| b.sale_id.clone()).collect();
+    let gone: Vec<String> = reported.difference(&now).cloned().collect();
+    crate::metrics::backlog(&live, &gone);
+    crate::metrics::active_sales(active.len());
+    Some(now)
 }
 
 /// How often the worker tends the waiting rooms: the granularity of their

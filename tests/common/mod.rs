@@ -342,6 +342,29 @@ impl TestApp {
         res.text().await.unwrap()
     }
 
+    /// Waits (up to `within`) until `/metrics` has a sample of `family` with
+    /// every label of `labels` (`name="value"`) and the value `value`.
+    pub async fn wait_sample(&self, family: &str, labels: &[&str], value: f64, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let text = self.metrics_text().await;
+            let seen: Vec<&str> = text
+                .lines()
+                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .filter(|l| labels.iter().all(|want| l.contains(want)))
+                .collect();
+            let at = |l: &&str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
+            if seen.iter().any(|l| at(l) == Some(value)) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "no {family}{labels:?} = {value} after {within:?}; seen {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the gateway and waits for it to drain.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
