@@ -339,10 +339,10 @@ pub struct Backlog {
 }
 
 /// Orders waiting in each live sale's outbox and for how long, and its dead
-/// letters. `gone` are sales reported before that left the loops (archived:
-/// their outbox was empty, their dead letters copied to Postgres's
-/// `dead_letters`, their keys removed): a gauge left at its last reading
-/// would page on-call, for ever, about a backlog that no longer exists.
+/// letters. `gone` are sales reported before that left: retired with an
+/// empty outbox and no dead letter, or archived (dead letters copied to
+/// Postgres's `dead_letters`, keys removed). A gauge left at its last
+/// reading would page on-call, for ever, about a backlog that is not there.
 ///
 /// No all-sales total: `sum(flashsale_outbox_pending)` is one, and an
 /// unlabelled sample in the same family would be counted twice by it.
