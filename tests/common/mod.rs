@@ -346,11 +346,12 @@ impl TestApp {
     /// every label of `labels` (`name="value"`) and the value `value`.
     pub async fn wait_sample(&self, family: &str, labels: &[&str], value: f64, within: Duration) {
         let deadline = std::time::Instant::now() + within;
+        let start = format!("{family}{{");
         loop {
             let text = self.metrics_text().await;
             let seen: Vec<&str> = text
                 .lines()
-                .filter(|l| l.starts_with(&format!("{family}{{")))
+                .filter(|l| l.starts_with(&start))
                 .filter(|l| labels.iter().all(|want| l.contains(want)))
                 .collect();
             let at = |l: &&str| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok());
