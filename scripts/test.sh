@@ -53,6 +53,8 @@ fi
 # it the same way for the live /metrics.
 echo "test: deploy/ (promtool)"
 bash scripts/check-deploy.sh
+echo "test: docs links"
+bash scripts/check-docs.sh
 
 echo "test: cargo test"
 cargo test --locked "$@"
