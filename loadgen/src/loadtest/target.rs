@@ -26,8 +26,9 @@ pub(super) trait Target {
     /// The orders Postgres should hold once the play is over.
     fn expected_orders(&self, storm: &Storm, d: &Decided) -> Orders;
 
-    /// Checks the orders found against the ones expected; returns the units
-    /// ordered beyond the stock (0 when the target does not say).
+    /// Checks the orders found against the ones expected; returns the order
+    /// units beyond the stock, where this check weighs them against it (0
+    /// elsewhere: the gateway's orders are its confirms).
     fn check_orders(&self, got: Orders, expected: Orders, stock: i64, checks: &mut Checks) -> i64;
 }
 
