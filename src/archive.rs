@@ -166,6 +166,7 @@ pub async fn reservation(
         currency: o.currency,
         confirmed_at: rfc3339_ms(o.confirmed_at),
         confirmed_by: o.confirmed_by,
+        payment_ref: o.payment_ref,
     };
     Ok(Some((reservation, order)))
 }

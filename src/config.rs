@@ -98,8 +98,10 @@ pub struct AuthSettings {
     pub leeway_seconds: u64,
     pub customer_claim: String,
     pub role_claim: String,
-    /// `false`: only a service confirms.
-    pub customer_confirm: bool,
+    /// `false`: only a service confirms. `None` (not set by any layer):
+    /// see [`AuthSettings::customer_confirm`].
+    #[serde(default)]
+    pub customer_confirm: Option<bool>,
     /// Verified tokens remembered (by hash, until their `exp`); 0: none.
     pub token_cache_entries: usize,
 }
@@ -118,6 +120,15 @@ impl AuthSettings {
             None if !self.has_public_keys() => Some(SecretString::from(DEV_JWT_SECRET)),
             None => None,
         }
+    }
+
+    /// Whether a buyer may confirm their own hold: as set, else off beside
+    /// the store's own sign-in (production: only its backend knows that a
+    /// payment happened) and on for the HS256 demo. Read where it is used,
+    /// so settings changed after loading (tests) resolve the same way.
+    pub fn customer_confirm(&self) -> bool {
+        self.customer_confirm
+            .unwrap_or_else(|| !self.has_public_keys())
     }
 
     /// Whether HS256 tokens are verified with the development secret.

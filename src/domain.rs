@@ -112,7 +112,7 @@ pub fn valid_customer_id(id: &str) -> bool {
 ///
 /// `ends_at` must be after `starts_at`, and both between the years 2000 and
 /// 2999; a body that breaks this is a 422 `invalid_request`. `sku` and
-/// `name` hold no control characters.
+/// `name` hold no control or invisible format characters.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 #[schema(example = json!({"id": "tv-1212", "sku": "TV-55-OLED", "name": "55\" OLED TV",
@@ -124,17 +124,17 @@ pub struct SaleInput {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = SaleId)]
     pub id: Option<String>,
-    /// Not only white space, no control characters (the same for `name`).
+    /// Not only white space, no control or format characters (the same for `name`).
     #[schema(
         min_length = 1,
         max_length = 64,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}][^\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]*$"
     )]
     pub sku: String,
     #[schema(
         min_length = 1,
         max_length = 200,
-        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]*[^\\s\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}][^\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]*$"
     )]
     pub name: String,
     /// Minor units of `currency`.
@@ -259,10 +259,22 @@ pub fn in_years(t: OffsetDateTime) -> bool {
 
 pub const YEARS: &str = "`starts_at` and `ends_at` must be between the years 2000 and 2999";
 
-/// Text a person typed, with no control characters: Postgres refuses NUL in
-/// TEXT, and no name, SKU or payment reference needs the others.
+/// Text a person typed, with no control characters (Postgres refuses NUL in
+/// TEXT, and no name, SKU or payment reference needs the others) and no
+/// invisible format characters (Unicode category Cf: bidirectional controls
+/// such as U+202E reorder what a reader sees, zero-width ones make two
+/// different strings look alike). Zero-width non-joiner and joiner stay:
+/// Persian and other scripts, and emoji sequences, need them. The API
+/// document's patterns for these fields spell out the same classes (from
+/// unicode-properties' table), so generated clients and fuzzers agree.
 pub fn plain_text(s: &str) -> bool {
-    !s.chars().any(char::is_control)
+    use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
+    !s.chars().any(|c| {
+        c.is_control()
+            || (c.general_category() == GeneralCategory::Format
+                && c != '\u{200C}'
+                && c != '\u{200D}')
+    })
 }
 
 /// An optional field that, when given, holds a value: `null` is refused
@@ -337,10 +349,16 @@ impl SaleInput {
         let text_ok =
             |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max && plain_text(s);
         if !text_ok(&self.sku, 64) {
-            return Err("`sku` must be 1 to 64 characters, no control characters".into());
+            return Err(
+                "`sku` must be 1 to 64 characters, no control or invisible format characters"
+                    .into(),
+            );
         }
         if !text_ok(&self.name, 200) {
-            return Err("`name` must be 1 to 200 characters, no control characters".into());
+            return Err(
+                "`name` must be 1 to 200 characters, no control or invisible format characters"
+                    .into(),
+            );
         }
         if !(0..=MAX_PRICE_CENTS).contains(&self.price_cents) {
             return Err(format!("`price_cents` must be 0 to {MAX_PRICE_CENTS}"));
@@ -543,6 +561,12 @@ pub struct Order {
     /// confirmed it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub confirmed_by: Option<String>,
+    /// The payment the order was confirmed with. Not in the order's own
+    /// answer (a buyer's receipt); shown to whoever confirms again with
+    /// another reference (409 `already_confirmed`), since only then does it
+    /// tell them something: that a second payment was taken.
+    #[serde(skip)]
+    pub payment_ref: String,
 }
 
 /// Reservation ids carry their sale: `<sale_id>.<32 hex>`. The sale id is the
@@ -609,6 +633,23 @@ mod tests {
         assert!(!valid_sale_id("a{b}"));
         assert!(!valid_sale_id(""));
         assert!(!valid_sale_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn plain_text_refuses_format_characters_but_joiners() {
+        for bad in [
+            "a\u{202E}b",
+            "\u{200B}",
+            "x\u{2060}",
+            "\u{FEFF}tv",
+            "\u{00AD}",
+            "nul\0",
+        ] {
+            assert!(!plain_text(bad), "{bad:?}");
+        }
+        for good in ["می\u{200C}خواهم", "👩\u{200D}💻", "55\" OLED TV", "Ünïcödé"] {
+            assert!(plain_text(good), "{good:?}");
+        }
     }
 
     #[test]

@@ -102,6 +102,16 @@ pub async fn serve(
             "HS256 tokens are refused: public keys are configured and auth.jwt_secret is not set"
         );
     }
+    let customer_confirm = settings.auth.customer_confirm();
+    let explicit = settings.auth.customer_confirm.is_some();
+    if customer_confirm && settings.auth.has_public_keys() {
+        tracing::warn!(
+            explicit,
+            "auth.customer_confirm is on beside the store's sign-in: buyers confirm their own holds with any payment_ref; only the store's backend knows a payment happened"
+        );
+    } else {
+        tracing::info!(customer_confirm, explicit, "buyers' own confirms");
+    }
     if let Some(jwks) = auth.jwks() {
         // The store's sign-in being down at our start is no reason not to
         // start: tokens with its keys are refused until a fetch succeeds.

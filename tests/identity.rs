@@ -592,7 +592,7 @@ fn service(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn with_customer_confirm_off_only_a_service_confirms_and_the_order_says_so() {
-    let app = spawn_app_with(|s| s.auth.customer_confirm = false).await;
+    let app = spawn_app_with(|s| s.auth.customer_confirm = Some(false)).await;
     let sale = app.live_sale(10, 5, 600).await;
     let rid = hold(&app, &sale, "alice").await;
     app.confirm(&rid, &app.token("alice"))
@@ -921,4 +921,76 @@ async fn bad_identity_configuration_exits_2_naming_the_key() {
         assert!(err.contains(&format!("`{key}`")), "{env:?}: {err}");
     }
     let _ = std::fs::remove_file(&private);
+}
+
+/// A customer's own confirm of a fresh hold on `app`, with `token`.
+async fn own_confirm(app: &TestApp, token: &str) -> Answer {
+    let sale = app.live_sale(10, 5, 600).await;
+    let rid = hold(app, &sale, "alice").await;
+    app.confirm(&rid, token).await
+}
+
+#[tokio::test]
+async fn buyers_confirm_their_own_holds_by_default_only_in_the_hs256_demo() {
+    // The demo: HS256 and nothing else; a buyer confirms.
+    let app = spawn_app().await;
+    assert!(app.settings.auth.customer_confirm());
+    assert_eq!(own_confirm(&app, &app.token("alice")).await.status, 200);
+
+    // The store's PEM keys: only its backend confirms, unless set.
+    let rsa = keypair("rsa");
+    let pem = vec![rsa.public_pem.display().to_string()];
+    let files = pem.clone();
+    let app = spawn_app_with(move |s| {
+        s.auth.jwt_secret = Some(SecretString::from(SECRET));
+        s.auth.jwt_public_keys = files;
+    })
+    .await;
+    assert!(!app.settings.auth.customer_confirm());
+    own_confirm(&app, &rsa.token(None, "alice"))
+        .await
+        .assert_problem(403, "forbidden");
+    assert_eq!(own_confirm(&app, &service(&app)).await.status, 200);
+    let files = pem.clone();
+    let app = spawn_app_with(move |s| {
+        s.auth.jwt_secret = Some(SecretString::from(SECRET));
+        s.auth.jwt_public_keys = files;
+        s.auth.customer_confirm = Some(true);
+    })
+    .await;
+    assert_eq!(
+        own_confirm(&app, &rsa.token(None, "alice")).await.status,
+        200,
+        "an explicit value wins"
+    );
+
+    // The store's JWKS: the same.
+    let jwks = JwksServer::start(vec![rsa.jwk("r1")]).await;
+    let app = app_with_jwks(&jwks.url, |_| {}).await;
+    ready(&app).await;
+    assert!(!app.settings.auth.customer_confirm());
+    own_confirm(&app, &rsa.token(Some("r1"), "alice"))
+        .await
+        .assert_problem(403, "forbidden");
+    assert_eq!(own_confirm(&app, &service(&app)).await.status, 200);
+
+    // From a configuration file: set explicitly, the value stands; unset,
+    // it follows the keys.
+    let dir = std::env::temp_dir().join(unique("fs-conf-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let keys = format!("[auth]\njwt_public_keys = [{:?}]\n", pem[0]);
+    for (extra, expected) in [
+        ("", false),
+        ("customer_confirm = true\n", true),
+        ("customer_confirm = false\n", false),
+    ] {
+        let file = dir.join("c.toml");
+        std::fs::write(&file, format!("{keys}{extra}")).unwrap();
+        let s = Settings::load(Some(&file)).unwrap();
+        assert_eq!(s.auth.customer_confirm(), expected, "{extra:?}");
+    }
+    let file = dir.join("plain.toml");
+    std::fs::write(&file, "[auth]\ncustomer_confirm = false\n").unwrap();
+    assert!(!Settings::load(Some(&file)).unwrap().auth.customer_confirm());
+    let _ = std::fs::remove_dir_all(&dir);
 }

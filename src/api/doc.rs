@@ -32,6 +32,11 @@ pub struct Problem {
     status: u16,
     detail: String,
     code: String,
+    /// `already_confirmed` only: the existing order, with its `payment_ref`
+    /// and `confirmed_by`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    order: Option<serde_json::Value>,
 }
 
 /// The optional `Idempotency-Key` header of a reserve and a PATCH.

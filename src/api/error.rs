@@ -37,6 +37,10 @@ pub enum ApiError {
     Overloaded,
     #[error("internal error")]
     Internal(String),
+    /// A confirm with another payment reference than the order's: the
+    /// store took a second payment for an order that already exists.
+    #[error("the reservation is already confirmed, with another payment_ref")]
+    AlreadyConfirmed(Box<crate::domain::Order>),
 }
 
 impl From<EngineError> for ApiError {
@@ -122,6 +126,7 @@ impl ApiError {
             Refused(r) => {
                 StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
             }
+            AlreadyConfirmed(_) => StatusCode::CONFLICT,
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
@@ -139,6 +144,7 @@ impl ApiError {
             Unauthorized(_) => "unauthorized",
             Forbidden(_) => "forbidden",
             Refused(r) => r.code(),
+            AlreadyConfirmed(_) => "already_confirmed",
             RouteNotFound => "not_found",
             MethodNotAllowed => "method_not_allowed",
             // An oversized body is an out-of-range body: the contract's code,
@@ -164,6 +170,17 @@ struct Problem<'a> {
     status: u16,
     detail: String,
     code: &'a str,
+    /// `already_confirmed`: the order as it stands.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    order: Option<ExistingOrder<'a>>,
+}
+
+/// An order with the payment it carries, for the one answer that shows it.
+#[derive(Serialize)]
+struct ExistingOrder<'a> {
+    #[serde(flatten)]
+    order: &'a crate::domain::Order,
+    payment_ref: &'a str,
 }
 
 impl IntoResponse for ApiError {
@@ -187,6 +204,13 @@ impl IntoResponse for ApiError {
             status: status.as_u16(),
             detail,
             code,
+            order: match &self {
+                ApiError::AlreadyConfirmed(order) => Some(ExistingOrder {
+                    order,
+                    payment_ref: &order.payment_ref,
+                }),
+                _ => None,
+            },
         };
         let mut res = (status, axum::Json(body)).into_response();
         res.extensions_mut().insert(ProblemCode(code));

@@ -10,9 +10,14 @@ use super::error::ApiError;
 use crate::domain::{ReservationId, SaleId};
 use crate::engine::Refusal;
 
-/// JSON body. An empty body (or `null`) reads as `{}`, so endpoints whose
-/// fields are all optional accept a bare POST; anything else must parse, with no unknown
-/// fields, or it is a 422 naming the problem.
+/// JSON body, always an object. An empty body reads as `{}`, so endpoints
+/// whose fields are all optional accept a bare POST. Any other JSON value
+/// (`null`, an array, a number, a string) is a 422 before the handler runs:
+/// serde's derived structs would take an array for an object by position
+/// (`[2]` as a reserve of 2 units), so nothing is changed and no
+/// `Idempotency-Key` recorded for a body that is not the object it must be.
+/// An object must parse, with no unknown fields, or it is a 422 naming the
+/// problem.
 pub struct Body<T>(pub T);
 
 impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
@@ -31,12 +36,15 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
                 ApiError::InvalidRequest(format!("could not read the body: {rejection}"))
             }
         })?;
-        let text: &[u8] =
-            if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
-                b"{}"
-            } else {
-                &bytes
-            };
+        let text: &[u8] = match bytes.trim_ascii().first() {
+            None => b"{}",
+            Some(b'{') => &bytes,
+            Some(_) => {
+                return Err(ApiError::InvalidRequest(
+                    "the body must be a JSON object".into(),
+                ))
+            }
+        };
         serde_json::from_slice(text)
             .map(Body)
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))

@@ -22,7 +22,7 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct Readiness {
     /// `up` while at least one primary answers.
     #[schema(value_type = UpDown)]
@@ -34,7 +34,7 @@ pub struct Readiness {
     primaries: Vec<Primary>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
+#[derive(Clone, Serialize, utoipa::ToSchema)]
 pub struct Primary {
     node: String,
     #[schema(value_type = UpDown)]
@@ -105,28 +105,53 @@ pub async fn watch_services(
 }
 
 /// 200 while Redis (the hot path) answers, else 503; Postgres is reported
-/// beside it, since orders wait in Redis while it is down.
+/// beside it, since orders wait in Redis while it is down. Probed at most
+/// once a second per gateway, however many ask.
 #[utoipa::path(get, path = "/readyz", operation_id = "readyz", tag = "probes",
     responses(
         (status = 200, description = "Ready", body = Readiness),
         (status = 503, description = "Redis does not answer", body = Readiness),
     ))]
 pub async fn readyz(State(state): State<AppState>) -> (StatusCode, Json<Readiness>) {
-    let (redis_up, pg_up, primaries) =
-        probe(&state.engine, &state.db, state.settings.database_timeout()).await;
-    let status = if redis_up {
+    let ready = state.ready.answer(&state).await;
+    let status = if ready.redis == "up" {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (
-        status,
-        Json(Readiness {
+    (status, Json(ready))
+}
+
+/// How long one probe answers `/readyz`.
+const READY_FOR: Duration = Duration::from_secs(1);
+
+/// The last `/readyz` probe of this gateway. `/readyz` is public: without
+/// this, anyone could make every gateway ask Redis and Postgres as often as
+/// they like. Callers that come while a probe runs wait for it (the lock is
+/// held across it), so a burst costs one probe, never one each.
+#[derive(Default)]
+pub struct ReadyCache(tokio::sync::Mutex<Option<(tokio::time::Instant, Readiness)>>);
+
+impl ReadyCache {
+    async fn answer(&self, state: &AppState) -> Readiness {
+        let mut last = self.0.lock().await;
+        if let Some((at, ready)) = last.as_ref() {
+            if at.elapsed() < READY_FOR {
+                return ready.clone();
+            }
+        }
+        let (redis_up, pg_up, primaries) =
+            probe(&state.engine, &state.db, state.settings.database_timeout()).await;
+        let ready = Readiness {
             redis: word(redis_up),
             postgres: word(pg_up),
             primaries,
-        }),
-    )
+        };
+        // Stamped when the answer arrived: a slow probe still serves a
+        // whole second after it.
+        *last = Some((tokio::time::Instant::now(), ready.clone()));
+        ready
+    }
 }
 
 /// Prometheus text format.

@@ -49,6 +49,8 @@ pub struct AppState {
     pub streams: Arc<tokio::sync::Semaphore>,
     /// Cancelled at shutdown: open streams end, so the drain can finish.
     pub stop: tokio_util::sync::CancellationToken,
+    /// `/readyz`'s last probe.
+    ready: Arc<health::ReadyCache>,
 }
 
 impl AppState {
@@ -69,6 +71,7 @@ impl AppState {
             streams: Arc::new(tokio::sync::Semaphore::new(settings.http.max_streams)),
             stop,
             settings,
+            ready: Default::default(),
         }
     }
 }
@@ -87,7 +90,6 @@ pub(crate) async fn db_call<T, E: Into<ApiError>>(
 
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.http.body_limit_bytes;
-    let request_id = axum::http::HeaderName::from_static("x-request-id");
     let cors = cors(&state.settings.http.cors_allowed_origins);
     let (routes, document) = routes(&state.settings);
     routes
@@ -113,8 +115,9 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(tower::util::option_layer(cors))
-        .layer(PropagateRequestIdLayer::new(request_id.clone()))
-        .layer(SetRequestIdLayer::new(request_id, RequestIds::new()))
+        .layer(PropagateRequestIdLayer::new(REQUEST_ID))
+        .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds))
+        .layer(tower::util::MapRequestLayer::new(drop_foreign_request_id))
         .layer(axum::Extension(document))
         .with_state(state)
 }
@@ -248,33 +251,40 @@ async fn note_writes(
     res
 }
 
-/// Request ids: a per-process random prefix and a counter. Unique across
-/// restarts and gateways like a UUID, but with no random draw per request.
-#[derive(Clone)]
-struct RequestIds {
-    prefix: Arc<str>,
-    next: Arc<std::sync::atomic::AtomicU64>,
-}
-
-impl RequestIds {
-    fn new() -> RequestIds {
-        let boot = uuid::Uuid::new_v4().simple().to_string();
-        RequestIds {
-            prefix: Arc::from(&boot[..12]),
-            next: Default::default(),
-        }
-    }
-}
+/// Request ids made here: random (a UUID's 122 bits), so an id says
+/// nothing of how many requests came before it, as a counter would.
+#[derive(Clone, Copy)]
+struct RequestIds;
 
 impl MakeRequestId for RequestIds {
     fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
-        let n = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let id = format!("{}-{n:x}", self.prefix);
-        axum::http::HeaderValue::from_str(&id)
+        let mut buf = uuid::Uuid::encode_buffer();
+        let id = uuid::Uuid::new_v4().simple().encode_lower(&mut buf);
+        axum::http::HeaderValue::from_str(id)
             .ok()
             .map(RequestId::new)
     }
 }
+
+/// A client's `X-Request-Id` is kept only when it is 1 to 64 of
+/// `[A-Za-z0-9._:-]`: it is echoed, logged and searched for, and must not
+/// carry anything a log reader or a terminal would interpret. Otherwise it
+/// is dropped here and replaced by one of ours.
+fn drop_foreign_request_id(mut req: Request) -> Request {
+    let keep = req.headers().get_all(REQUEST_ID).iter().count() == 1
+        && req.headers().get(REQUEST_ID).is_some_and(|v| {
+            let b = v.as_bytes();
+            (1..=64).contains(&b.len())
+                && b.iter()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b':' | b'-'))
+        });
+    if !keep {
+        req.headers_mut().remove(REQUEST_ID);
+    }
+    req
+}
+
+const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// Serves until `state.stop` is cancelled, then drains in-flight requests
 /// (`crate::server`: header timeout, connection caps).

@@ -143,7 +143,10 @@ pub async fn get(
 pub struct ConfirmBody {
     /// The payment's reference, kept with the order.
     #[serde(default)]
-    #[schema(max_length = 128, pattern = "^[^\\x00-\\x1f\\x7f-\\x9f]*$")]
+    #[schema(
+        max_length = 128,
+        pattern = "^[^\\x00-\\x1f\\x7f-\\x9f\\u00ad\\u0600-\\u0605\\u061c\\u06dd\\u070f\\u0890\\u0891\\u08e2\\u180e\\u200b\\u200e\\u200f\\u202a-\\u202e\\u2060-\\u2064\\u2066-\\u206f\\ufeff\\ufff9-\\ufffb\u{110bd}\u{110cd}\u{13430}-\u{1343f}\u{1bca0}-\u{1bca3}\u{1d173}-\u{1d17a}\u{e0001}\u{e0020}-\u{e007f}]*$"
+    )]
     payment_ref: String,
 }
 
@@ -173,7 +176,7 @@ pub(super) struct ReservationPath {
         )),
         (status = 403, description = "`forbidden`: a customer's confirm while `auth.customer_confirm` is off, or an admin", body = Problem, content_type = PROBLEM),
         (status = 404, description = "`reservation_not_found`", body = Problem, content_type = PROBLEM),
-        (status = 409, description = "`reservation_not_held`: released or expired", body = Problem, content_type = PROBLEM),
+        (status = 409, description = "`reservation_not_held`: released or expired; `already_confirmed`: confirmed with another `payment_ref` (the body's `order` carries the order, its `payment_ref` and `confirmed_by`)", body = Problem, content_type = PROBLEM),
         (status = 410, description = "`hold_expired`: past `expires_at`", body = Problem, content_type = PROBLEM),
     ))]
 #[tracing::instrument(level = "debug", skip_all, fields(customer = %caller.subject))]
@@ -186,7 +189,7 @@ pub async fn confirm(
     let sale = rid.sale();
     if body.payment_ref.chars().count() > 128 || !crate::domain::plain_text(&body.payment_ref) {
         return Err(ApiError::InvalidRequest(
-            "`payment_ref` must be at most 128 characters, no control characters".into(),
+            "`payment_ref` must be at most 128 characters, no control or invisible format characters".into(),
         ));
     }
     let confirmed = if caller.is_service() {
@@ -200,7 +203,12 @@ pub async fn confirm(
             })
             .await
     } else {
-        if !state.settings.auth.customer_confirm {
+        if caller.is_admin() {
+            return Err(ApiError::Forbidden(
+                "admins release holds; only the buyer or the store's backend (a service) confirms",
+            ));
+        }
+        if !state.settings.auth.customer_confirm() {
             return Err(ApiError::Forbidden(
                 "only the store's backend (a service) confirms holds here",
             ));
@@ -215,15 +223,23 @@ pub async fn confirm(
             })
             .await
     };
-    match confirmed {
-        Ok(c) => Ok(Json(c.order)),
+    let order = match confirmed {
+        Ok(c) => c.order,
         // Confirming again after the sale was archived: the same order.
         Err(e) if crate::archive::not_in_redis(&e) => {
-            let (_, order) = archived(&state, sale, &rid, caller.owner_scope(), e).await?;
-            Ok(Json(order))
+            archived(&state, sale, &rid, caller.owner_scope(), e)
+                .await?
+                .1
         }
-        Err(e) => Err(e.into()),
+        Err(e) => return Err(e.into()),
+    };
+    // Compared exactly: a retry of the same payment is the same order, and
+    // any other reference (the empty one too) is a second payment the store
+    // must hear of.
+    if order.payment_ref != body.payment_ref {
+        return Err(ApiError::AlreadyConfirmed(Box::new(order)));
     }
+    Ok(Json(order))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]

@@ -565,6 +565,9 @@ struct Record {
     cu: String,
     o: Option<String>,
     ct: Option<i64>,
+    /// The payment reference of a confirmed record.
+    #[serde(default)]
+    pr: Option<String>,
     /// The service that confirmed it (absent: the customer did).
     #[serde(default)]
     cb: Option<String>,
@@ -593,6 +596,7 @@ impl Record {
             currency: self.cu.clone(),
             confirmed_at: rfc3339_ms(from_ms(self.ct?)),
             confirmed_by: self.cb.clone().filter(|c| !c.is_empty()),
+            payment_ref: self.pr.clone()?,
         })
     }
 
