@@ -1,7 +1,7 @@
 //! On-call's view of a live gateway (issue 16): its `/metrics` passes
 //! `promtool check metrics`, every family it exports has HELP text, and the
 //! dashboard (`deploy/grafana/flashsale.json`), the alert rules
-//! (`deploy/prometheus/flashsale-rules.yml`) and the README's metrics section
+//! (`deploy/prometheus/flashsale-rules.yml`) and the on-call guide's metrics section
 //! name only series a gateway exports: a renamed metric breaks this test, not
 //! a panel at 3 a.m.
 //!
@@ -112,13 +112,14 @@ fn described() -> BTreeSet<String> {
     names
 }
 
-/// The README's "## Metrics" section.
-fn readme_metrics_section() -> String {
-    let readme = std::fs::read_to_string(Path::new(ROOT).join("README.md")).expect("README.md");
-    let start = readme
+/// The on-call guide's "## Metrics" section.
+fn metrics_section() -> String {
+    let guide =
+        std::fs::read_to_string(Path::new(ROOT).join("docs/on-call.md")).expect("docs/on-call.md");
+    let start = guide
         .find("\n## Metrics")
-        .expect("README has a Metrics section");
-    let rest = &readme[start + 1..];
+        .expect("docs/on-call.md has a Metrics section");
+    let rest = &guide[start + 1..];
     let end = rest[3..].find("\n## ").map_or(rest.len(), |i| i + 3);
     rest[..end].to_string()
 }
@@ -314,7 +315,7 @@ async fn metrics_pass_promtool_and_deploy_names_only_exported_series() {
     let sources = [
         ("deploy/grafana/flashsale.json", queries.join("\n")),
         ("deploy/prometheus/flashsale-rules.yml", rules),
-        ("README.md (## Metrics)", readme_metrics_section()),
+        ("docs/on-call.md (## Metrics)", metrics_section()),
     ];
     for (file, text) in &sources {
         let names = flashsale_names(text);
