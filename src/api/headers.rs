@@ -102,8 +102,8 @@ impl Extra {
 impl<S, B, RB> tower::Service<Request<B>> for Stamped<S>
 where
     S: tower::Service<Request<B>, Response = Response<RB>>,
-    // axum's routes answer with boxed futures, which are Unpin: no pinning
-    // crate is needed to poll them in place.
+    // Both places wrap axum's `Route`, whose future is Unpin (it polls a
+    // boxed one): no pinning crate is needed to poll it in place.
     S::Future: Unpin,
 {
     type Response = Response<RB>;
