@@ -39,6 +39,10 @@ pub struct HttpSettings {
     pub body_limit_bytes: usize,
     #[serde(deserialize_with = "list_or_commas")]
     pub cors_allowed_origins: Vec<String>,
+    /// The landing page's CSP `frame-ancestors`: the store's origins that
+    /// may embed it, or `'none'` (`/ops` is never framed).
+    #[serde(deserialize_with = "list_or_commas")]
+    pub frame_ancestors: Vec<String>,
     pub pages: bool,
     /// From the accept (or the end of the previous response) to the end of
     /// the next request's headers; past it the connection is closed.
@@ -266,6 +270,9 @@ impl Settings {
                 );
             }
         }
+        if let Err(why) = check_frame_ancestors(&self.http.frame_ancestors) {
+            return bad("http.frame_ancestors", &why);
+        }
         if !(100..=600_000).contains(&self.http.header_timeout_ms) {
             return bad("http.header_timeout_ms", "must be 100 to 600000");
         }
@@ -465,6 +472,31 @@ fn join(path: &str, field: &str) -> String {
     } else {
         format!("{path}.{field}")
     }
+}
+
+/// The sources go into the landing page's Content-Security-Policy as they
+/// are, so none may hold what would end the directive (`;`, `,`), add another
+/// source (whitespace) or a keyword (a quote): only the two keywords that
+/// make sense here are taken whole.
+fn check_frame_ancestors(sources: &[String]) -> Result<(), String> {
+    const KEYWORDS: [&str; 2] = ["'none'", "'self'"];
+    if sources.is_empty() {
+        return Err("must name at least one source, or 'none'".into());
+    }
+    let plain = |c: char| c.is_ascii_graphic() && !matches!(c, ';' | ',' | '\'' | '"');
+    for source in sources {
+        let ok = KEYWORDS.contains(&source.as_str())
+            || (!source.is_empty() && source.chars().all(plain));
+        if !ok {
+            return Err(format!(
+                "{source:?} is not a source such as https://shop.example, 'self' or 'none'"
+            ));
+        }
+    }
+    if sources.len() > 1 && sources.iter().any(|s| s == "'none'") {
+        return Err("'none' cannot stand beside other sources".into());
+    }
+    Ok(())
 }
 
 /// A list in TOML, or a comma-separated string from an environment variable.

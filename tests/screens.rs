@@ -264,6 +264,7 @@ async fn a_buyer_reserves_and_confirms_on_the_landing_page() {
     assert_eq!(app.reserve(&sale, &app.token("other"), 1).await.status, 201);
     browser.wait_text("#status", |t| t == "Sold out").await;
     browser.wait_text("#available", |t| t == "0").await;
+    browser.assert_no_csp_violations().await;
 }
 
 /// A sale of 5 units starting at `starts_at`, behind a room (`queue`, less
@@ -436,6 +437,7 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
     let n: u32 = polls["polls ".len()..].parse().expect("a count");
     // Every 1.5 s, as before, would be 5 rounds of two calls each.
     assert!(n <= 2, "{n} room calls in 8 s, an hour before the seal");
+    browser.assert_no_csp_violations().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -474,4 +476,5 @@ async fn on_call_pauses_a_sale_from_the_ops_page() {
         "paused"
     );
     browser.wait_text("#sales", |t| t.contains("paused")).await;
+    browser.assert_no_csp_violations().await;
 }

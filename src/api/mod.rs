@@ -5,10 +5,12 @@
 //! handler -> one engine call (Redis) or, for admin writes, the store
 //! (Postgres) and then the engine -> `ApiError` maps any failure to HTTP.
 
+mod assets;
 mod auth;
 mod doc;
 mod error;
 mod extract;
+mod headers;
 mod health;
 mod pages;
 mod queue;
@@ -115,6 +117,7 @@ pub fn router(state: AppState) -> Router {
             }),
         )
         .layer(tower::util::option_layer(cors))
+        .layer(headers::answers())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds))
         .layer(tower::util::MapRequestLayer::new(drop_foreign_request_id))
@@ -144,11 +147,18 @@ fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
         .routes(routes!(health::metrics))
         .routes(routes!(pages::openapi));
     if settings.http.pages {
+        let (schemas, paths, sale) = routes!(pages::sale);
+        let sale = sale.route_layer(headers::landing_page(&settings.http.frame_ancestors));
+        let (ops_schemas, ops_paths, ops) = routes!(pages::ops);
+        let ops = ops.route_layer(headers::ops_page());
         router = router
-            .routes(routes!(pages::sale))
-            .routes(routes!(pages::ops));
+            .routes((schemas, paths, sale))
+            .routes((ops_schemas, ops_paths, ops));
     }
-    let (router, mut api) = router.split_for_parts();
+    let (mut router, mut api) = router.split_for_parts();
+    if settings.http.pages {
+        router = router.merge(assets::routes());
+    }
     doc::finish(&mut api, settings);
     let json = api
         .to_pretty_json()

@@ -12,6 +12,18 @@ use super::free_port;
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
+/// Installed before any script of every document (a listener a test adds
+/// after load would miss what the parse itself broke); kept in session
+/// storage, so what a page broke outlives navigating to the next one.
+const RECORD_CSP_VIOLATIONS: &str = r#"
+window.flashsaleCspWatch = true;
+document.addEventListener("securitypolicyviolation", (e) => {
+  const seen = JSON.parse(sessionStorage.getItem("flashsale-csp-violations") || "[]");
+  seen.push(`${e.effectiveDirective}: ${e.blockedURI || "inline"} at ${e.sourceFile}:${e.lineNumber} ${e.sample}`);
+  sessionStorage.setItem("flashsale-csp-violations", JSON.stringify(seen));
+}, true);
+"#;
+
 pub struct Browser {
     driver: Child,
     base: String,
@@ -61,12 +73,49 @@ impl Browser {
             assert!(Instant::now() < deadline, "chromedriver did not answer");
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        Browser {
+        let browser = Browser {
             driver,
             base,
             session,
             http,
-        }
+        };
+        let installed = browser
+            .call(
+                reqwest::Method::POST,
+                "/goog/cdp/execute",
+                Some(json!({"cmd": "Page.addScriptToEvaluateOnNewDocument",
+                            "params": {"source": RECORD_CSP_VIOLATIONS}})),
+            )
+            .await;
+        assert!(
+            installed["identifier"].is_string(),
+            "the CSP watch is not installed: {installed}"
+        );
+        browser
+    }
+
+    /// Fails the test if a page it opened broke its Content-Security-Policy
+    /// (an inline script or style, a `style=` attribute...): each screens
+    /// test ends with it.
+    pub async fn assert_no_csp_violations(&self) {
+        let v = self
+            .call(
+                reqwest::Method::POST,
+                "/execute/sync",
+                Some(json!({"args": [], "script":
+                    "return [window.flashsaleCspWatch === true, sessionStorage.getItem('flashsale-csp-violations')];"})),
+            )
+            .await;
+        assert_eq!(v[0], true, "the page was not watched for violations: {v}");
+        let seen: Vec<String> = match &v[1] {
+            Value::Null => Vec::new(),
+            Value::String(s) => serde_json::from_str(s).expect("a list of violations"),
+            other => panic!("cannot read the violations: {other}"),
+        };
+        assert!(
+            seen.is_empty(),
+            "the pages broke their Content-Security-Policy: {seen:#?}"
+        );
     }
 
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
