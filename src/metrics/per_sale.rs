@@ -168,3 +168,76 @@ impl Sales {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use metrics::{Label, Level};
+    use metrics_exporter_prometheus::PrometheusBuilder;
+
+    use super::*;
+
+    fn record(r: &dyn Recorder) {
+        let meta = Metadata::new("test", Level::INFO, None);
+        r.describe_counter(
+            "flashsale_orders_flushed_total".into(),
+            Some(Unit::Count),
+            "Orders \"flushed\"\nand acknowledged.".into(),
+        );
+        r.describe_gauge("flashsale_stock".into(), Some(Unit::Count), "Stock.".into());
+        for (sale, n) in [("s-1", 3), ("s\"2", 1)] {
+            let sale = Label::new(SALE, sale);
+            let key = Key::from_parts("flashsale_orders_flushed_total", vec![sale.clone()]);
+            r.register_counter(&key, &meta).increment(n);
+            let labels = vec![sale, Label::new("figure", "sold")];
+            let key = Key::from_parts("flashsale_stock", labels);
+            r.register_gauge(&key, &meta).set(n as f64 / 4.0);
+        }
+    }
+
+    /// A family per block, in order: the exporter's order is a hash map's.
+    fn blocks(text: &str) -> Vec<String> {
+        let mut blocks: Vec<String> = text
+            .split("\n\n")
+            .filter(|b| !b.trim().is_empty())
+            .map(|b| {
+                let (head, samples): (Vec<&str>, Vec<&str>) =
+                    b.lines().partition(|l| l.starts_with('#'));
+                let mut samples = samples;
+                samples.sort_unstable();
+                format!("{}\n{}", head.join("\n"), samples.join("\n"))
+            })
+            .collect();
+        blocks.sort();
+        blocks
+    }
+
+    fn render(routed: &Routed) -> String {
+        let mut text = routed.rest.handle().render();
+        routed.sales.render(&mut text);
+        text
+    }
+
+    #[test]
+    fn a_sales_series_read_as_the_exporter_writes_them_until_forgotten() {
+        let exporter = PrometheusBuilder::new().build_recorder();
+        record(&exporter);
+        let routed = Routed {
+            rest: PrometheusBuilder::new().build_recorder(),
+            sales: Arc::new(Sales::new()),
+        };
+        record(&routed);
+        let (theirs, ours) = (exporter.handle().render(), render(&routed));
+        assert!(routed.rest.handle().render().is_empty(), "{ours}");
+        assert_eq!(blocks(&ours), blocks(&theirs), "{ours}\n---\n{theirs}");
+
+        let ids: Vec<String> = routed.sales.ids().into_iter().collect();
+        assert_eq!(ids, ["s\"2", "s-1"]);
+        routed.sales.forget("s-1");
+        let left = render(&routed);
+        assert!(!left.contains("s-1"), "{left}");
+        assert_eq!(left.matches("s\\\"2").count(), 2, "{left}");
+        routed.sales.forget("s\"2");
+        assert_eq!(render(&routed), "");
+        assert!(routed.sales.ids().is_empty());
+    }
+}
