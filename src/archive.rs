@@ -12,6 +12,9 @@
 //! 3. every Redis key of the sale is removed (idempotency keys included,
 //!    from the sale's own index of them), a chunk at a time;
 //! 4. the sale is marked archived.
+//!
+//! Each process then drops its metric series of the sale, whichever process
+//! archived it ([`archive_due`]'s next pass).
 
 use std::time::Duration;
 
@@ -29,6 +32,7 @@ pub async fn archive_due(
     db: &PgPool,
     retention: Duration,
 ) -> Result<usize, ReconcileError> {
+    forget_archived(db).await?;
     let mut archived = 0;
     let now = OffsetDateTime::now_utc();
     for def in store::sales_to_archive(db, retention).await? {
@@ -74,6 +78,21 @@ pub async fn archive_due(
         archived += 1;
     }
     Ok(archived)
+}
+
+/// Drops this process's metric series of every sale archived, here or by
+/// another process's worker: each process holds series of the sales its own
+/// loops visited, and only one of them archives a sale. A sale archived in
+/// this pass loses its series at the next (`worker.loader_interval_ms`).
+async fn forget_archived(db: &PgPool) -> Result<(), StoreError> {
+    let held = crate::metrics::sales_with_series();
+    if held.is_empty() {
+        return Ok(());
+    }
+    for id in store::archived_among(db, &held).await? {
+        crate::metrics::forget_sale(&id);
+    }
+    Ok(())
 }
 
 /// Copies every dead letter of the sale to Postgres, a chunk at a time.

@@ -2,8 +2,14 @@
 //! Every metric this service records is named here, and described in
 //! [`describe`]: `promtool check metrics` (CI) refuses a family without HELP,
 //! and `deploy/` (the dashboard and alert rules) names only these.
+//!
+//! A sale's series (label `sale_id`) are dropped once the sale is archived
+//! ([`forget_sale`], [`per_sale`]): the exporter alone would keep them for
+//! the life of the process.
 
-use std::sync::OnceLock;
+mod per_sale;
+
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use metrics::{
@@ -11,14 +17,20 @@ use metrics::{
 };
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+/// The installed recorder's two halves: the exporter's, and a sale's series.
+pub struct Installed {
+    prometheus: PrometheusHandle,
+    sales: Arc<per_sale::Sales>,
+}
+
+static HANDLE: OnceLock<Option<Installed>> = OnceLock::new();
 
 /// Installs the recorder on first use. `None` when another recorder was
 /// installed first (metrics are then recorded there, not rendered here).
-pub fn handle() -> Option<&'static PrometheusHandle> {
+pub fn handle() -> Option<&'static Installed> {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let rest = PrometheusBuilder::new()
                 .set_buckets_for_metric(
                     Matcher::Suffix("seconds".into()),
                     &[
@@ -38,9 +50,15 @@ pub fn handle() -> Option<&'static PrometheusHandle> {
                     )
                 })
                 .ok()?
-                .install_recorder()
-                .ok()
-                .inspect(|_| describe())
+                .build_recorder();
+            let installed = Installed {
+                prometheus: rest.handle(),
+                sales: Arc::new(per_sale::Sales::new()),
+            };
+            let sales = installed.sales.clone();
+            metrics::set_global_recorder(per_sale::Routed { rest, sales }).ok()?;
+            describe();
+            Some(installed)
         })
         .as_ref()
 }
@@ -252,7 +270,7 @@ pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = every.tick() => h.run_upkeep(),
+            _ = every.tick() => h.prometheus.run_upkeep(),
         }
     }
 }
@@ -261,10 +279,28 @@ pub async fn upkeep(stop: tokio_util::sync::CancellationToken) {
 pub fn render() -> String {
     match handle() {
         Some(h) => {
-            h.run_upkeep();
-            h.render()
+            h.prometheus.run_upkeep();
+            let mut text = h.prometheus.render();
+            h.sales.render(&mut text);
+            text
         }
         None => String::new(),
+    }
+}
+
+/// The sales this process has series of.
+pub fn sales_with_series() -> Vec<String> {
+    handle().map_or_else(Vec::new, |h| h.sales.ids().into_iter().collect())
+}
+
+/// Drops every series of an archived sale, from this process's `/metrics`
+/// and its memory. Its counters (`flashsale_orders_flushed_total`, ...)
+/// lose their values with them: that is the point, the sale is over, and
+/// Prometheus keeps what it scraped. A sale that has not left yet keeps its
+/// series, at their last values (its gauges at 0 once it retired).
+pub fn forget_sale(sale_id: &str) {
+    if let Some(h) = handle() {
+        h.sales.forget(sale_id);
     }
 }
 

@@ -397,6 +397,11 @@ pub async fn watch_live(
             continue;
         }
         let report = inspect(engine, db, &def, SETTLE_AGE).await?;
+        if report.archived {
+            // Its series are gone with it (crate::archive): none again.
+            drifting.remove(&def.id);
+            continue;
+        }
         report.export();
         if report.drift.is_empty() {
             drifting.remove(&def.id);

@@ -703,6 +703,16 @@ pub async fn mark_archived(db: &PgPool, id: &str) -> StoreResult<()> {
     Ok(())
 }
 
+/// Which of `ids` are archived.
+pub async fn archived_among(db: &PgPool, ids: &[String]) -> StoreResult<Vec<String>> {
+    Ok(
+        sqlx::query_scalar("SELECT id FROM sales WHERE id = ANY($1) AND archived_at IS NOT NULL")
+            .bind(ids)
+            .fetch_all(db)
+            .await?,
+    )
+}
+
 /// A sale closed for archiving (final figures kept): its definition, final
 /// total and sold, and its end as last moved.
 pub async fn closed_sale(db: &PgPool, id: &str) -> StoreResult<Option<(SaleDef, i64, i64)>> {

@@ -496,3 +496,235 @@ async fn a_sale_that_ended_with_drift_stays_watched_until_it_clears() {
     app.wait_sample("flashsale_reconcile_drift", &labels, 0.0, within)
         .await;
 }
+
+/// What a scrape holds of the families that carry a sale's label (their
+/// names from the scrapes of a test, [`labelled_families`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PerSale {
+    /// Samples of those families.
+    series: usize,
+    /// Their lines (HELP, TYPE and samples), in bytes.
+    bytes: usize,
+    /// The whole scrape, in bytes.
+    scrape: usize,
+}
+
+/// The families with a sample labelled with a sale.
+fn labelled_families(text: &str) -> impl Iterator<Item = String> + '_ {
+    text.lines()
+        .filter(|l| !l.starts_with('#') && l.contains("sale_id=\""))
+        .filter_map(|l| l.split('{').next())
+        .map(String::from)
+}
+
+fn per_sale(text: &str, families: &BTreeSet<String>) -> PerSale {
+    let mut figures = PerSale {
+        series: 0,
+        bytes: 0,
+        scrape: text.len(),
+    };
+    for line in text.lines() {
+        let (sample, name) = match line
+            .strip_prefix("# HELP ")
+            .or_else(|| line.strip_prefix("# TYPE "))
+        {
+            Some(rest) => (false, rest.split(' ').next().unwrap_or_default()),
+            None => (true, line.split(['{', ' ']).next().unwrap_or_default()),
+        };
+        if families.contains(name) {
+            figures.series += usize::from(sample);
+            figures.bytes += line.len() + 1;
+        }
+    }
+    figures
+}
+
+/// Creates a sale per id on the gateway at `base`, ending at `ends_at`, and
+/// confirms a hold in each.
+async fn sell(app: &TestApp, base: &str, ids: &[String], ends_at: time::OffsetDateTime) {
+    use futures::StreamExt;
+    let (admin, buyer) = (app.admin(), app.token("buyer"));
+    let post = |path: String, token: &str, body: Value| {
+        let req = app.http.post(format!("{base}{path}"));
+        let req = req.bearer_auth(token).json(&body);
+        async move {
+            let res = req.send().await.expect("the gateway answers");
+            let status = res.status().as_u16();
+            (status, res.json::<Value>().await.unwrap_or(Value::Null))
+        }
+    };
+    futures::stream::iter(ids)
+        .for_each_concurrent(8, |id| {
+            let (post, admin, buyer) = (&post, &admin, &buyer);
+            async move {
+                let mut body = live_sale(id, 10, 5, 600);
+                body["ends_at"] = serde_json::json!(flashsale::domain::rfc3339_ms(ends_at));
+                let (status, sale) = post("/v1/sales".into(), admin, body).await;
+                assert_eq!(status, 201, "{sale}");
+                let held = serde_json::json!({"quantity": 1});
+                let (status, hold) =
+                    post(format!("/v1/sales/{id}/reservations"), buyer, held).await;
+                assert_eq!(status, 201, "{hold}");
+                let rid = hold["id"].as_str().expect("reservation id");
+                let paid = serde_json::json!({"payment_ref": format!("pay-{id}")});
+                let confirm = format!("/v1/reservations/{rid}/confirm");
+                let (status, order) = post(confirm, buyer, paid).await;
+                assert_eq!(status, 200, "{order}");
+            }
+        })
+        .await;
+    assert!(
+        time::OffsetDateTime::now_utc() < ends_at,
+        "the sales ended before every hold was confirmed: the test measures nothing"
+    );
+}
+
+async fn scrape(http: &reqwest::Client, base: &str) -> String {
+    let res = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .expect("/metrics answers");
+    assert_eq!(res.status(), 200);
+    res.text().await.expect("/metrics body")
+}
+
+/// `/metrics` once the series of archived sales are gone, which takes every
+/// process an archiver pass after the archive (`worker.loader_interval_ms`),
+/// or after 5 s. `families` gathers those with a sale label on the way.
+async fn settled(http: &reqwest::Client, base: &str, families: &mut BTreeSet<String>) -> String {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = scrape(http, base).await;
+        families.extend(labelled_families(&text));
+        if per_sale(&text, families).series == 0 || Instant::now() >= deadline {
+            return text;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Waits until every sale of the test's database is archived.
+async fn wait_all_archived(app: &TestApp, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left: i64 = sqlx::query_scalar("SELECT count(*) FROM sales WHERE archived_at IS NULL")
+            .fetch_one(&app.db)
+            .await
+            .expect("count the sales left");
+        if left == 0 {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after {within:?}, {left} sales are not archived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Metrics stay bounded (issue 27): a gateway that outlives its sales does
+/// not keep their series. A hundred short sales go through one gateway (the
+/// real binary: its `/metrics` holds nothing of the other tests of this
+/// file), a hold confirmed in each; once they are all archived, the
+/// families with a `sale_id` label are back to the series and bytes they had
+/// before, and so is the scrape, but for the values of the series without a
+/// sale label. Before: after one sale went the same way, so that every
+/// series without a sale label (each route's latency, the reserve outcomes,
+/// the flush histograms...) exists already.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn archived_sales_leave_the_metrics() {
+    const SALES: usize = 100;
+    // In-process: the database, Postgres reads and tokens; no worker here.
+    let app = spawn_with_settings(test_settings(), false, true).await;
+    let port = free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let _gateway = KillOnDrop(
+        flashsale_command(&app)
+            .arg("serve")
+            .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
+            .env("FLASHSALE__ENGINE__RETENTION_SECONDS", "1")
+            // The archiver's pace, and a light reconcile that exports its
+            // drift and stock series for every sale.
+            .env("FLASHSALE__WORKER__LOADER_INTERVAL_MS", "200")
+            .env("FLASHSALE__WORKER__RECONCILE_INTERVAL_MS", "200")
+            .spawn()
+            .expect("the flashsale binary starts"),
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let ready = app.http.get(format!("{base}/readyz")).send().await;
+        if ready.is_ok_and(|r| r.status().is_success()) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the gateway never became ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut families = BTreeSet::new();
+
+    let now = time::OffsetDateTime::now_utc();
+    sell(&app, &base, &[unique("m-")], now + Duration::from_secs(2)).await;
+    wait_all_archived(&app, Duration::from_secs(20)).await;
+    let before = settled(&app.http, &base, &mut families).await;
+
+    let ids: Vec<String> = (0..SALES).map(|_| unique("m-")).collect();
+    let now = time::OffsetDateTime::now_utc();
+    sell(&app, &base, &ids, now + Duration::from_secs(6)).await;
+    // While they are live: every sale has the series of both of the
+    // worker's loops that export them (the backlog's and the reconcile's).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let live = loop {
+        let text = scrape(&app.http, &base).await;
+        families.extend(labelled_families(&text));
+        let seen = ids
+            .iter()
+            .filter(|id| {
+                ["flashsale_sale_keys", "flashsale_stock"]
+                    .iter()
+                    .all(|f| text.contains(&format!("{f}{{sale_id=\"{id}\"")))
+            })
+            .count();
+        if seen == SALES {
+            break text;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 20 s, {seen} of {SALES} sales have their series"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    wait_all_archived(&app, Duration::from_secs(40)).await;
+    let after = settled(&app.http, &base, &mut families).await;
+
+    let kept: Vec<&str> = after.lines().filter(|l| l.contains("sale_id=")).collect();
+    let (before, live, after) = (
+        per_sale(&before, &families),
+        per_sale(&live, &families),
+        per_sale(&after, &families),
+    );
+    eprintln!(
+        "per-sale families {families:?}\nbefore {before:?}\nlive   {live:?}\nafter  {after:?}"
+    );
+    assert!(
+        live.series >= SALES,
+        "the sales' series were not all seen: {live:?}"
+    );
+    assert_eq!(
+        (after.series, after.bytes),
+        (before.series, before.bytes),
+        "the per-sale families did not come back down after the sales were archived \
+         (before {before:?}, live {live:?}, after {after:?})"
+    );
+    assert!(
+        kept.is_empty(),
+        "{} series of archived sales, such as {:?}",
+        kept.len(),
+        &kept[..kept.len().min(3)]
+    );
+    // Only the values of the series without a sale label changed (a few
+    // digits more in counters and histogram buckets).
+    assert!(
+        after.scrape <= before.scrape + 2048,
+        "the scrape did not come back down: before {before:?}, live {live:?}, after {after:?}"
+    );
+}

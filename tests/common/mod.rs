@@ -366,6 +366,27 @@ impl TestApp {
         }
     }
 
+    /// Waits (up to `within`) until `/metrics` has no sample carrying
+    /// `label` (`name="value"`).
+    pub async fn wait_no_sample(&self, label: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let text = self.metrics_text().await;
+            let seen: Vec<&str> = text
+                .lines()
+                .filter(|l| !l.starts_with('#') && l.contains(label))
+                .collect();
+            if seen.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still {label} after {within:?}: {seen:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Stops the gateway and waits for it to drain.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
