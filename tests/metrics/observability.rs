@@ -10,15 +10,13 @@
 //! runs outside CI (`CI` unset) and says so: the rest of the suite needs no
 //! Prometheus.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -96,7 +94,7 @@ fn dashboard_queries(v: &Value, out: &mut Vec<String>) {
 
 /// The families `src/metrics.rs` gives HELP text to (its `describe_*!` calls).
 fn described() -> BTreeSet<String> {
-    let src = include_str!("../src/metrics.rs");
+    let src = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs"));
     let mut names = BTreeSet::new();
     for part in src.split("describe_").skip(1) {
         let Some(call) = part.split_once("!(") else {

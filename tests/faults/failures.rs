@@ -2,19 +2,17 @@
 //! and a Redis server frozen mid-run. The invariants hold through both, and
 //! service comes back without restarting anything else.
 
-mod common;
-
 use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
 use futures::stream::{self, StreamExt};
 
 /// The real `flashsale serve` binary, configured like `app`.
 fn start_gateway(app: &TestApp, port: u16) -> Child {
-    flashsale_command(app)
+    app.command()
         .arg("serve")
         .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
         .spawn()
