@@ -375,8 +375,8 @@ async fn a_flood_of_public_reads_gets_429s_and_costs_redis_per_sale_not_per_requ
     // No worker: its reaper's scripts would blur the count of script calls.
     let app = TestApp::builder()
         .without_worker()
+        .on(&redis)
         .settings(|s| {
-            s.redis.url = redis.url();
             s.limits.enabled = true;
             s.limits.per_customer_per_second = 1_000_000;
             s.limits.per_customer_burst = 1_000_000;

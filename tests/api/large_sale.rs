@@ -26,11 +26,7 @@ async fn slow_calls(conn: &mut flashsale::engine::Conn) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairs_of_a_large_sale_never_block_redis() {
     let redis = PrivateRedis::start();
-    let app = TestApp::builder()
-        .without_worker()
-        .settings(|s| s.redis.url = redis.url())
-        .spawn()
-        .await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     let sale = app.live_sale(HOLDS as i64 + 1000, 1, 3600).await;
 
     let holds: Vec<(String, String)> = stream::iter(0..HOLDS)

@@ -50,11 +50,7 @@ async fn read_events(
 async fn a_thousand_streams_see_sold_out_within_a_second_on_one_poller() {
     let redis = PrivateRedis::start();
     // No worker: its scripts would blur the count of the pollers' calls.
-    let app = TestApp::builder()
-        .without_worker()
-        .settings(|s| s.redis.url = redis.url())
-        .spawn()
-        .await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     let sale = app.live_sale(50, 1, 600).await;
     let url = app.url(&format!("/v1/sales/{sale}/stream"));
     let http = reqwest::Client::builder()

@@ -118,11 +118,7 @@ async fn addresses_behind_a_trusted_proxy_get_their_own_budget() {
 async fn a_sold_out_sale_is_answered_without_redis_until_stock_returns() {
     let redis = PrivateRedis::start();
     // No worker: its reaper's scripts would blur the count of script calls.
-    let app = TestApp::builder()
-        .without_worker()
-        .settings(|s| s.redis.url = redis.url())
-        .spawn()
-        .await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     let sale = app.live_sale(5, 5, 600).await;
     let t = app.token("first");
     let hold = app.reserve(&sale, &t, 5).await;
@@ -174,11 +170,11 @@ async fn a_sold_out_sale_is_answered_without_redis_until_stock_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_redis_gives_prompt_503s_and_service_resumes_without_restart() {
     let mut redis = PrivateRedis::start();
-    let app = spawn_app_with(|s| {
-        s.redis.url = redis.url();
-        s.redis.timeout_ms = 300;
-    })
-    .await;
+    let app = TestApp::builder()
+        .on(&redis)
+        .settings(|s| s.redis.timeout_ms = 300)
+        .spawn()
+        .await;
     let sale = app.live_sale(10, 10, 600).await;
     let t = app.token("steady");
     assert_eq!(app.reserve(&sale, &t, 1).await.status, 201);

@@ -21,6 +21,7 @@ use flashsale::config::Settings;
 use flashsale::domain::{rfc3339_ms, Stock};
 use flashsale::engine::Engine;
 use redis::AsyncCommands;
+use redis_server::PrivateRedis;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
@@ -129,6 +130,15 @@ impl TestAppBuilder {
     /// race what it checks.
     pub fn without_worker(mut self) -> Self {
         self.worker = false;
+        self
+    }
+
+    /// On a private Redis, one server whatever the suite runs on; the keys
+    /// go with it.
+    pub fn on(mut self, redis: &PrivateRedis) -> Self {
+        self.settings.redis.url = redis.url();
+        self.settings.redis.cluster_nodes.clear();
+        self.settings.redis.confirm_replicas = 0;
         self
     }
 

@@ -22,15 +22,8 @@ async fn a_sigkilled_redis_with_appendfsync_always_loses_no_order() {
         "--save",
         "",
     ]);
-    let app = TestApp::builder()
-        .settings(|s| {
-            s.redis.url = redis.url();
-            // This test is about one server's own disk, whatever the suite runs on.
-            s.redis.cluster_nodes.clear();
-            s.redis.confirm_replicas = 0;
-        })
-        .spawn()
-        .await;
+    // This test is about one server's own disk, whatever the suite runs on.
+    let app = TestApp::builder().on(&redis).spawn().await;
     let sales = create_sales(&app, "d", 4).await;
     let apps = Arc::new(vec![app]);
     let seen = Arc::new(Mutex::new(Seen::default()));

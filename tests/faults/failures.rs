@@ -115,11 +115,11 @@ async fn sigkill_of_a_gateway_mid_storm_loses_and_oversells_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
     let redis = PrivateRedis::start();
-    let app = spawn_app_with(|s| {
-        s.redis.url = redis.url();
-        s.redis.timeout_ms = 250;
-    })
-    .await;
+    let app = TestApp::builder()
+        .on(&redis)
+        .settings(|s| s.redis.timeout_ms = 250)
+        .spawn()
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.get("/readyz", None).await.status != 200 {
         assert!(Instant::now() < deadline, "private redis never came up");
