@@ -1,19 +1,16 @@
-//! Test harness: each test gets a real gateway on port 0, backed by the real
-//! Redis (under its own key prefix) and the real Postgres (its own database,
-//! migrated), so tests run in parallel without stepping on each other.
+//! Test harness shared by the test binaries (`tests/api`, `tests/metrics`,
+//! `tests/faults`, `tests/memory`): each test gets a real gateway on port 0,
+//! backed by the real Redis (under its own key prefix) and the real Postgres
+//! (its own database, migrated), so tests run in parallel without stepping on
+//! each other. A test that passes leaves neither behind ([`Scratch`]).
 //!
 //! `FLASHSALE_TEST_REDIS_URL` and `FLASHSALE_TEST_DATABASE_URL` (a server
 //! URL without a database) point the tests elsewhere.
 //! `FLASHSALE_TEST_CLUSTER_NODES` (comma-separated `redis://host:port`, as
 //! `redis.cluster_nodes`) runs them on a Redis Cluster with one replica per
 //! primary instead, with `redis.confirm_replicas = 1` (scripts/test.sh runs
-//! storm, model and outbox so on a loopback cluster).
-#![allow(dead_code)]
+//! the storm, model, outbox and waiting-room modules so on a loopback cluster).
 
-pub mod browser;
-pub mod cluster;
-pub mod crowd;
-pub mod proxy;
 pub mod redis_server;
 
 use std::sync::Arc;
@@ -24,7 +21,8 @@ use flashsale::config::Settings;
 use flashsale::domain::{rfc3339_ms, Stock};
 use flashsale::engine::Engine;
 use redis::AsyncCommands;
-use secrecy::SecretString;
+use redis_server::PrivateRedis;
+use secrecy::{ExposeSecret, SecretString};
 use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
@@ -56,7 +54,7 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Settings for one test: own key prefix, own (not yet created) database.
-pub fn test_settings() -> Settings {
+fn test_settings() -> Settings {
     let mut s = Settings::load(None).expect("default configuration loads");
     s.redis.url = redis_url();
     s.redis.cluster_nodes = cluster_nodes();
@@ -69,8 +67,8 @@ pub fn test_settings() -> Settings {
     s.limits.enabled = false;
     // Every simulated buyer of a test comes from 127.0.0.1 (storms hold
     // thousands of connections at once): lift the per-address cap, as the
-    // per-address rate limit is lifted (limits off). tests/edge.rs sets
-    // its own caps.
+    // per-address rate limit is lifted (limits off). The edge tests set
+    // their own caps.
     s.http.max_connections_per_ip = 100_000;
     s.worker.reaper_interval_ms = 100;
     s.worker.loader_interval_ms = 200;
@@ -86,64 +84,298 @@ pub struct TestApp {
     pub auth: Auth,
     stop: CancellationToken,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+    /// Declared last: dropped after `stop` is cancelled.
+    _scratch: Scratch,
 }
 
 pub async fn spawn_app() -> TestApp {
-    spawn_app_with(|_| {}).await
+    TestApp::builder().spawn().await
 }
 
 /// Starts a gateway (with its worker) after `tweak` adjusts the settings.
 pub async fn spawn_app_with(tweak: impl FnOnce(&mut Settings)) -> TestApp {
-    let mut settings = test_settings();
-    tweak(&mut settings);
-    spawn_with_settings(settings, true, true).await
+    TestApp::builder().settings(tweak).spawn().await
 }
 
-/// `migrate = false` for a gateway whose database is meant to be unreachable.
-pub async fn spawn_with_settings(settings: Settings, with_worker: bool, migrate: bool) -> TestApp {
-    use secrecy::ExposeSecret;
-    if migrate {
-        flashsale::store::migrate(settings.database.url.expose_secret())
-            .await
-            .expect("test database migrates");
+/// How a test's gateway starts: `TestApp::builder()...spawn().await`.
+pub struct TestAppBuilder {
+    settings: Settings,
+    worker: bool,
+    /// The prefix and database made for this gateway, which it removes;
+    /// `None` beside another gateway, which removes its own.
+    fresh: Option<(String, String)>,
+}
+
+impl TestApp {
+    /// A gateway with its worker, on a fresh prefix and a fresh, migrated
+    /// database ([`test_settings`]).
+    pub fn builder() -> TestAppBuilder {
+        let settings = test_settings();
+        let fresh = (settings.redis.key_prefix.clone(), database_name(&settings));
+        TestAppBuilder {
+            settings,
+            worker: true,
+            fresh: Some(fresh),
+        }
     }
-    let settings = Arc::new(settings);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let base = format!("http://{}", listener.local_addr().unwrap());
-    let stop = CancellationToken::new();
-    let server = tokio::spawn(flashsale::serve(
-        settings.clone(),
-        listener,
-        with_worker,
-        stop.clone(),
-    ));
-    let (engine, db) = flashsale::connect(&settings).unwrap();
-    TestApp {
-        base,
-        http: reqwest::Client::builder()
-            .timeout(Duration::from_secs(30))
-            .build()
-            .unwrap(),
-        // A test that configures public keys sets its own secret beside
-        // them for the admin's and customers' HS256 tokens.
-        auth: Auth::new(
-            &settings
-                .auth
-                .hs256_secret()
-                .expect("the test settings take HS256 tokens"),
-        ),
-        settings,
-        engine,
-        db,
-        stop,
-        server: Some(server),
+}
+
+impl TestAppBuilder {
+    pub fn settings(mut self, tweak: impl FnOnce(&mut Settings)) -> Self {
+        tweak(&mut self.settings);
+        self
+    }
+
+    /// No worker loops in the gateway: the test drives them, or they would
+    /// race what it checks.
+    pub fn without_worker(mut self) -> Self {
+        self.worker = false;
+        self
+    }
+
+    /// On a private Redis, one server whatever the suite runs on; the keys
+    /// go with it.
+    pub fn on(mut self, redis: &PrivateRedis) -> Self {
+        self.settings.redis.url = redis.url();
+        self.settings.redis.cluster_nodes.clear();
+        self.settings.redis.confirm_replicas = 0;
+        self
+    }
+
+    /// Another gateway on `app`'s settings: its Redis prefix and its database
+    /// (migrated already), which `app` removes when the test passes.
+    pub fn beside(mut self, app: &TestApp) -> Self {
+        self.settings = (*app.settings).clone();
+        self.fresh = None;
+        self
+    }
+
+    pub async fn spawn(self) -> TestApp {
+        // Beside another gateway, the database is migrated already.
+        if self.fresh.is_some() {
+            flashsale::store::migrate(self.settings.database.url.expose_secret())
+                .await
+                .expect("test database migrates");
+        }
+        // Only what was made for this gateway and is still on the shared
+        // servers: a prefix on a private Redis goes with that server, and a
+        // database another gateway made is that one's to remove.
+        let (prefix, database) = match self.fresh {
+            Some((prefix, db)) => (
+                (self.settings.redis.key_prefix == prefix).then_some(prefix),
+                (database_name(&self.settings) == db).then_some(db),
+            ),
+            None => (None, None),
+        };
+        let scratch = Scratch::new(&self.settings, prefix, database);
+        let settings = Arc::new(self.settings);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let stop = CancellationToken::new();
+        let server = tokio::spawn(flashsale::serve(
+            settings.clone(),
+            listener,
+            self.worker,
+            stop.clone(),
+        ));
+        let (engine, db) = flashsale::connect(&settings).unwrap();
+        TestApp {
+            base,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            // A test that configures public keys sets its own secret beside
+            // them for the admin's and customers' HS256 tokens.
+            auth: Auth::new(
+                &settings
+                    .auth
+                    .hs256_secret()
+                    .expect("the test settings take HS256 tokens"),
+            ),
+            settings,
+            engine,
+            db,
+            stop,
+            server: Some(server),
+            _scratch: scratch,
+        }
     }
 }
 
 impl Drop for TestApp {
     fn drop(&mut self) {
         self.stop.cancel();
+        // On a runtime of several threads the gateway's loops go on while
+        // this thread blocks: wait until they stopped, or one could write a
+        // key after the scratch's scan. On one thread nothing runs meanwhile.
+        let multi_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+        // After a failure the scratch is kept: no need to wait.
+        if let (true, false, Some(server)) = (multi_thread, std::thread::panicking(), &self.server)
+        {
+            let deadline = std::time::Instant::now() + Duration::from_secs(10);
+            while !server.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
+}
+
+/// A test's own corner of the shared servers: its Redis key prefix and its
+/// Postgres database, removed when it is dropped after a pass. After a
+/// failure (a panic unwinding) they are kept, and named, for inspection.
+pub struct Scratch {
+    prefix: Option<String>,
+    database: Option<String>,
+    /// The shared Redis, or the seeds of the shared cluster.
+    redis: Vec<String>,
+}
+
+impl Scratch {
+    /// Claims `prefix` where `settings` put it on the shared Redis (keys on
+    /// a private server go with it), and `database` on the shared Postgres.
+    fn new(settings: &Settings, prefix: Option<String>, database: Option<String>) -> Scratch {
+        let shared_redis = settings.redis.cluster_nodes == cluster_nodes()
+            && (!settings.redis.cluster_nodes.is_empty() || settings.redis.url == redis_url());
+        Scratch {
+            prefix: prefix.filter(|_| shared_redis),
+            database,
+            redis: match cluster_nodes() {
+                seeds if seeds.is_empty() => vec![redis_url()],
+                seeds => seeds,
+            },
+        }
+    }
+
+    async fn remove(&self) -> anyhow::Result<()> {
+        if let Some(db) = &self.database {
+            use sqlx::Connection;
+            let mut pg =
+                sqlx::PgConnection::connect(&format!("{}/postgres", pg_server_url())).await?;
+            // FORCE: the gateway's pools may still hold connections to it.
+            sqlx::query(&format!(
+                "DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)",
+                db.replace('"', "\"\"")
+            ))
+            .execute(&mut pg)
+            .await?;
+        }
+        if let Some(prefix) = &self.prefix {
+            for node in primaries(&self.redis).await? {
+                unlink_prefix(&node, prefix).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if self.prefix.is_none() && self.database.is_none() {
+            return;
+        }
+        let what = format!(
+            "Redis keys {}:*, database {}",
+            self.prefix.as_deref().unwrap_or("(none)"),
+            self.database.as_deref().unwrap_or("(none)")
+        );
+        if std::thread::panicking() {
+            eprintln!("kept for inspection: {what}");
+            return;
+        }
+        // A runtime of its own: drop runs inside the test's runtime, which
+        // cannot be blocked on from within.
+        let removed = std::thread::scope(|s| {
+            s.spawn(|| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+                    .block_on(self.remove())
+            })
+            .join()
+        });
+        // A pass that leaves its data behind is a failure of the harness,
+        // and says so: the next runs would pile up what it left.
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => panic!("could not remove {what}: {e:#}"),
+            Err(_) => panic!("removing {what} panicked"),
+        }
+    }
+}
+
+/// The primaries of the Redis at `seeds`: the one server, or every primary of
+/// a cluster (`CLUSTER NODES` on the first seed), each SCANned on its own.
+async fn primaries(seeds: &[String]) -> anyhow::Result<Vec<String>> {
+    let [seed, more @ ..] = seeds else {
+        return Ok(Vec::new());
+    };
+    if more.is_empty() && cluster_nodes().is_empty() {
+        return Ok(vec![seed.clone()]);
+    }
+    let client = redis::Client::open(seed.as_str())?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let nodes: String = redis::cmd("CLUSTER")
+        .arg("NODES")
+        .query_async(&mut conn)
+        .await?;
+    Ok(nodes
+        .lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let master = f.get(2)?.contains("master") && !f.get(2)?.contains("fail");
+            let addr = f.get(1)?.split('@').next()?;
+            master.then(|| format!("redis://{addr}"))
+        })
+        .collect())
+}
+
+/// Deletes every key under `prefix` on one server, by SCAN: one key per
+/// UNLINK, as keys of different slots cannot share one on a cluster.
+async fn unlink_prefix(node: &str, prefix: &str) -> anyhow::Result<()> {
+    let client = redis::Client::open(node)?;
+    let mut conn = client.get_multiplexed_async_connection().await?;
+    let pattern = format!("{prefix}:*");
+    let mut cursor = 0u64;
+    loop {
+        let (next, keys): (u64, Vec<String>) = redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(&pattern)
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await?;
+        if !keys.is_empty() {
+            let mut pipe = redis::pipe();
+            for key in &keys {
+                pipe.cmd("UNLINK").arg(key).ignore();
+            }
+            pipe.query_async::<()>(&mut conn).await?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// The database name at the end of `settings`' database URL.
+fn database_name(settings: &Settings) -> String {
+    let url = settings.database.url.expose_secret();
+    url.rsplit('/').next().unwrap_or_default().to_string()
+}
+
+/// An engine on a fresh key prefix, without a gateway, after `tweak`; its
+/// keys go with the [`Scratch`] (keep it alive as long as the engine).
+pub fn test_engine(tweak: impl FnOnce(&mut Settings)) -> (Engine, Scratch) {
+    let mut settings = test_settings();
+    tweak(&mut settings);
+    let engine = Engine::new(&settings).expect("engine");
+    // No database: an engine alone never makes one.
+    let scratch = Scratch::new(&settings, Some(settings.redis.key_prefix.clone()), None);
+    (engine, scratch)
 }
 
 /// A sale body that is live now, with the given stock, limit and hold.
@@ -387,6 +619,79 @@ impl TestApp {
         }
     }
 
+    /// The real `flashsale` binary, configured like this gateway (same Redis
+    /// prefix, same database), quiet, limits off.
+    pub fn command(&self) -> std::process::Command {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
+        cmd.env("FLASHSALE__REDIS__URL", &self.settings.redis.url)
+            .env(
+                "FLASHSALE__REDIS__CLUSTER_NODES",
+                self.settings.redis.cluster_nodes.join(","),
+            )
+            .env(
+                "FLASHSALE__REDIS__CONFIRM_REPLICAS",
+                self.settings.redis.confirm_replicas.to_string(),
+            )
+            .env(
+                "FLASHSALE__REDIS__KEY_PREFIX",
+                &self.settings.redis.key_prefix,
+            )
+            .env(
+                "FLASHSALE__DATABASE__URL",
+                self.settings.database.url.expose_secret(),
+            )
+            .env("FLASHSALE__LIMITS__ENABLED", "false")
+            .env("RUST_LOG", "warn")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        cmd
+    }
+
+    /// Runs the real binary with `args` to the end, capturing its output.
+    pub fn run(&self, args: &[&str]) -> std::process::Output {
+        self.command()
+            .args(args)
+            .stderr(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .output()
+            .expect("flashsale runs")
+    }
+
+    /// Waits until the worker has archived the sale (`sales.archived_at` set).
+    pub async fn wait_archived(&self, sale: &str, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let archived: Option<time::OffsetDateTime> =
+                sqlx::query_scalar("SELECT archived_at FROM sales WHERE id = $1")
+                    .bind(sale)
+                    .fetch_one(&self.db)
+                    .await
+                    .expect("the sale is in Postgres");
+            if archived.is_some() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{sale} never archived"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// `reconcile --json` for one sale: (exit code, drift kinds).
+    pub fn drift(&self, sale: &str) -> (i32, Vec<String>) {
+        let out = self.run(&["reconcile", "--sale", sale, "--json"]);
+        let report: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+        let kinds = report["sales"][0]["drift"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["kind"].as_str().unwrap().to_string())
+            .collect();
+        (out.status.code().unwrap(), kinds)
+    }
+
     /// Stops the gateway and waits for it to drain.
     pub async fn shutdown(mut self) -> anyhow::Result<()> {
         self.stop.cancel();
@@ -394,66 +699,6 @@ impl TestApp {
             Some(h) => h.await?,
             None => Ok(()),
         }
-    }
-}
-
-/// The real `flashsale` binary, configured like `app` (same Redis prefix, same
-/// database), quiet, limits off.
-pub fn flashsale_command(app: &TestApp) -> std::process::Command {
-    use secrecy::ExposeSecret;
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_flashsale"));
-    cmd.env("FLASHSALE__REDIS__URL", &app.settings.redis.url)
-        .env(
-            "FLASHSALE__REDIS__CLUSTER_NODES",
-            app.settings.redis.cluster_nodes.join(","),
-        )
-        .env(
-            "FLASHSALE__REDIS__CONFIRM_REPLICAS",
-            app.settings.redis.confirm_replicas.to_string(),
-        )
-        .env(
-            "FLASHSALE__REDIS__KEY_PREFIX",
-            &app.settings.redis.key_prefix,
-        )
-        .env(
-            "FLASHSALE__DATABASE__URL",
-            app.settings.database.url.expose_secret(),
-        )
-        .env("FLASHSALE__LIMITS__ENABLED", "false")
-        .env("RUST_LOG", "warn")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    cmd
-}
-
-/// Runs the real binary with `args` to the end, capturing its output.
-pub fn run_flashsale(app: &TestApp, args: &[&str]) -> std::process::Output {
-    flashsale_command(app)
-        .args(args)
-        .stderr(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .output()
-        .expect("flashsale runs")
-}
-
-/// Waits until the worker has archived the sale (`sales.archived_at` set).
-pub async fn wait_archived(app: &TestApp, sale: &str, within: Duration) {
-    let deadline = std::time::Instant::now() + within;
-    loop {
-        let archived: Option<time::OffsetDateTime> =
-            sqlx::query_scalar("SELECT archived_at FROM sales WHERE id = $1")
-                .bind(sale)
-                .fetch_one(&app.db)
-                .await
-                .expect("the sale is in Postgres");
-        if archived.is_some() {
-            return;
-        }
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{sale} never archived"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
@@ -469,20 +714,6 @@ pub fn said(out: &std::process::Output) -> String {
 /// Asserts a command exited `code`, showing what it printed when it did not.
 pub fn assert_exit(out: &std::process::Output, code: i32) {
     assert_eq!(out.status.code(), Some(code), "{}", said(out));
-}
-
-/// `reconcile --json` for one sale: (exit code, drift kinds).
-pub fn reconcile_drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
-    let out = run_flashsale(app, &["reconcile", "--sale", sale, "--json"]);
-    let report: Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
-    let kinds = report["sales"][0]["drift"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|d| d["kind"].as_str().unwrap().to_string())
-        .collect();
-    (out.status.code().unwrap(), kinds)
 }
 
 /// kill(2), without needing a `kill` binary on the machine.

@@ -3,11 +3,9 @@
 //! `Authorization`, and on the pages a strict Content-Security-Policy (no
 //! inline code: the scripts and styles are files) and no referrer.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use reqwest::header::HeaderMap;
 use reqwest::Method;
 
@@ -270,7 +268,7 @@ async fn the_assets_go_with_the_pages() {
 
 /// `serve` with `env`, run to its end: it must refuse to start.
 fn serve_refuses(app: &TestApp, env: &[(&str, &str)], config: Option<&std::path::Path>) {
-    let mut cmd = flashsale_command(app);
+    let mut cmd = app.command();
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -330,7 +328,7 @@ async fn frame_ancestors_come_comma_separated_from_the_environment() {
     let app = spawn_app().await;
     let addr = format!("127.0.0.1:{}", free_port());
     let _gateway = KillOnDrop(
-        flashsale_command(&app)
+        app.command()
             .args(["serve", "--no-worker"])
             .env("FLASHSALE__HTTP__ADDR", &addr)
             .env(

@@ -2,12 +2,10 @@
 //! the room's pace, and the token used up in the reserve itself. Real
 //! gateways, workers, Redis and Postgres; the statistics on 10,000 members.
 
-mod common;
-
 use std::collections::{BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use flashsale::domain::rfc3339_ms;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
@@ -132,7 +130,7 @@ async fn members_are_placed_by_the_published_seed_and_admitted_at_the_pace() {
     let app = spawn_app().await;
     // A second gateway with its own worker on the same Redis and Postgres:
     // two workers admit, and the pace holds for both together.
-    let other = spawn_with_settings((*app.settings).clone(), true, false).await;
+    let other = TestApp::builder().beside(&app).spawn().await;
     let sale = unique("wr-");
     let a = app
         .create_sale(&room_sale(&sale, 1000, Duration::from_secs(4), json!({})))
@@ -398,7 +396,7 @@ async fn an_archived_sales_room_stays_verifiable() {
         assert!(tokio::time::Instant::now() < deadline, "not admitted: {r}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
-    wait_archived(&app, &sale, Duration::from_secs(30)).await;
+    app.wait_archived(&sale, Duration::from_secs(30)).await;
     let kept = room(&app, &sale).await;
     for field in [
         "opens_at",
@@ -688,7 +686,7 @@ async fn sales_files_and_other_origins_reach_the_room() {
         ),
     )
     .unwrap();
-    let out = run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
+    let out = app.run(&["sales", "load", file.to_str().unwrap()]);
     assert_exit(&out, 0);
     let sale = app.get(&format!("/v1/sales/{id}"), None).await;
     assert_eq!(sale.body["queue"]["admit_per_second"], 5, "{}", sale.body);
@@ -696,7 +694,7 @@ async fn sales_files_and_other_origins_reach_the_room() {
     // of the same file changes nothing.
     let joined = join(&app, &id, &app.token("c1")).await;
     assert_eq!(joined.status, 201, "{}", joined.body);
-    let again = run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
+    let again = app.run(&["sales", "load", file.to_str().unwrap()]);
     assert!(again.status.success());
     assert_eq!(room(&app, &id).await["members"], 1);
 
@@ -764,7 +762,7 @@ async fn a_published_order_survives_redis_losing_the_room_and_the_sale() {
         .query_async::<()>(&mut conn)
         .await
         .unwrap();
-    let out = run_flashsale(&app, &["reconcile", "--rebuild", "--sale", &sale]);
+    let out = app.run(&["reconcile", "--rebuild", "--sale", &sale]);
     assert_exit(&out, 0);
     // At once after the rebuild, before the worker restored the room: a
     // reserve still needs an admission.

@@ -2,14 +2,12 @@
 //! OpenAPI document, CORS, and the two pages driven in a real (headless)
 //! Chromium.
 
-mod common;
-
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::browser::Browser;
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
+use crate::helpers::browser::Browser;
 use flashsale::domain::rfc3339_ms;
 use serde_json::{json, Value};
 
@@ -51,10 +49,8 @@ async fn read_events(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_thousand_streams_see_sold_out_within_a_second_on_one_poller() {
     let redis = PrivateRedis::start();
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
     // No worker: its scripts would blur the count of the pollers' calls.
-    let app = spawn_with_settings(settings, false, true).await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     let sale = app.live_sale(50, 1, 600).await;
     let url = app.url(&format!("/v1/sales/{sale}/stream"));
     let http = reqwest::Client::builder()
@@ -271,7 +267,7 @@ async fn a_buyer_reserves_and_confirms_on_the_landing_page() {
 /// `opens_at`) that opened a second ago.
 async fn create_room_sale(app: &TestApp, starts_at: time::OffsetDateTime, queue: Value) -> String {
     let sale = unique("s-");
-    let mut body = common::live_sale(&sale, 5, 2, 600);
+    let mut body = crate::common::live_sale(&sale, 5, 2, 600);
     body["starts_at"] = json!(rfc3339_ms(starts_at));
     body["ends_at"] = json!(rfc3339_ms(starts_at + Duration::from_secs(3600)));
     body["queue"] = queue;
@@ -394,7 +390,7 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
 
     // A room that opens later: the page says when, and offers no Join yet.
     let later = unique("s-");
-    let mut body = common::live_sale(&later, 5, 2, 600);
+    let mut body = crate::common::live_sale(&later, 5, 2, 600);
     body["starts_at"] = json!(rfc3339_ms(now + Duration::from_secs(7200)));
     body["ends_at"] = json!(rfc3339_ms(now + Duration::from_secs(10800)));
     body["queue"] = json!({

@@ -2,28 +2,13 @@
 //! fault of issue 12, each through the real binary or the real HTTP API
 //! where on-call and admins reach it.
 
-mod common;
-
-use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use flashsale::engine::{Adjusted, Change};
 use flashsale::store::{self, Adjustment, AdjustmentKey};
 use redis::AsyncCommands;
 use serde_json::{json, Value};
-
-fn run(app: &TestApp, args: &[&str]) -> Output {
-    run_flashsale(app, args)
-}
-
-fn drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
-    reconcile_drift(app, sale)
-}
-
-async fn gateway_without_worker() -> TestApp {
-    spawn_with_settings(test_settings(), false, true).await
-}
 
 async fn buy(app: &TestApp, sale: &str, who: &str, units: u32) {
     let t = app.token(who);
@@ -99,7 +84,7 @@ async fn a_recount_after_a_rebuild_never_offers_sold_units_again() {
 
     let mut conn = app.engine.connection();
     let _: () = conn.del(&app.engine.keys(&sale).all()[..]).await.unwrap();
-    let out = run(&app, &["reconcile", "--rebuild", "--sale", &sale]);
+    let out = app.run(&["reconcile", "--rebuild", "--sale", &sale]);
     assert_exit(&out, 0);
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available, s.held, s.sold), (10, 4, 0, 6));
@@ -111,7 +96,7 @@ async fn a_recount_after_a_rebuild_never_offers_sold_units_again() {
         if field == "total" {
             let _: () = conn.hincr(&k.sale, "available", 1).await.unwrap();
         }
-        let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
+        let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
         assert_eq!(out.status.code(), Some(0), "{field}: {}", said(&out));
         let s = app.stock(&sale).await;
         assert_eq!(
@@ -134,23 +119,23 @@ async fn a_recount_after_a_rebuild_never_offers_sold_units_again() {
 /// larger of every source, never one alone.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_recount_takes_the_largest_sold_any_source_knows() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(10, 5, 600).await;
     buy(&app, &sale, "a", 3).await;
     // Flushed by hand: Postgres has 3, then Redis loses the sale.
-    let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--rebuild"]);
     assert_exit(&out, 0);
     let mut conn = app.engine.connection();
     let k = app.engine.keys(&sale);
     let _: () = conn.del(&k.all()[..]).await.unwrap();
-    let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--rebuild"]);
     assert_exit(&out, 0);
     // Two more sold, not yet in Postgres (no worker): only the records and
     // the counter know them. Then the counter is lost.
     buy(&app, &sale, "b", 2).await;
     let _: () = conn.hset(&k.sale, "sold", 0).await.unwrap();
     let _: () = conn.hincr(&k.sale, "available", 5).await.unwrap();
-    let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
     assert_exit(&out, 0);
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available, s.held, s.sold), (10, 5, 0, 5));
@@ -166,16 +151,16 @@ async fn a_recount_takes_the_largest_sold_any_source_knows() {
 /// names the drift and exits 1.
 #[tokio::test]
 async fn a_recount_that_cannot_be_reconciled_changes_nothing_and_exits_1() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(4, 4, 600).await;
     buy(&app, &sale, "a", 4).await;
-    let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
     assert_exit(&out, 0);
     // Marketing's total in Redis lowered behind everyone's back.
     let mut conn = app.engine.connection();
     let k = app.engine.keys(&sale);
     let _: () = conn.hset(&k.sale, "total", 2).await.unwrap();
-    let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
     assert_exit(&out, 0);
     // The scheduled total is 4 and 4 are sold: that one can be repaired.
     let s = app.stock(&sale).await;
@@ -183,7 +168,7 @@ async fn a_recount_that_cannot_be_reconciled_changes_nothing_and_exits_1() {
     // This one cannot: Redis knows of more units sold than the total.
     let _: () = conn.hset(&k.sale, "sold", 9).await.unwrap();
     let before = app.stock(&sale).await;
-    let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
     assert_exit(&out, 1);
     assert!(said(&out).contains("NOT recounted"), "{}", said(&out));
     assert_eq!(app.stock(&sale).await, before, "nothing changed");
@@ -271,7 +256,7 @@ async fn a_patch_whose_reply_was_lost_is_retried_without_applying_twice() {
 /// is voided in Redis, so its PATCH, still in flight, cannot land it later.
 #[tokio::test]
 async fn pending_adjustments_are_settled_and_never_reversed() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(10, 5, 600).await;
     let (landed, stray) = (stock_change(&sale, -4), stock_change(&sale, 3));
     for adj in [&landed, &stray] {
@@ -296,7 +281,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
         .hincr(app.engine.keys(&sale).sale, "available", 1)
         .await
         .unwrap();
-    let out = run(&app, &["reconcile", "--sale", &sale, "--apply"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
     assert_exit(&out, 0);
     let s = app.stock(&sale).await;
     assert_eq!((s.total, s.available), (6, 6), "marketing's -4 stands");
@@ -324,7 +309,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
         .unwrap();
     assert_eq!(late, Adjusted::Voided);
     assert_eq!(app.stock(&sale).await.total, 6);
-    assert_eq!(drift(&app, &sale), (0, vec![]));
+    assert_eq!(app.drift(&sale), (0, vec![]));
 }
 
 /// A PATCH whose row a repair voided before it reached Redis is applied
@@ -335,7 +320,7 @@ async fn a_patch_voided_in_flight_is_applied_once_after_all() {
     let sale = app.live_sale(10, 5, 600).await;
     recorded_with_key(&app, &stock_change(&sale, 2), "slow-1").await;
     // Reconcile runs while the first call is stalled before Redis.
-    let out = run(&app, &["reconcile", "--sale", &sale]);
+    let out = app.run(&["reconcile", "--sale", &sale]);
     assert_exit(&out, 0);
     let retry = patch(&app, &sale, Some("slow-1"), &json!({"stock_delta": 2})).await;
     assert_eq!(retry.status, 200, "{}", retry.body);
@@ -343,14 +328,14 @@ async fn a_patch_voided_in_flight_is_applied_once_after_all() {
     let again = patch(&app, &sale, Some("slow-1"), &json!({"stock_delta": 2})).await;
     assert_eq!(again.body, retry.body);
     assert_eq!(app.stock(&sale).await.total, 12);
-    assert_eq!(drift(&app, &sale), (0, vec![]));
+    assert_eq!(app.drift(&sale), (0, vec![]));
 }
 
 /// One sale that cannot be loaded (Redis holds another sale under its id)
 /// no longer blocks the ones after it; reconcile names it.
 #[tokio::test]
 async fn the_loader_skips_a_sale_it_cannot_load() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let bad: flashsale::domain::SaleDef = serde_json::from_value(json!({
         "id": unique("bad-"), "sku": "TV", "name": "TV", "price_cents": 1, "currency": "IDR",
         "stock": 5, "starts_at": "2026-01-01T00:00:00Z", "ends_at": "2099-01-01T00:00:00Z",
@@ -370,7 +355,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
         .unwrap();
     assert_eq!(loaded, 1);
     assert_eq!(app.stock(&good.id).await.total, 5);
-    let (code, kinds) = drift(&app, &bad.id);
+    let (code, kinds) = app.drift(&bad.id);
     assert_eq!(code, 1);
     assert!(kinds.contains(&"load_failed".to_string()), "{kinds:?}");
     // Loading again changes nothing and stops at nothing.
@@ -378,42 +363,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
         .await
         .unwrap();
     assert_eq!(loaded, 0);
-    assert_eq!(drift(&app, &good.id), (0, vec![]));
-}
-
-/// A script that fails inside Redis (here: a record that is not JSON) is a
-/// fault of flashsale, not of Redis being away: 500 `internal` with no
-/// Retry-After, logged and counted; a retry would fail again.
-#[tokio::test]
-async fn a_script_error_is_a_500_without_retry_after() {
-    let app = spawn_app().await;
-    let sale = app.live_sale(10, 5, 600).await;
-    let t = app.token("alice");
-    let a = app.reserve(&sale, &t, 1).await;
-    let rid = a.body["id"].as_str().unwrap().to_string();
-    let mut conn = app.engine.connection();
-    let _: () = conn
-        .hset(app.engine.keys(&sale).reservations, &rid, "{not json")
-        .await
-        .unwrap();
-    let c = app.confirm(&rid, &t).await;
-    c.assert_problem(500, "internal");
-    assert_eq!(c.retry_after, None);
-    let release = app.release(&rid, &t).await;
-    release.assert_problem(500, "internal");
-    let metrics = app.metrics_text().await;
-    assert!(
-        metrics
-            .lines()
-            .any(|l| l.starts_with("flashsale_redis_faults_total{op=\"confirm\"}")),
-        "{metrics}"
-    );
-    // A sale key of the wrong type: also a fault, also 500.
-    let broken = unique("s-");
-    let _: () = conn.set(app.engine.keys(&broken).sale, "x").await.unwrap();
-    app.get(&format!("/v1/sales/{broken}"), None)
-        .await
-        .assert_problem(500, "internal");
+    assert_eq!(app.drift(&good.id), (0, vec![]));
 }
 
 /// A sale that ended with nothing held and its outbox flushed leaves the
@@ -472,7 +422,7 @@ async fn an_ended_sale_leaves_the_loops_until_it_is_reopened() {
 /// leave no consumer of their own behind, however often on-call runs them.
 #[tokio::test]
 async fn repairs_leave_no_consumer_in_the_outbox_group() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(10, 5, 600).await;
     let mut conn = app.engine.connection();
     for (i, args) in [
@@ -485,7 +435,7 @@ async fn repairs_leave_no_consumer_in_the_outbox_group() {
     {
         buy(&app, &sale, &format!("c{i}"), 1).await;
         tokio::time::sleep(Duration::from_millis(1100)).await;
-        let out = run(&app, args);
+        let out = app.run(args);
         assert_exit(&out, 0);
         assert_eq!(app.orders(&sale).await.0, i as i64 + 1, "flushed");
         let consumers: Vec<redis::Value> = redis::cmd("XINFO")
@@ -503,7 +453,7 @@ async fn repairs_leave_no_consumer_in_the_outbox_group() {
 /// once a stopped one's entries are claimed, its name goes too.
 #[tokio::test]
 async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(10, 5, 600).await;
     buy(&app, &sale, "a", 1).await;
     let outbox = app.engine.keys(&sale).outbox;
@@ -607,7 +557,7 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
         Duration::from_secs(10),
     )
     .await;
-    wait_archived(&app, &sale, Duration::from_secs(20)).await;
+    app.wait_archived(&sale, Duration::from_secs(20)).await;
     // Its dead letters went to Postgres with it: the gauge is gone with
     // every other series of the sale, not left at its last reading, which
     // would keep an alert firing for ever.
@@ -663,11 +613,11 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
     patch(&app, &sale, None, &json!({"stock_delta": 1}))
         .await
         .assert_problem(404, "sale_not_found");
-    let out = run(&app, &["reconcile", "--sale", &sale, "--json"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--json"]);
     assert_exit(&out, 0);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["sales"][0]["archived"], true);
-    let out = run(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--rebuild"]);
     assert_exit(&out, 2);
     assert!(said(&out).contains("archived"), "{}", said(&out));
 }

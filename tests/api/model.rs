@@ -7,12 +7,10 @@
 //! an operation within a few milliseconds of a deadline may go either way; the
 //! model accepts either outcome there and adopts the one Redis chose.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use flashsale::domain::{ReservationStatus, SaleDef};
 use flashsale::engine::{
     Adjusted, Change, ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest,
@@ -321,6 +319,9 @@ async fn compare(engine: &Engine, sale: &str, m: &Model, after: &Op) {
     }
 }
 
+// Failing seeds are saved to, and replayed from,
+// tests/proptest-regressions/model.txt: proptest's place for a test file
+// under a directory with a main.rs (tests/api).
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(24),
@@ -332,8 +333,7 @@ proptest! {
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let settings = test_settings();
-            let engine = Engine::new(&settings).unwrap();
+            let (engine, _scratch) = test_engine(|_| {});
             let now = OffsetDateTime::now_utc();
             let def = SaleDef {
                 id: unique("m-"),

@@ -1,14 +1,12 @@
 //! Durable orders: every confirmed reservation becomes exactly one row in
 //! Postgres `orders`, whatever is killed and whatever is down.
 
-mod common;
-
 use std::collections::HashSet;
 use std::process::Child;
 use std::time::{Duration, Instant};
 
-use common::proxy::Proxy;
-use common::*;
+use crate::common::*;
+use crate::helpers::proxy::Proxy;
 use futures::stream::{self, StreamExt};
 use rand::Rng;
 use redis::AsyncCommands;
@@ -37,7 +35,7 @@ async fn confirm_orders(app: &TestApp, sale: &str, n: usize) -> HashSet<String> 
 /// A standalone `flashsale worker` with small batches and a short claim time,
 /// so kills land mid-flush and a successor takes over quickly.
 fn start_worker(app: &TestApp) -> Child {
-    flashsale_command(app)
+    app.command()
         .arg("worker")
         .env("FLASHSALE__WORKER__FLUSH_BATCH", "10")
         .env("FLASHSALE__WORKER__FLUSH_INTERVAL_MS", "10")
@@ -88,13 +86,9 @@ async fn pending(app: &TestApp, sale: &str) -> i64 {
     }
 }
 
-async fn gateway_without_worker() -> TestApp {
-    spawn_with_settings(test_settings(), false, true).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_workers_still_flush_each_order_exactly_once() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(2000, 1, 3600).await;
     let confirmed = confirm_orders(&app, &sale, 2000).await;
     assert_eq!(app.outbox_len(&sale).await, 2000);
@@ -130,7 +124,7 @@ async fn sigkilled_workers_still_flush_each_order_exactly_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_workers_at_once_write_no_duplicates_and_miss_nothing() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(2000, 1, 3600).await;
     let confirmed = confirm_orders(&app, &sale, 2000).await;
     let (a, b) = (start_worker(&app), start_worker(&app));
@@ -147,19 +141,22 @@ async fn two_workers_at_once_write_no_duplicates_and_miss_nothing() {
 /// is back.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orders_wait_out_a_postgres_outage_and_all_land() {
-    let mut settings = test_settings();
-    let real_url = settings.database.url.expose_secret().to_string();
-    flashsale::store::migrate(&real_url).await.unwrap();
-    let (server, database) = real_url.rsplit_once('/').unwrap();
-    let target = server.rsplit_once('@').unwrap().1.to_string();
+    let target = pg_server_url().rsplit_once('@').unwrap().1.to_string();
     let proxy = Proxy::start(target).await;
-    settings.database.url = SecretString::from(format!(
-        "postgres://postgres@127.0.0.1:{}/{database}",
-        proxy.port
-    ));
-    settings.database.timeout_ms = 500;
-    settings.worker.max_backoff_ms = 400;
-    let app = spawn_with_settings(settings, true, false).await;
+    // Migrated through the proxy, which is up until the cut.
+    let app = TestApp::builder()
+        .settings(|s| {
+            let real_url = s.database.url.expose_secret().to_string();
+            let (_, database) = real_url.rsplit_once('/').unwrap();
+            s.database.url = SecretString::from(format!(
+                "postgres://postgres@127.0.0.1:{}/{database}",
+                proxy.port
+            ));
+            s.database.timeout_ms = 500;
+            s.worker.max_backoff_ms = 400;
+        })
+        .spawn()
+        .await;
     let sale = app.live_sale(300, 1, 3600).await;
 
     proxy.cut();

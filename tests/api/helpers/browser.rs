@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
-use super::free_port;
+use crate::common::{free_port, unique};
 
 const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
@@ -44,7 +44,7 @@ impl Browser {
             .expect("chromedriver is installed (scripts/test.sh installs chromium-driver)");
         let base = format!("http://127.0.0.1:{port}");
         let http = reqwest::Client::new();
-        let profile = std::env::temp_dir().join(super::unique("chromium-"));
+        let profile = std::env::temp_dir().join(unique("chromium-"));
         let caps = json!({"capabilities": {"alwaysMatch": {
             "browserName": "chrome",
             "goog:chromeOptions": {

@@ -1,11 +1,9 @@
 //! Holds end confirmed xor expired, judged by one clock (Redis TIME), even when
 //! confirms arrive right at the deadline while the reaper runs.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

@@ -4,13 +4,11 @@
 //! Loopback has a whole /8: clients bind 127.0.0.2, 127.0.0.3, ... to come
 //! from other addresses than the attacker on 127.0.0.1.
 
-mod common;
-
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -179,7 +177,7 @@ async fn a_flood_past_the_open_file_limit_is_refused_and_the_gateway_recovers_by
     let to: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let log_path = std::env::temp_dir().join(unique("flashsale-flood-") + ".log");
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut cmd = flashsale_command(&app);
+    let mut cmd = app.command();
     cmd.arg("serve")
         .arg("--no-worker")
         .env("FLASHSALE__HTTP__ADDR", to.to_string())
@@ -245,7 +243,7 @@ async fn a_flood_past_the_open_file_limit_is_refused_and_the_gateway_recovers_by
     drop(first);
     let elapsed = started.elapsed();
 
-    assert!(common::send_signal(gateway.0.id(), libc::SIGTERM));
+    assert!(crate::common::send_signal(gateway.0.id(), libc::SIGTERM));
     let stopping = Instant::now();
     loop {
         if let Some(status) = gateway.0.try_wait().unwrap() {
@@ -374,17 +372,21 @@ async fn the_sales_list_is_paginated_and_a_walk_sees_every_sale_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_flood_of_public_reads_gets_429s_and_costs_redis_per_sale_not_per_request() {
     let redis = PrivateRedis::start();
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    settings.limits.enabled = true;
-    settings.limits.per_customer_per_second = 1_000_000;
-    settings.limits.per_customer_burst = 1_000_000;
-    settings.limits.per_ip_per_second = 1_000_000;
-    settings.limits.per_ip_burst = 1_000_000;
-    settings.limits.public_per_ip_per_second = 50;
-    settings.limits.public_per_ip_burst = 100;
     // No worker: its reaper's scripts would blur the count of script calls.
-    let app = spawn_with_settings(settings, false, true).await;
+    let app = TestApp::builder()
+        .without_worker()
+        .on(&redis)
+        .settings(|s| {
+            s.limits.enabled = true;
+            s.limits.per_customer_per_second = 1_000_000;
+            s.limits.per_customer_burst = 1_000_000;
+            s.limits.per_ip_per_second = 1_000_000;
+            s.limits.per_ip_burst = 1_000_000;
+            s.limits.public_per_ip_per_second = 50;
+            s.limits.public_per_ip_burst = 100;
+        })
+        .spawn()
+        .await;
     let ids = create_sales(&app, 200, minutes_ago).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 

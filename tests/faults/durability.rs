@@ -5,14 +5,12 @@
 //! whatever a buyer was told (a hold, an order) survives the kill; a write
 //! cut off before its reply reached nobody, and its buyer got a 503.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::crowd::{assert_no_order_lost, create_sales, served_again, storm, Seen};
-use common::redis_server::PrivateRedis;
-use common::{spawn_with_settings, test_settings};
+use crate::common::redis_server::PrivateRedis;
+use crate::common::TestApp;
+use crate::crowd::{assert_no_order_lost, create_sales, served_again, storm, Seen};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_sigkilled_redis_with_appendfsync_always_loses_no_order() {
@@ -24,12 +22,8 @@ async fn a_sigkilled_redis_with_appendfsync_always_loses_no_order() {
         "--save",
         "",
     ]);
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
     // This test is about one server's own disk, whatever the suite runs on.
-    settings.redis.cluster_nodes.clear();
-    settings.redis.confirm_replicas = 0;
-    let app = spawn_with_settings(settings, true, true).await;
+    let app = TestApp::builder().on(&redis).spawn().await;
     let sales = create_sales(&app, "d", 4).await;
     let apps = Arc::new(vec![app]);
     let seen = Arc::new(Mutex::new(Seen::default()));

@@ -3,12 +3,10 @@
 //! holds expire, and Redis's own SLOWLOG shows no call above 20 ms (Redis's
 //! time, steadier than a wall-clock probe on this shared machine).
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
 use flashsale::engine::{ConfirmRequest, ReserveRequest};
 use futures::stream::{self, StreamExt};
 
@@ -28,9 +26,7 @@ async fn slow_calls(conn: &mut flashsale::engine::Conn) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairs_of_a_large_sale_never_block_redis() {
     let redis = PrivateRedis::start();
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    let app = spawn_with_settings(settings, false, true).await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     let sale = app.live_sale(HOLDS as i64 + 1000, 1, 3600).await;
 
     let holds: Vec<(String, String)> = stream::iter(0..HOLDS)
@@ -120,14 +116,14 @@ async fn repairs_of_a_large_sale_never_block_redis() {
         }
         confirmed
     };
-    let mut cmd = flashsale_command(&app);
+    let mut cmd = app.command();
     cmd.args(["reconcile", "--sale", &sale, "--apply"])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let repair = tokio::task::spawn_blocking(move || cmd.output());
     let (confirmed, out) = tokio::join!(buyers, repair);
     let out = out.unwrap().unwrap();
-    let said = common::said(&out);
+    let said = crate::common::said(&out);
     assert!(said.contains("recounted"), "{said}");
     match out.status.code() {
         Some(0) => {}
@@ -136,7 +132,7 @@ async fn repairs_of_a_large_sale_never_block_redis() {
         // buyers make on purpose, seen on a slow machine): with the buyers
         // stopped, the sale must be consistent.
         Some(1) if said.contains("holds_not_reaped") => {
-            let again = run_flashsale(&app, &["reconcile", "--sale", &sale]);
+            let again = app.run(&["reconcile", "--sale", &sale]);
             assert_eq!(
                 again.status.code(),
                 Some(0),
@@ -156,7 +152,7 @@ async fn repairs_of_a_large_sale_never_block_redis() {
     assert_eq!(s.available, 1000 + 3000 - confirmed);
 
     // And the rebuild of the surviving sale: also no long call.
-    let out = run_flashsale(&app, &["reconcile", "--sale", &sale, "--rebuild"]);
+    let out = app.run(&["reconcile", "--sale", &sale, "--rebuild"]);
     assert_eq!(out.status.code(), Some(0));
     let s = app.stock(&sale).await;
     assert_eq!((s.held, s.sold), (0, confirmed));

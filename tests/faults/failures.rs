@@ -2,19 +2,17 @@
 //! and a Redis server frozen mid-run. The invariants hold through both, and
 //! service comes back without restarting anything else.
 
-mod common;
-
 use std::process::Child;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
 use futures::stream::{self, StreamExt};
 
 /// The real `flashsale serve` binary, configured like `app`.
 fn start_gateway(app: &TestApp, port: u16) -> Child {
-    flashsale_command(app)
+    app.command()
         .arg("serve")
         .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
         .spawn()
@@ -117,11 +115,11 @@ async fn sigkill_of_a_gateway_mid_storm_loses_and_oversells_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_frozen_redis_gives_prompt_503s_and_service_resumes() {
     let redis = PrivateRedis::start();
-    let app = spawn_app_with(|s| {
-        s.redis.url = redis.url();
-        s.redis.timeout_ms = 250;
-    })
-    .await;
+    let app = TestApp::builder()
+        .on(&redis)
+        .settings(|s| s.redis.timeout_ms = 250)
+        .spawn()
+        .await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while app.get("/readyz", None).await.status != 200 {
         assert!(Instant::now() < deadline, "private redis never came up");

@@ -15,12 +15,10 @@
 //! `PROPTEST_CASES` sets the number of walks (default 200), `MODEL_SEED`
 //! replays one walk. A failing walk prints its seed and its steps.
 
-mod common;
-
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use flashsale::adjust;
 use flashsale::domain::{ReservationStatus, SaleDef};
 use flashsale::engine::{ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest};
@@ -678,7 +676,7 @@ async fn walk(app: &TestApp, seed: u64) -> Result<(), String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn repairs_in_any_order_never_oversell() {
-    let app = spawn_with_settings(test_settings(), false, true).await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let seeds: Vec<u64> = match std::env::var("MODEL_SEED") {
         Ok(s) => vec![s.parse().expect("MODEL_SEED is a number")],
         Err(_) => {

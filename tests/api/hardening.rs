@@ -2,12 +2,10 @@
 //! a second payment on a confirmed hold, an admin's confirm, format
 //! characters in text, hostile request ids, and a burst of `/readyz`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Sends `body` as raw JSON text.
@@ -202,7 +200,7 @@ async fn a_second_payment_is_409_already_confirmed_live_and_archived() {
     assert_eq!(stored_payment_ref(&app, &theirs).await, "psp-1");
 
     // The same from Postgres once the sale is archived.
-    wait_archived(&app, &sale, Duration::from_secs(30)).await;
+    app.wait_archived(&sale, Duration::from_secs(30)).await;
     let again = confirm_with(&app, &mine, &alice, "buyer-made-up").await;
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.body["order_id"], first.body["order_id"]);
@@ -358,11 +356,7 @@ async fn calls(redis: &PrivateRedis, command: &str) -> u64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_readyz_asks_redis_at_most_once_a_second() {
     let redis = PrivateRedis::start();
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    settings.redis.cluster_nodes.clear();
-    settings.redis.confirm_replicas = 0;
-    let app = spawn_with_settings(settings, false, true).await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     assert_eq!(app.get("/readyz", None).await.status, 200);
     let before = calls(&redis, "ping").await;
     let started = std::time::Instant::now();

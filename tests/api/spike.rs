@@ -2,12 +2,10 @@
 //! are served; a dead Redis gives prompt 503s and service comes back by
 //! itself; a sold-out sale is answered from memory, without Redis.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::redis_server::PrivateRedis;
-use common::*;
+use crate::common::redis_server::PrivateRedis;
+use crate::common::*;
 use futures::future::join_all;
 use serde_json::json;
 
@@ -120,9 +118,7 @@ async fn addresses_behind_a_trusted_proxy_get_their_own_budget() {
 async fn a_sold_out_sale_is_answered_without_redis_until_stock_returns() {
     let redis = PrivateRedis::start();
     // No worker: its reaper's scripts would blur the count of script calls.
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    let app = spawn_with_settings(settings, false, true).await;
+    let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     let sale = app.live_sale(5, 5, 600).await;
     let t = app.token("first");
     let hold = app.reserve(&sale, &t, 5).await;
@@ -146,11 +142,11 @@ async fn a_sold_out_sale_is_answered_without_redis_until_stock_returns() {
 
     // Another gateway on the same Redis releases the hold: this one learns
     // of the returned stock within 100 ms.
-    let mut settings = test_settings();
-    settings.redis.url = redis.url();
-    settings.redis.key_prefix = app.settings.redis.key_prefix.clone();
-    settings.database.url = app.settings.database.url.clone();
-    let other = spawn_with_settings(settings, false, false).await;
+    let other = TestApp::builder()
+        .beside(&app)
+        .without_worker()
+        .spawn()
+        .await;
     let released = other.release(hold.body["id"].as_str().unwrap(), &t).await;
     assert_eq!(released.status, 200);
     let since = Instant::now();
@@ -174,11 +170,11 @@ async fn a_sold_out_sale_is_answered_without_redis_until_stock_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_stopped_redis_gives_prompt_503s_and_service_resumes_without_restart() {
     let mut redis = PrivateRedis::start();
-    let app = spawn_app_with(|s| {
-        s.redis.url = redis.url();
-        s.redis.timeout_ms = 300;
-    })
-    .await;
+    let app = TestApp::builder()
+        .on(&redis)
+        .settings(|s| s.redis.timeout_ms = 300)
+        .spawn()
+        .await;
     let sale = app.live_sale(10, 10, 600).await;
     let t = app.token("steady");
     assert_eq!(app.reserve(&sale, &t, 1).await.status, 201);

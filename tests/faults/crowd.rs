@@ -1,13 +1,13 @@
 //! A crowd of buyers reserving and confirming through several gateways until
 //! a deadline, while a test kills, restarts or moves the Redis under them;
 //! then the checks of invariants 1, 2, 4 and 7 for every sale they bought
-//! from. tests/cluster.rs and tests/durability.rs share it.
+//! from. the cluster and durability tests share it.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use super::{live_sale, read_stock, TestApp};
+use crate::common::{live_sale, read_stock, TestApp};
 
 /// Sales `{prefix}0`..: the first one, the busiest, big enough to stay live
 /// through a storm (a sold-out sale is refused from the gateway's memory,

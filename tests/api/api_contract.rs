@@ -1,11 +1,9 @@
 //! Every contract code these endpoints return, including hostile input. No
 //! input gets a 500, and every error is problem+json with the contract code.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::future::join_all;
 use serde_json::{json, Value};
 
@@ -557,12 +555,15 @@ async fn unreachable_services_give_prompt_503s() {
     assert_eq!(ready.body["redis"], "down");
 
     // Postgres down: reserves still work (Redis only); admin writes are 503.
-    let mut s = test_settings();
-    s.redis.key_prefix = app.settings.redis.key_prefix.clone();
-    s.database.url =
-        secrecy::SecretString::from(format!("postgres://postgres@127.0.0.1:{closed}/x"));
-    s.database.timeout_ms = 300;
-    let no_pg = spawn_with_settings(s, true, false).await;
+    let no_pg = TestApp::builder()
+        .beside(&app)
+        .settings(|s| {
+            s.database.url =
+                secrecy::SecretString::from(format!("postgres://postgres@127.0.0.1:{closed}/x"));
+            s.database.timeout_ms = 300;
+        })
+        .spawn()
+        .await;
     assert_eq!(
         no_pg.reserve(&sale, &no_pg.token("c2"), 1).await.status,
         201
@@ -583,7 +584,7 @@ async fn unreachable_services_give_prompt_503s() {
 async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
     // No worker in the gateway: it would race the check that a half-created
     // sale is not served. The real `flashsale worker` starts after it.
-    let app = spawn_with_settings(test_settings(), false, true).await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let id = unique("half-");
     let body = live_sale(&id, 9, 1, 60);
     let input: flashsale::domain::SaleInput = serde_json::from_value(body.clone()).unwrap();
@@ -595,7 +596,7 @@ async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
         .assert_problem(404, "sale_not_found");
 
     let _worker = KillOnDrop(
-        flashsale_command(&app)
+        app.command()
             .arg("worker")
             .spawn()
             .expect("flashsale worker starts"),

@@ -4,11 +4,9 @@
 //! and references lead somewhere. schemathesis (scripts/schemathesis.sh)
 //! then checks the answers against it.
 
-mod common;
-
 use std::collections::BTreeSet;
 
-use common::{spawn_app, spawn_app_with, TestApp};
+use crate::common::{spawn_app, spawn_app_with, TestApp};
 use serde_json::Value;
 
 /// The contract's table of paths (CONTRACT.md, "HTTP API").

@@ -6,27 +6,34 @@
 //! never sells a unit Postgres has sold. Also: a replica killed instead, and
 //! the busiest sale's slot moved to another primary and back mid-storm.
 
-mod common;
-
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::cluster::PrivateCluster;
-use common::crowd::{assert_no_order_lost, create_sales, served_again, storm, Seen};
-use common::{live_sale, spawn_with_settings, test_settings, TestApp};
+use crate::common::{live_sale, unique, TestApp, TestAppBuilder};
+use crate::crowd::{assert_no_order_lost, create_sales, served_again, storm, Seen};
+use crate::private_cluster::PrivateCluster;
 
 const SALES: usize = 12;
 const CUSTOMERS: usize = 240;
 
+/// A gateway on `cluster`, with `redis.confirm_replicas = 1`.
+fn on(cluster: &PrivateCluster) -> TestAppBuilder {
+    TestApp::builder().settings(|s| {
+        s.redis.cluster_nodes = cluster.nodes();
+        s.redis.confirm_replicas = 1;
+    })
+}
+
 /// Three gateways on `cluster` (the first two with workers) and the sales
 /// c0..c11 (`crowd::create_sales`).
 async fn gateways(cluster: &PrivateCluster) -> (Arc<Vec<TestApp>>, Arc<Vec<String>>) {
-    let mut settings = test_settings();
-    settings.redis.cluster_nodes = cluster.nodes();
-    settings.redis.confirm_replicas = 1;
-    let first = spawn_with_settings(settings.clone(), true, true).await;
-    let second = spawn_with_settings(settings.clone(), true, false).await;
-    let third = spawn_with_settings(settings, false, false).await;
+    let first = on(cluster).spawn().await;
+    let second = TestApp::builder().beside(&first).spawn().await;
+    let third = TestApp::builder()
+        .beside(&first)
+        .without_worker()
+        .spawn()
+        .await;
     let sales = create_sales(&first, "c", SALES).await;
     (Arc::new(vec![first, second, third]), sales)
 }
@@ -138,10 +145,7 @@ async fn a_live_sales_slot_moved_mid_storm_answers_only_retries() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_holds_confirms_back_until_it_returns() {
     let cluster = PrivateCluster::start();
-    let mut settings = test_settings();
-    settings.redis.cluster_nodes = cluster.nodes();
-    settings.redis.confirm_replicas = 1;
-    let app = spawn_with_settings(settings, true, true).await;
+    let app = on(&cluster).spawn().await;
     let a = app.create_sale(&live_sale("r0", 20, 5, 60)).await;
     assert_eq!(a.status, 201, "{}", a.body);
     let primary = cluster.primary_of(&app.engine.keys("r0").sale).unwrap();
@@ -181,15 +185,12 @@ async fn a_killed_replica_holds_confirms_back_until_it_returns() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn on_call_tools_and_readyz_work_on_the_cluster() {
     let cluster = PrivateCluster::start();
-    let mut settings = test_settings();
-    settings.redis.cluster_nodes = cluster.nodes();
-    settings.redis.confirm_replicas = 1;
-    let app = spawn_with_settings(settings, true, true).await;
+    let app = on(&cluster).spawn().await;
 
-    let dir = std::env::temp_dir().join(common::unique("cluster-sales-"));
+    let dir = std::env::temp_dir().join(unique("cluster-sales-"));
     std::fs::create_dir_all(&dir).unwrap();
     let file = dir.join("sales.toml");
-    let ids: Vec<String> = (0..6).map(|i| common::unique(&format!("f{i}-"))).collect();
+    let ids: Vec<String> = (0..6).map(|i| unique(&format!("f{i}-"))).collect();
     let body: String = ids
         .iter()
         .map(|id| {
@@ -201,8 +202,8 @@ async fn on_call_tools_and_readyz_work_on_the_cluster() {
         })
         .collect();
     std::fs::write(&file, body).unwrap();
-    let out = common::run_flashsale(&app, &["sales", "load", file.to_str().unwrap()]);
-    common::assert_exit(&out, 0);
+    let out = app.run(&["sales", "load", file.to_str().unwrap()]);
+    crate::common::assert_exit(&out, 0);
     // The sales spread over more than one primary (by their hash tags).
     let owners: std::collections::BTreeSet<u16> = ids
         .iter()
@@ -220,8 +221,8 @@ async fn on_call_tools_and_readyz_work_on_the_cluster() {
     for id in &ids {
         assert_eq!(app.wait_for_orders(id, 1, 30).await.0, 1);
     }
-    let out = common::run_flashsale(&app, &["reconcile", "--json"]);
-    common::assert_exit(&out, 0);
+    let out = app.run(&["reconcile", "--json"]);
+    crate::common::assert_exit(&out, 0);
 
     let ready = app.get("/readyz", None).await;
     assert_eq!(ready.status, 200, "{}", ready.body);

@@ -10,15 +10,13 @@
 //! runs outside CI (`CI` unset) and says so: the rest of the suite needs no
 //! Prometheus.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use redis::AsyncCommands;
 use serde_json::Value;
 
@@ -96,7 +94,7 @@ fn dashboard_queries(v: &Value, out: &mut Vec<String>) {
 
 /// The families `src/metrics.rs` gives HELP text to (its `describe_*!` calls).
 fn described() -> BTreeSet<String> {
-    let src = include_str!("../src/metrics.rs");
+    let src = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/src/metrics.rs"));
     let mut names = BTreeSet::new();
     for part in src.split("describe_").skip(1) {
         let Some(call) = part.split_once("!(") else {
@@ -636,11 +634,11 @@ async fn wait_all_archived(app: &TestApp, within: Duration) {
 async fn archived_sales_leave_the_metrics() {
     const SALES: usize = 100;
     // In-process: the database, Postgres reads and tokens; no worker here.
-    let app = spawn_with_settings(test_settings(), false, true).await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let port = free_port();
     let base = format!("http://127.0.0.1:{port}");
     let _gateway = KillOnDrop(
-        flashsale_command(&app)
+        app.command()
             .arg("serve")
             .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
             .env("FLASHSALE__ENGINE__RETENTION_SECONDS", "1")

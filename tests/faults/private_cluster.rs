@@ -3,7 +3,7 @@
 
 use std::process::Command;
 
-use super::unique;
+use crate::common::{assert_exit, send_signal, unique};
 
 pub struct PrivateCluster {
     pub base: u16,
@@ -210,7 +210,7 @@ impl PrivateCluster {
         )
         .expect("the node's pid file");
         let pid: u32 = pid.trim().parse().expect("a pid");
-        assert!(super::send_signal(pid, libc::SIGKILL));
+        assert!(send_signal(pid, libc::SIGKILL));
     }
 
     /// Starts a killed node again: it rejoins, as a replica of whoever took over.
@@ -219,7 +219,7 @@ impl PrivateCluster {
             &self.state,
             &["restart", &self.base.to_string(), &port.to_string()],
         );
-        super::assert_exit(&out, 0);
+        assert_exit(&out, 0);
     }
 
     /// Whether every slot is served again (`cluster_state:ok` on a live node).

@@ -1,27 +1,12 @@
 //! On-call tooling against drift made on purpose, rebuilds under load, and
 //! the sales file: through the real `flashsale` binary, as on-call runs it.
 
-mod common;
-
 use std::collections::HashSet;
-use std::process::Output;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures::stream::{self, StreamExt};
 use redis::AsyncCommands;
-
-fn run(app: &TestApp, args: &[&str]) -> Output {
-    run_flashsale(app, args)
-}
-
-fn drift(app: &TestApp, sale: &str) -> (i32, Vec<String>) {
-    reconcile_drift(app, sale)
-}
-
-async fn gateway_without_worker() -> TestApp {
-    spawn_with_settings(test_settings(), false, true).await
-}
 
 async fn hold(app: &TestApp, sale: &str, who: &str) -> (String, String) {
     let t = app.token(who);
@@ -32,9 +17,9 @@ async fn hold(app: &TestApp, sale: &str, who: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn each_kind_of_drift_is_named_and_repaired() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(50, 5, 1).await;
-    assert_eq!(drift(&app, &sale), (0, vec![]));
+    assert_eq!(app.drift(&sale), (0, vec![]));
 
     // Confirmed orders with no worker running: they wait in the outbox.
     for i in 0..3 {
@@ -46,7 +31,7 @@ async fn each_kind_of_drift_is_named_and_repaired() {
         hold(&app, &sale, &format!("walker-{i}")).await;
     }
     tokio::time::sleep(Duration::from_millis(2200)).await;
-    let (code, kinds) = drift(&app, &sale);
+    let (code, kinds) = app.drift(&sale);
     assert_eq!(code, 1);
     assert!(
         kinds.contains(&"orders_not_in_postgres".into()),
@@ -60,20 +45,20 @@ async fn each_kind_of_drift_is_named_and_repaired() {
         .hset(app.engine.keys(&sale).sale, "available", 999)
         .await
         .unwrap();
-    let (code, kinds) = drift(&app, &sale);
+    let (code, kinds) = app.drift(&sale);
     assert_eq!(code, 1);
     assert!(
         kinds.contains(&"counters_do_not_add_up".into()),
         "{kinds:?}"
     );
 
-    let applied = run(&app, &["reconcile", "--apply"]);
+    let applied = app.run(&["reconcile", "--apply"]);
     let text = String::from_utf8_lossy(&applied.stdout);
     assert_eq!(applied.status.code(), Some(0), "{text}");
     assert!(text.contains("flushed 3 orders"), "{text}");
     assert!(text.contains("returned 2 overdue holds"), "{text}");
     assert!(text.contains("recounted"), "{text}");
-    assert_eq!(drift(&app, &sale), (0, vec![]));
+    assert_eq!(app.drift(&sale), (0, vec![]));
     let stock = app.stock(&sale).await;
     assert_eq!(
         (stock.total, stock.available, stock.held, stock.sold),
@@ -84,16 +69,16 @@ async fn each_kind_of_drift_is_named_and_repaired() {
     // The sale's keys deleted (Redis lost them): named, then rebuilt.
     let keys = app.engine.keys(&sale);
     let _: () = conn.del(&keys.all()[..]).await.unwrap();
-    let (code, kinds) = drift(&app, &sale);
+    let (code, kinds) = app.drift(&sale);
     assert_eq!((code, kinds), (1, vec!["missing_in_redis".to_string()]));
-    let rebuilt = run(&app, &["reconcile", "--rebuild", "--sale", &sale]);
+    let rebuilt = app.run(&["reconcile", "--rebuild", "--sale", &sale]);
     assert_eq!(
         rebuilt.status.code(),
         Some(0),
         "{}",
         String::from_utf8_lossy(&rebuilt.stderr)
     );
-    assert_eq!(drift(&app, &sale), (0, vec![]));
+    assert_eq!(app.drift(&sale), (0, vec![]));
     let stock = app.stock(&sale).await;
     assert_eq!(
         (stock.total, stock.available, stock.held, stock.sold),
@@ -105,8 +90,9 @@ async fn each_kind_of_drift_is_named_and_repaired() {
 
 #[tokio::test]
 async fn an_unreachable_service_is_exit_2_naming_the_url() {
-    let app = gateway_without_worker().await;
-    let out = flashsale_command(&app)
+    let app = TestApp::builder().without_worker().spawn().await;
+    let out = app
+        .command()
         .args(["reconcile"])
         .env(
             "FLASHSALE__DATABASE__URL",
@@ -140,7 +126,7 @@ async fn a_storm_after_a_rebuild_never_sells_more_than_total_minus_sold() {
 
     let mut conn = app.engine.connection();
     let _: () = conn.del(&app.engine.keys(&sale).all()[..]).await.unwrap();
-    let out = run(&app, &["reconcile", "--rebuild", "--sale", &sale]);
+    let out = app.run(&["reconcile", "--rebuild", "--sale", &sale]);
     assert_eq!(out.status.code(), Some(0));
     let stock = app.stock(&sale).await;
     assert_eq!((stock.available, stock.held, stock.sold), (70, 0, 30));
@@ -202,7 +188,7 @@ async fn a_rebuild_during_a_storm_never_oversells() {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         // Its own thread: the storm goes on while the rebuild runs.
-        let mut cmd = flashsale_command(&app);
+        let mut cmd = app.command();
         cmd.args(["reconcile", "--rebuild", "--sale", &sale])
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
@@ -211,7 +197,7 @@ async fn a_rebuild_during_a_storm_never_oversells() {
             .await
             .unwrap()
             .unwrap();
-        common::assert_exit(&out, 0);
+        crate::common::assert_exit(&out, 0);
         (
             started_at,
             answered.load(std::sync::atomic::Ordering::Relaxed),
@@ -243,12 +229,12 @@ async fn a_rebuild_during_a_storm_never_oversells() {
         stock.sold, units,
         "Redis and Postgres agree on what was sold"
     );
-    assert_eq!(drift(&app, &sale).0, 0);
+    assert_eq!(app.drift(&sale).0, 0);
 }
 
 #[tokio::test]
 async fn a_sales_file_loads_all_or_nothing_and_twice_changes_nothing() {
-    let app = gateway_without_worker().await;
+    let app = TestApp::builder().without_worker().spawn().await;
     let dir = std::env::temp_dir().join(unique("sales-"));
     std::fs::create_dir_all(&dir).unwrap();
     let sale = |id: &str, stock: i64| {
@@ -261,7 +247,7 @@ async fn a_sales_file_loads_all_or_nothing_and_twice_changes_nothing() {
     let (a, b, c) = (unique("a-"), unique("b-"), unique("c-"));
     let bad = dir.join("bad.toml");
     std::fs::write(&bad, sale(&a, 10) + &sale(&b, -1) + &sale(&c, 5)).unwrap();
-    let out = run(&app, &["sales", "load", bad.to_str().unwrap()]);
+    let out = app.run(&["sales", "load", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
     assert!(
@@ -276,16 +262,13 @@ async fn a_sales_file_loads_all_or_nothing_and_twice_changes_nothing() {
 
     let good = dir.join("good.toml");
     std::fs::write(&good, sale(&a, 10) + &sale(&c, 5)).unwrap();
-    let dry = run(
-        &app,
-        &["sales", "load", "--dry-run", good.to_str().unwrap()],
-    );
+    let dry = app.run(&["sales", "load", "--dry-run", good.to_str().unwrap()]);
     assert_eq!(dry.status.code(), Some(0));
     assert_eq!(
         app.get("/v1/sales", None).await.body["sales"],
         serde_json::json!([])
     );
-    let first = run(&app, &["sales", "load", good.to_str().unwrap()]);
+    let first = app.run(&["sales", "load", good.to_str().unwrap()]);
     assert_eq!(
         first.status.code(),
         Some(0),
@@ -294,7 +277,7 @@ async fn a_sales_file_loads_all_or_nothing_and_twice_changes_nothing() {
     );
     assert!(String::from_utf8_lossy(&first.stdout).contains("2 created"));
     hold(&app, &a, "early-bird").await;
-    let second = run(&app, &["sales", "load", good.to_str().unwrap()]);
+    let second = app.run(&["sales", "load", good.to_str().unwrap()]);
     let text = String::from_utf8_lossy(&second.stdout);
     assert_eq!(second.status.code(), Some(0));
     assert!(text.contains("0 created, 2 unchanged"), "{text}");
@@ -305,7 +288,7 @@ async fn a_sales_file_loads_all_or_nothing_and_twice_changes_nothing() {
         "the second load touched nothing"
     );
 
-    let list = run(&app, &["sales", "list"]);
+    let list = app.run(&["sales", "list"]);
     let text = String::from_utf8_lossy(&list.stdout);
     assert!(
         text.lines()
