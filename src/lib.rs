@@ -2,7 +2,7 @@
 //!
 //! The parts, in layers (each uses only the ones below it):
 //!
-//! - `api` (axum routes, extractors, `api::error`: every failure to
+//! - `api` (axum routes, extractors, `http::error`: every failure to
 //!   problem+json in one place), [`cli`] (the `flashsale` commands) and
 //!   [`worker`] (loops and signals only) are the three ways in.
 //! - The use cases they all call: [`schedule`] (create a sale, load the ones
@@ -24,7 +24,7 @@
 //!   running gateway (`flashsale-loadtest`), a crate of its own, `loadgen/`,
 //!   built on this library.
 //!
-//! A tour. **A reserve**: `api::reservations::reserve` checks the token, the
+//! A tour. **A reserve**: `http::reservations::reserve` checks the token, the
 //! rate limits and the body, then `Engine::reserve` runs `lua/reserve.lua`:
 //! one EVALSHA that checks the window, the customer's limit and the stock and
 //! moves units from available to held, with a deadline, by Redis's clock.
@@ -40,23 +40,16 @@
 //! [`reconcile`] compares both stores and, asked to, repairs without ever
 //! offering a unit that is held or sold (invariant 6).
 
-pub mod adjust;
-mod api;
-pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
-pub mod flush;
-mod limits;
+mod http;
 mod metrics;
-pub mod reconcile;
-pub mod room;
-pub mod schedule;
-pub mod server;
 pub mod store;
 mod telemetry;
+pub mod usecases;
 pub mod worker;
 
 /// How often the metrics recorder drains its samples, scraped or not.
@@ -115,9 +108,9 @@ pub async fn serve(
     }
     metrics::handle();
     tokio::spawn(metrics::upkeep(stop.clone()));
-    let open_files = server::raise_open_file_limit();
+    let open_files = http::server::raise_open_file_limit();
     let (engine, db) = connect(&settings)?;
-    tokio::spawn(api::watch_services(
+    tokio::spawn(http::watch_services(
         engine.clone(),
         db.clone(),
         settings.database_timeout(),
@@ -132,16 +125,16 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, with_worker, "gateway listening");
     let limits = Arc::new(
-        limits::Limits::new(&settings.limits)
+        http::limits::Limits::new(&settings.limits)
             .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
     );
     tokio::spawn(sweep_limits(limits.clone(), stop.clone()));
     tokio::spawn(engine::soldout::poll(engine.clone(), stop.clone()));
-    let reserved = server::RESERVED_FDS + u64::from(settings.database.max_connections);
-    let edge = server::Edge {
+    let reserved = http::server::RESERVED_FDS + u64::from(settings.database.max_connections);
+    let edge = http::server::Edge {
         header_timeout: settings.header_timeout(),
         send_timeout: std::time::Duration::from_millis(settings.http.send_timeout_ms),
-        max_connections: server::fit_connections(
+        max_connections: http::server::fit_connections(
             settings.http.max_connections,
             open_files,
             reserved,
@@ -160,8 +153,8 @@ pub async fn serve(
         open_file_limit = open_files,
         "connection caps"
     );
-    let state = api::AppState::new(settings, auth, engine, db, limits, stop.clone());
-    api::serve(listener, state, edge)
+    let state = http::AppState::new(settings, auth, engine, db, limits, stop.clone());
+    http::serve(listener, state, edge)
         .await
         .context("http server")?;
     stop.cancel();
@@ -174,7 +167,7 @@ pub async fn serve(
 
 /// Keyed limiters forget idle keys every few seconds: memory stays bounded
 /// under millions of distinct customers and addresses.
-async fn sweep_limits(limits: Arc<limits::Limits>, stop: CancellationToken) {
+async fn sweep_limits(limits: Arc<http::limits::Limits>, stop: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -21,11 +21,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
-use flashsale::adjust;
 use flashsale::domain::{ReservationStatus, SaleDef};
 use flashsale::engine::{ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest};
-use flashsale::flush::Outbox;
-use flashsale::reconcile::{self, Drift};
+use flashsale::usecases::adjust;
+use flashsale::usecases::flush::Outbox;
+use flashsale::usecases::reconcile::{self, Drift};
 use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -365,7 +365,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     for def in [&bad, &good] {
         store::insert_sale(&app.db, def).await.unwrap();
     }
-    let loaded = flashsale::schedule::load_pending(&app.engine, &app.db)
+    let loaded = flashsale::usecases::schedule::load_pending(&app.engine, &app.db)
         .await
         .unwrap();
     assert_eq!(loaded, 1);
@@ -374,7 +374,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     assert_eq!(code, 1);
     assert!(kinds.contains(&"load_failed".to_string()), "{kinds:?}");
     // Loading again changes nothing and stops at nothing.
-    let loaded = flashsale::schedule::load_pending(&app.engine, &app.db)
+    let loaded = flashsale::usecases::schedule::load_pending(&app.engine, &app.db)
         .await
         .unwrap();
     assert_eq!(loaded, 0);
@@ -543,7 +543,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     };
     assert!(names(&mut conn).await.contains("ghost"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let flusher = flashsale::flush::Outbox::new(
+    let flusher = flashsale::usecases::flush::Outbox::new(
         app.engine.clone(),
         app.db.clone(),
         100,

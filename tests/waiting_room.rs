@@ -578,7 +578,7 @@ fn the_permutation_is_fair_for_fixed_seeds() {
         // The gateway's own implementation agrees with the buyer's.
         for t in (0..n).step_by(997) {
             assert_eq!(
-                flashsale::room::permutation::position(seed, n, t),
+                flashsale::domain::permutation::position(seed, n, t),
                 buyer_position(seed, n, t)
             );
         }

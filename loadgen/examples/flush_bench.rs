@@ -49,8 +49,8 @@ use time::OffsetDateTime;
 
 use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef};
 use flashsale::engine::Engine;
-use flashsale::flush::Outbox;
 use flashsale::store::{self, NewOrder};
+use flashsale::usecases::flush::Outbox;
 
 #[derive(Debug, Parser)]
 #[command(about = "Outbox flush throughput vs one INSERT per order")]

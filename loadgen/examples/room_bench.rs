@@ -30,8 +30,8 @@ use anyhow::{ensure, Context};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
-use flashsale::domain::QueueDef;
-use flashsale::engine::room::Joined;
+use flashsale::domain::WaitingRoomDef;
+use flashsale::engine::waiting_room::Joined;
 use flashsale::engine::{Engine, ReserveRequest};
 
 #[derive(Debug, Parser)]
@@ -113,7 +113,7 @@ async fn round(
         .await?;
     let roomed = format!("room-{}", support::short_id());
     let mut def = support::sale_def(&roomed, n, "behind a room");
-    let queue = QueueDef {
+    let queue = WaitingRoomDef {
         opens_at: def.starts_at - time::Duration::minutes(1),
         admit_per_second: 1,
         // Everyone at once: the admissions are set up, not measured.
@@ -123,7 +123,7 @@ async fn round(
     def.queue = Some(queue);
     engine.create_sale(&def).await?;
     let seed = "bench-seed";
-    let sha = flashsale::room::sha256_hex(seed);
+    let sha = flashsale::usecases::waiting_room::sha256_hex(seed);
     // Before the start, so every join is a member: move the start ahead for
     // the joins, then back.
     let k = engine.keys(&roomed);
@@ -165,7 +165,7 @@ async fn round(
     let mut tokens = vec![String::new(); n];
     let mut by_position = vec![(0u64, String::new()); n];
     for (i, t) in &tickets {
-        let p = flashsale::room::permutation::position(seed, members, *t);
+        let p = flashsale::domain::permutation::position(seed, members, *t);
         let secret = uuid::Uuid::new_v4().simple().to_string();
         tokens[*i] = format!("{t}.{secret}");
         by_position[p as usize] = (*t, secret);

@@ -19,8 +19,8 @@ mod holds;
 pub mod keys;
 pub(crate) mod live;
 pub mod outbox;
-pub mod room;
 pub(crate) mod soldout;
+pub mod waiting_room;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -963,7 +963,7 @@ impl Engine {
                     .arg(i64::from(def.hold_seconds) * 1000)
                     .arg(def.price_cents)
                     .arg(&def.currency)
-                    .arg(def.queue.as_ref().map(room::config_args)),
+                    .arg(def.queue.as_ref().map(waiting_room::config_args)),
             )
             .await?
             .expect(&["created", "exists"])?;
@@ -994,7 +994,7 @@ impl Engine {
         // The room as it stands (an admin may have set it after the start
         // of the sale's definition).
         if r.rest.len() > 7 {
-            sale.queue = Some(room::config_of(&r, 7)?);
+            sale.queue = Some(waiting_room::config_of(&r, 7)?);
         }
         Ok(sale)
     }

@@ -4,7 +4,7 @@
 //!
 //! The format of an entry is written by `confirm.lua` and read here, and
 //! nowhere else. The flush itself (Postgres, retries, dead letters) is the
-//! use case in `crate::flush`.
+//! use case in `crate::usecases::flush`.
 
 use std::time::Duration;
 

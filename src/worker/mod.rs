@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::engine::{Engine, EngineError, Refusal};
-use crate::flush::{flush_once, Outbox};
+use crate::usecases::flush::{flush_once, Outbox};
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -158,7 +158,11 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
         let (engine, db) = (engine.clone(), db.clone());
         every_tick("loader", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
-            async move { crate::schedule::load_pending(&engine, &db).await.map(drop) }
+            async move {
+                crate::usecases::schedule::load_pending(&engine, &db)
+                    .await
+                    .map(drop)
+            }
         })
     };
     let archiver = {
@@ -168,7 +172,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
         every_tick("archiver", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
             async move {
-                crate::archive::archive_due(&engine, &db, retention)
+                crate::usecases::archive::archive_due(&engine, &db, retention)
                     .await
                     .map(drop)
             }
@@ -182,7 +186,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             let (engine, db, drifting) = (engine.clone(), db.clone(), drifting.clone());
             async move {
                 let mut drifting = drifting.lock().await;
-                crate::reconcile::watch_live(&engine, &db, &mut drifting).await
+                crate::usecases::reconcile::watch_live(&engine, &db, &mut drifting).await
             }
         })
     };
@@ -202,7 +206,10 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<H
     for id in active.union(reported) {
         // inspect.lua dates the oldest entry by Redis's clock, the one that
         // stamped it: no skew with this host's.
-        let Ok(Some(i)) = engine.inspect(id, crate::reconcile::GRACE_MS).await else {
+        let Ok(Some(i)) = engine
+            .inspect(id, crate::usecases::reconcile::GRACE_MS)
+            .await
+        else {
             continue;
         };
         if !active.contains(id) && i.dead_letters <= 0 {
@@ -229,7 +236,7 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<H
 /// pace (admissions come in steps of at most this long).
 const ROOM_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The waiting rooms' loop: opens, seals and admits ([`crate::room::tend`]).
+/// The waiting rooms' loop: opens, seals and admits ([`crate::usecases::waiting_room::tend`]).
 /// The list of rooms comes from Postgres; while Postgres is down the last
 /// list is used, so admission goes on from Redis alone.
 async fn rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
@@ -245,13 +252,13 @@ async fn rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
         async move {
             let mut rooms = rooms.lock().await;
             if refresh {
-                if let Ok(fresh) = crate::store::rooms_to_tend(&db).await {
+                if let Ok(fresh) = crate::store::waiting_rooms_to_tend(&db).await {
                     *rooms = fresh;
                 }
             }
             let mut failure = None;
             for room in rooms.iter() {
-                if let Err(e) = crate::room::tend(&engine, &db, room).await {
+                if let Err(e) = crate::usecases::waiting_room::tend(&engine, &db, room).await {
                     failure = Some(format!("room of sale {}: {e}", room.sale_id));
                 }
             }

@@ -20,8 +20,8 @@ use time::OffsetDateTime;
 
 use crate::domain::{rfc3339_ms, Order, Reservation, ReservationStatus, Sale, Stock};
 use crate::engine::{Engine, EngineError};
-use crate::reconcile::{self, ReconcileError};
 use crate::store::{self, StoreError};
+use crate::usecases::reconcile::{self, ReconcileError};
 
 /// One pass: archives every sale whose retention is over. Returns how many.
 pub async fn archive_due(
@@ -62,7 +62,7 @@ pub async fn archive_due(
                 match engine.room(&def.id, None).await {
                     Ok(room) => store::keep_admitted(db, &def.id, room.admitted).await?,
                     // A room Redis lost (reconcile names it): nothing to keep.
-                    Err(e) if crate::engine::room::is_missing(&e) => {}
+                    Err(e) if crate::engine::waiting_room::is_missing(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }

@@ -12,11 +12,11 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::adjust::{self, AdjustError};
 use crate::domain::{to_ms, SaleDef, Stock};
 use crate::engine::{Engine, EngineError, Inspection, Known, Rebuilt, Recounted, Restore};
-use crate::flush::{FlushError, Outbox};
 use crate::store::{self, Ledger, StoreError};
+use crate::usecases::adjust::{self, AdjustError};
+use crate::usecases::flush::{FlushError, Outbox};
 
 /// Holds this far past their deadline count as not reaped (the reaper's
 /// promise is one second), and orders waiting this long in the outbox as not

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{to_ms, QueueDef};
+use crate::domain::{to_ms, WaitingRoomDef};
 use crate::engine::{Adjusted, Change, Engine, EngineError, Refusal};
 use crate::store::{
     self, Adjustment, AdjustmentKey, AdjustmentState, KeyedAdjustment, Settlement, StoreError,
@@ -35,7 +35,7 @@ pub struct Request<'a> {
     pub ends_at: Option<OffsetDateTime>,
     pub paused: Option<bool>,
     /// A waiting room to set (before it opens).
-    pub queue: Option<QueueDef>,
+    pub queue: Option<WaitingRoomDef>,
     pub idempotency_key: Option<&'a str>,
 }
 
@@ -138,7 +138,7 @@ pub async fn adjust(
     if let Some(queue) = &req.queue {
         // Postgres first (it refuses a room that opened), then Redis; if the
         // room opens in between, the opener copies Postgres's configuration.
-        if !bounded(db_timeout, store::set_room(db, req.sale_id, queue)).await? {
+        if !bounded(db_timeout, store::set_waiting_room(db, req.sale_id, queue)).await? {
             let refused = Settlement::Rejected {
                 outcome: Refusal::RoomOpened.code(),
             };

@@ -5,16 +5,18 @@
 //! handler -> one engine call (Redis) or, for admin writes, the store
 //! (Postgres) and then the engine -> `ApiError` maps any failure to HTTP.
 
-mod auth;
+mod bearer;
 mod doc;
 mod error;
 mod extract;
 mod health;
+pub(crate) mod limits;
 mod pages;
-mod queue;
 mod reservations;
 mod sales;
+pub(crate) mod server;
 mod stream;
+mod waiting_room;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -31,7 +33,7 @@ use tower_http::trace::TraceLayer;
 use crate::auth::Auth;
 use crate::config::Settings;
 use crate::engine::Engine;
-use crate::limits::Limits;
+use crate::http::limits::Limits;
 pub use error::ApiError;
 use extract::BodyLimit;
 pub use health::watch_services;
@@ -130,8 +132,8 @@ fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
         .routes(routes!(sales::create, sales::list))
         .routes(routes!(sales::get, sales::patch))
         .routes(routes!(stream::stream))
-        .routes(routes!(queue::public, queue::join))
-        .routes(routes!(queue::me))
+        .routes(routes!(waiting_room::public, waiting_room::join))
+        .routes(routes!(waiting_room::me))
         .routes((schemas, paths, reserve))
         .routes(routes!(reservations::get, reservations::release))
         .routes(routes!(reservations::confirm))
@@ -277,12 +279,12 @@ impl MakeRequestId for RequestIds {
 }
 
 /// Serves until `state.stop` is cancelled, then drains in-flight requests
-/// (`crate::server`: header timeout, connection caps).
+/// (`crate::http::server`: header timeout, connection caps).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
-    edge: crate::server::Edge,
+    edge: crate::http::server::Edge,
 ) -> std::io::Result<()> {
     let stop = state.stop.clone();
-    crate::server::run(listener, router(state), edge, stop).await
+    crate::http::server::run(listener, router(state), edge, stop).await
 }

@@ -1,15 +1,15 @@
 //! The waiting room's Redis side: joining, reading, opening, sealing and
 //! admitting, each one script (`lua/queue_*.lua`). What the room means
-//! (positions, pace, tokens) is `crate::room`'s; here are only the calls.
+//! (positions, pace, tokens) is `crate::usecases::waiting_room`'s; here are only the calls.
 
 use serde::Deserialize;
 
 use super::{int, text, Engine, EngineError, EngineResult, Refusal, Reply};
-use crate::domain::{from_ms, QueueDef};
+use crate::domain::{from_ms, WaitingRoomDef};
 
 /// The configuration arguments of a room, as the scripts take them
 /// (opens_at ms, per second, burst, admission ms).
-pub(super) fn config_args(q: &QueueDef) -> Vec<i64> {
+pub(super) fn config_args(q: &WaitingRoomDef) -> Vec<i64> {
     vec![
         crate::domain::to_ms(q.opens_at),
         i64::from(q.admit_per_second),
@@ -19,9 +19,9 @@ pub(super) fn config_args(q: &QueueDef) -> Vec<i64> {
 }
 
 /// A room's configuration from four reply fields starting at `at`.
-pub(super) fn config_of(r: &Reply, at: usize) -> EngineResult<QueueDef> {
+pub(super) fn config_of(r: &Reply, at: usize) -> EngineResult<WaitingRoomDef> {
     let field = |i| u32::try_from(r.int(at + i)?).map_err(|_| corrupt("room configuration"));
-    Ok(QueueDef {
+    Ok(WaitingRoomDef {
         opens_at: from_ms(r.int(at)?),
         admit_per_second: field(1)?,
         admit_burst: field(2)?,
@@ -67,7 +67,7 @@ pub enum Joined {
     /// that judged it active.
     Existing(Ticket, i64),
     /// The room's time has come but its seed is not committed: open it
-    /// (`crate::room::open`) and join again.
+    /// (`crate::usecases::waiting_room::open`) and join again.
     Opening,
 }
 
@@ -75,7 +75,7 @@ pub enum Joined {
 #[derive(Debug, Clone)]
 pub struct RoomState {
     pub now_ms: i64,
-    pub config: QueueDef,
+    pub config: WaitingRoomDef,
     pub seed_sha256: Option<String>,
     pub seed: Option<String>,
     /// Tickets handed out so far.
@@ -171,7 +171,7 @@ impl Engine {
     pub async fn open_room(
         &self,
         sale_id: &str,
-        config: &QueueDef,
+        config: &WaitingRoomDef,
         seed: &str,
         seed_sha256: &str,
         members: Option<u64>,
@@ -228,7 +228,7 @@ impl Engine {
 
     /// Sets the room of a sale whose room has not opened; `false` if it
     /// has (it keeps its configuration).
-    pub async fn set_room(&self, sale_id: &str, config: &QueueDef) -> EngineResult<bool> {
+    pub async fn set_room(&self, sale_id: &str, config: &WaitingRoomDef) -> EngineResult<bool> {
         let k = self.keys(sale_id);
         let mut call = self.scripts.queue_set.key(&k.sale);
         call.key(&k.room).arg(config_args(config));

@@ -1,17 +1,17 @@
 //! The waiting room of a sale: its public view, joining, and a buyer's
-//! place. The rules are `crate::room`'s; these are the HTTP faces.
+//! place. The rules are `crate::usecases::waiting_room`'s; these are the HTTP faces.
 
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::Json;
 
-use super::auth::{Caller, Limited, PublicReader};
+use super::bearer::{Caller, Limited, PublicReader};
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::{db_call, AppState};
 use crate::domain::SaleId;
 use crate::engine::Refusal;
-use crate::room::{self, MyPlace, PublicRoom, TicketView};
+use crate::usecases::waiting_room::{self, MyPlace, PublicRoom, TicketView};
 
 /// A sale's waiting room in public: its seed's hash from the opening, the
 /// seed and member count from the seal, so anyone can recompute every
@@ -28,14 +28,14 @@ pub async fn public(
     sale_id: SaleId,
 ) -> Result<Json<PublicRoom>, ApiError> {
     match state.engine.room(&sale_id, None).await {
-        Err(e) if crate::archive::not_in_redis(&e) => {
+        Err(e) if crate::usecases::archive::not_in_redis(&e) => {
             // Archived: the order stays verifiable from what Postgres keeps.
             let sale = super::sales::archived(&state, &sale_id, e).await?;
-            let kept = db_call(&state, crate::store::room(&state.db, &sale_id)).await?;
+            let kept = db_call(&state, crate::store::waiting_room(&state.db, &sale_id)).await?;
             let kept = kept.ok_or(ApiError::Refused(Refusal::QueueNotFound))?;
-            Ok(Json(room::archived(&kept, sale.starts_at)))
+            Ok(Json(waiting_room::archived(&kept, sale.starts_at)))
         }
-        found => Ok(Json(room::public(&found?))),
+        found => Ok(Json(waiting_room::public(&found?))),
     }
 }
 
@@ -63,7 +63,7 @@ pub async fn join(
     // Postgres is touched only by the join that opens the room.
     let (ticket, new) = db_call(
         &state,
-        room::join(&state.engine, &state.db, &sale_id, &caller.subject),
+        waiting_room::join(&state.engine, &state.db, &sale_id, &caller.subject),
     )
     .await?;
     let status = if new {
@@ -95,7 +95,7 @@ pub async fn me(
     sale_id: SaleId,
 ) -> Result<Json<MyPlace>, ApiError> {
     let room = state.engine.room(&sale_id, Some(&caller.subject)).await?;
-    room::my_place(&room)
+    waiting_room::my_place(&room)
         .map(Json)
         .ok_or(ApiError::Refused(Refusal::NotInQueue))
 }

@@ -56,40 +56,40 @@ impl From<Refusal> for ApiError {
     }
 }
 
-impl From<crate::limits::Shed> for ApiError {
-    fn from(s: crate::limits::Shed) -> Self {
+impl From<crate::http::limits::Shed> for ApiError {
+    fn from(s: crate::http::limits::Shed) -> Self {
         match s {
-            crate::limits::Shed::RateLimited(wait) => ApiError::RateLimited {
+            crate::http::limits::Shed::RateLimited(wait) => ApiError::RateLimited {
                 // Whole seconds, rounded up: never invite a retry too early.
                 retry_after_secs: wait.as_secs() + u64::from(wait.subsec_nanos() > 0),
             },
-            crate::limits::Shed::Overloaded => ApiError::Overloaded,
+            crate::http::limits::Shed::Overloaded => ApiError::Overloaded,
         }
     }
 }
 
-impl From<crate::room::RoomError> for ApiError {
-    fn from(e: crate::room::RoomError) -> Self {
+impl From<crate::usecases::waiting_room::WaitingRoomError> for ApiError {
+    fn from(e: crate::usecases::waiting_room::WaitingRoomError) -> Self {
         match e {
-            crate::room::RoomError::Engine(e) => e.into(),
-            crate::room::RoomError::Store(e) => e.into(),
+            crate::usecases::waiting_room::WaitingRoomError::Engine(e) => e.into(),
+            crate::usecases::waiting_room::WaitingRoomError::Store(e) => e.into(),
         }
     }
 }
 
-impl From<crate::schedule::ScheduleError> for ApiError {
-    fn from(e: crate::schedule::ScheduleError) -> Self {
+impl From<crate::usecases::schedule::ScheduleError> for ApiError {
+    fn from(e: crate::usecases::schedule::ScheduleError) -> Self {
         match e {
-            crate::schedule::ScheduleError::Conflict => Refusal::SaleConflict.into(),
-            crate::schedule::ScheduleError::Store(e) => e.into(),
-            crate::schedule::ScheduleError::Engine(e) => e.into(),
+            crate::usecases::schedule::ScheduleError::Conflict => Refusal::SaleConflict.into(),
+            crate::usecases::schedule::ScheduleError::Store(e) => e.into(),
+            crate::usecases::schedule::ScheduleError::Engine(e) => e.into(),
         }
     }
 }
 
-impl From<crate::adjust::AdjustError> for ApiError {
-    fn from(e: crate::adjust::AdjustError) -> Self {
-        use crate::adjust::AdjustError as A;
+impl From<crate::usecases::adjust::AdjustError> for ApiError {
+    fn from(e: crate::usecases::adjust::AdjustError) -> Self {
+        use crate::usecases::adjust::AdjustError as A;
         match e {
             A::Refused(r) => r.into(),
             A::Engine(e) => e.into(),

@@ -9,16 +9,16 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::auth::{Admin, PublicReader};
+use super::bearer::{Admin, PublicReader};
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
 use super::{db_call, AppState};
 use crate::domain::{
-    present, present_rfc3339, present_whole, valid_sale_id, QueueInput, Sale, SaleId, SaleInput,
-    MAX_UNITS,
+    present, present_rfc3339, present_whole, valid_sale_id, Sale, SaleId, SaleInput,
+    WaitingRoomInput, MAX_UNITS,
 };
-use crate::{adjust, schedule};
+use crate::usecases::{adjust, schedule};
 
 /// Schedule a sale (admin).
 ///
@@ -178,7 +178,7 @@ pub async fn get(
     id: SaleId,
 ) -> Result<Json<Shown>, ApiError> {
     match state.live.sale(&state.engine, &id, Some(ip)).await {
-        Err(e) if crate::archive::not_in_redis(&e) => {
+        Err(e) if crate::usecases::archive::not_in_redis(&e) => {
             Ok(Json(Shown(Arc::new(archived(&state, &id, e).await?))))
         }
         found => Ok(Json(Shown(found?))),
@@ -191,7 +191,7 @@ pub(super) async fn archived(
     id: &str,
     not_found: crate::engine::EngineError,
 ) -> Result<Sale, ApiError> {
-    super::db_call(state, crate::archive::sale(&state.db, id))
+    super::db_call(state, crate::usecases::archive::sale(&state.db, id))
         .await?
         .ok_or_else(|| not_found.into())
 }
@@ -227,7 +227,7 @@ pub struct SalePatch {
     /// (`queue.opens_at` reached: 422 after).
     #[serde(default, deserialize_with = "present")]
     #[schema(nullable = false)]
-    queue: Option<QueueInput>,
+    queue: Option<WaitingRoomInput>,
 }
 
 /// The sale id of a path.
@@ -255,7 +255,7 @@ pub(super) struct SalePath {
     ))]
 /// Recorded in Postgres as pending, applied once in Redis (by the
 /// adjustment's id), then settled with the figures before and after; safe
-/// to retry with an `Idempotency-Key` (see `crate::adjust`).
+/// to retry with an `Idempotency-Key` (see `crate::usecases::adjust`).
 #[tracing::instrument(skip_all, fields(sale_id))]
 pub async fn patch(
     State(state): State<AppState>,

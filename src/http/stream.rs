@@ -11,7 +11,7 @@ use futures::stream::{self, Stream, StreamExt};
 use serde::Serialize;
 use tokio_stream::wrappers::WatchStream;
 
-use super::auth::PublicReader;
+use super::bearer::PublicReader;
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::AppState;
@@ -67,7 +67,7 @@ fn event(sale: &Sale) -> Event {
     ))]
 /// Streams are long-lived: each holds a place of `http.max_streams` (and its
 /// connection a place under the connection caps) until it ends. A client that
-/// stops reading is closed by the server's send timeout (`crate::server`);
+/// stops reading is closed by the server's send timeout (`crate::http::server`);
 /// at shutdown every stream ends, so the drain does not wait for them.
 pub async fn stream(
     State(state): State<AppState>,

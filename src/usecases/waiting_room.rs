@@ -14,20 +14,19 @@
 //! them: Redis can lose a room (a rebuild, a failover); the published order
 //! must not change with it, so Redis copies Postgres, never the reverse.
 
-pub mod permutation;
-
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
+use crate::domain::permutation;
 use crate::domain::{from_ms, rfc3339_ms};
-use crate::engine::room::{Joined, RoomState, Ticket};
+use crate::engine::waiting_room::{Joined, RoomState, Ticket};
 use crate::engine::{Engine, EngineError, Refusal};
 use crate::store::{self, StoreError};
 
 #[derive(Debug, thiserror::Error)]
-pub enum RoomError {
+pub enum WaitingRoomError {
     #[error(transparent)]
     Engine(#[from] EngineError),
     #[error(transparent)]
@@ -83,7 +82,7 @@ pub async fn join(
     db: &PgPool,
     sale_id: &str,
     customer: &str,
-) -> Result<(TicketView, bool), RoomError> {
+) -> Result<(TicketView, bool), WaitingRoomError> {
     for _ in 0..2 {
         match engine.join(sale_id, customer).await? {
             Joined::New(t) => return Ok((ticket_view(&t, t.record.j), true)),
@@ -112,7 +111,7 @@ pub fn sha256_hex(text: &str) -> String {
 /// Opens the sale's room: commits a seed in Postgres (or finds the one
 /// committed), then copies it to Redis with the configuration Postgres
 /// holds. Safe to run any number of times, from any gateway or worker.
-pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), RoomError> {
+pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), WaitingRoomError> {
     let seed = new_seed();
     let room = store::commit_seed(db, sale_id, &seed, &sha256_hex(&seed))
         .await?
@@ -122,7 +121,7 @@ pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), Roo
 
 /// Copies what Postgres keeps of a room to Redis (a no-op when Redis has
 /// it already).
-async fn restore(engine: &Engine, room: &store::Room) -> Result<(), RoomError> {
+async fn restore(engine: &Engine, room: &store::WaitingRoom) -> Result<(), WaitingRoomError> {
     if let Some((seed, sha)) = &room.seed {
         engine
             .open_room(&room.sale_id, &room.config, seed, sha, room.members)
@@ -140,16 +139,20 @@ pub struct Tended {
 /// One worker pass over one room: open it when its time comes, restore it
 /// where Redis lost it, keep the seal in Postgres and publish it, then
 /// admit the next positions as far as the pace allows.
-pub async fn tend(engine: &Engine, db: &PgPool, room: &store::Room) -> Result<Tended, RoomError> {
+pub async fn tend(
+    engine: &Engine,
+    db: &PgPool,
+    room: &store::WaitingRoom,
+) -> Result<Tended, WaitingRoomError> {
     let id = room.sale_id.as_str();
     let state = match engine.room(id, None).await {
         Ok(s) => s,
         // The sale is not (or no longer) in Redis: the loader or a rebuild
         // brings it back, and the next pass restores its room.
-        Err(e) if crate::engine::room::is_missing(&e) => {
+        Err(e) if crate::engine::waiting_room::is_missing(&e) => {
             if room.seed.is_some() {
                 match restore(engine, room).await {
-                    Ok(()) | Err(RoomError::Engine(EngineError::Refused(_))) => {}
+                    Ok(()) | Err(WaitingRoomError::Engine(EngineError::Refused(_))) => {}
                     Err(e) => return Err(e),
                 }
             }
@@ -180,7 +183,11 @@ pub async fn tend(engine: &Engine, db: &PgPool, room: &store::Room) -> Result<Te
 }
 
 /// Admits the next positions of a published room.
-async fn admit(engine: &Engine, sale_id: &str, state: &RoomState) -> Result<Tended, RoomError> {
+async fn admit(
+    engine: &Engine,
+    sale_id: &str,
+    state: &RoomState,
+) -> Result<Tended, WaitingRoomError> {
     let (Some(seed), Some(members)) = (&state.seed, state.members) else {
         return Ok(Tended::default());
     };
@@ -262,7 +269,7 @@ pub fn public(state: &RoomState) -> PublicRoom {
 /// The public view of an archived sale's room, from what Postgres keeps: the
 /// seed, the member count and the admissions stay verifiable after Redis
 /// forgot the room. A room sealed at the sale's start, as [`public`] shows it.
-pub fn archived(room: &store::Room, starts_at: OffsetDateTime) -> PublicRoom {
+pub fn archived(room: &store::WaitingRoom, starts_at: OffsetDateTime) -> PublicRoom {
     let seed = room.seed.as_ref();
     PublicRoom {
         opens_at: rfc3339_ms(room.config.opens_at),

@@ -7,7 +7,7 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::{Deserialize, Serialize};
 
-use super::auth::Limited;
+use super::bearer::Limited;
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::extract::{AdmissionToken, Body, IdempotencyKey};
@@ -129,7 +129,7 @@ pub async fn get(
     let sale = rid.sale();
     let owner = caller.owner_scope();
     let (reservation, order) = match state.engine.reservation(sale, &rid, owner).await {
-        Err(e) if crate::archive::not_in_redis(&e) => {
+        Err(e) if crate::usecases::archive::not_in_redis(&e) => {
             let (reservation, order) = archived(&state, sale, &rid, owner, e).await?;
             (reservation, Some(order))
         }
@@ -218,7 +218,7 @@ pub async fn confirm(
     match confirmed {
         Ok(c) => Ok(Json(c.order)),
         // Confirming again after the sale was archived: the same order.
-        Err(e) if crate::archive::not_in_redis(&e) => {
+        Err(e) if crate::usecases::archive::not_in_redis(&e) => {
             let (_, order) = archived(&state, sale, &rid, caller.owner_scope(), e).await?;
             Ok(Json(order))
         }
@@ -298,7 +298,7 @@ async fn archived(
 ) -> Result<(Reservation, Order), ApiError> {
     super::db_call(
         state,
-        crate::archive::reservation(&state.db, sale, rid, owner),
+        crate::usecases::archive::reservation(&state.db, sale, rid, owner),
     )
     .await?
     .ok_or_else(|| not_found.into())
