@@ -543,7 +543,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     };
     assert!(names(&mut conn).await.contains("ghost"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let flusher = flashsale::usecases::flush::Outbox::new(
+    let flusher = flashsale::usecases::flush::Flusher::new(
         app.engine.clone(),
         app.db.clone(),
         100,

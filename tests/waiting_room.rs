@@ -751,7 +751,7 @@ async fn a_published_order_survives_redis_losing_the_room_and_the_sale() {
 
     // The room's hash alone.
     redis::cmd("DEL")
-        .arg(&k.room)
+        .arg(&k.waiting_room)
         .query_async::<()>(&mut conn)
         .await
         .unwrap();

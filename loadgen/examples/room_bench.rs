@@ -135,13 +135,15 @@ async fn round(
         .arg(now_ms + 3_600_000)
         .query_async::<()>(&mut conn)
         .await?;
-    engine.open_room(&roomed, &queue, seed, &sha, None).await?;
+    engine
+        .open_waiting_room(&roomed, &queue, seed, &sha, None)
+        .await?;
 
     let started = Instant::now();
     let room_id = roomed.as_str();
     let tickets: Vec<(usize, u64)> = futures::stream::iter(0..n)
         .map(|i| async move {
-            match engine.join(room_id, &format!("c{i}")).await? {
+            match engine.join_waiting_room(room_id, &format!("c{i}")).await? {
                 Joined::New(t) => Ok((i, t.number)),
                 other => anyhow::bail!("join of c{i}: {other:?}"),
             }
@@ -157,10 +159,13 @@ async fn round(
         .arg(now_ms - 1000)
         .query_async::<()>(&mut conn)
         .await?;
-    let (members, _) = engine.seal_room(&roomed).await?.context("not sealed")?;
+    let (members, _) = engine
+        .seal_waiting_room(&roomed)
+        .await?
+        .context("not sealed")?;
     ensure!(members == n as u64, "{members} members of {n}");
     engine
-        .open_room(&roomed, &queue, seed, &sha, Some(members))
+        .open_waiting_room(&roomed, &queue, seed, &sha, Some(members))
         .await?;
     let mut tokens = vec![String::new(); n];
     let mut by_position = vec![(0u64, String::new()); n];

@@ -17,7 +17,7 @@ pub(super) async fn reconcile(
         Ok(h) => h,
         Err(code) => return code,
     };
-    let outbox = crate::usecases::flush::Outbox::new(
+    let outbox = crate::usecases::flush::Flusher::new(
         engine.clone(),
         db.clone(),
         settings.worker.flush_batch,

@@ -99,12 +99,12 @@ struct Scripts {
     rebuild: Lua,
     archive: Lua,
     retire: Lua,
-    queue_join: Lua,
-    queue_open: Lua,
-    queue_seal: Lua,
-    queue_admit: Lua,
-    queue_set: Lua,
-    queue_view: Lua,
+    waiting_room_join: Lua,
+    waiting_room_open: Lua,
+    waiting_room_seal: Lua,
+    waiting_room_admit: Lua,
+    waiting_room_set: Lua,
+    waiting_room_view: Lua,
 }
 
 impl Scripts {
@@ -133,12 +133,12 @@ impl Scripts {
             rebuild: lua!("rebuild"),
             archive: lua!("archive"),
             retire: lua!("retire"),
-            queue_join: lua!("queue_join"),
-            queue_open: lua!("queue_open"),
-            queue_seal: lua!("queue_seal"),
-            queue_admit: lua!("queue_admit"),
-            queue_set: lua!("queue_set"),
-            queue_view: lua!("queue_view"),
+            waiting_room_join: lua!("waiting_room_join"),
+            waiting_room_open: lua!("waiting_room_open"),
+            waiting_room_seal: lua!("waiting_room_seal"),
+            waiting_room_admit: lua!("waiting_room_admit"),
+            waiting_room_set: lua!("waiting_room_set"),
+            waiting_room_view: lua!("waiting_room_view"),
         }
     }
 }
@@ -165,11 +165,11 @@ pub enum Refusal {
     SaleConflict,
     AdmissionRequired,
     AdmissionInvalid,
-    QueueNotOpen,
-    QueueNotFound,
-    NotInQueue,
+    WaitingRoomNotOpen,
+    WaitingRoomNotFound,
+    NotInWaitingRoom,
     /// A PATCH of a room that has opened (not a word of the scripts).
-    RoomOpened,
+    WaitingRoomOpened,
 }
 
 /// Every refusal, once: the word the scripts answer with (also the
@@ -239,25 +239,25 @@ const REFUSALS: [(Refusal, &str, u16, &str); 16] = [
         "the admission token is not yours, not this sale's, expired or already used",
     ),
     (
-        Refusal::QueueNotOpen,
+        Refusal::WaitingRoomNotOpen,
         "queue_not_open",
         409,
         "the waiting room is not open (before its opening, or after the sale)",
     ),
     (
-        Refusal::QueueNotFound,
+        Refusal::WaitingRoomNotFound,
         "queue_not_found",
         404,
         "the sale has no waiting room",
     ),
     (
-        Refusal::NotInQueue,
+        Refusal::NotInWaitingRoom,
         "not_in_queue",
         404,
         "you have not joined this sale's waiting room",
     ),
     (
-        Refusal::RoomOpened,
+        Refusal::WaitingRoomOpened,
         "invalid_request",
         422,
         "the waiting room has opened: it keeps its configuration",
@@ -799,7 +799,7 @@ impl Engine {
     /// figures, or `None` while it is not over.
     /// `dead_copied`: the dead letters already copied to Postgres; the sale
     /// closes only if that is all of them.
-    pub async fn close(&self, sale_id: &str, dead_copied: usize) -> EngineResult<Option<Stock>> {
+    pub async fn archive(&self, sale_id: &str, dead_copied: usize) -> EngineResult<Option<Stock>> {
         let k = self.keys(sale_id);
         let r = self
             .run(
@@ -954,7 +954,7 @@ impl Engine {
                 self.scripts
                     .create_sale
                     .key(&k.sale)
-                    .key(&k.room)
+                    .key(&k.waiting_room)
                     .arg(json)
                     .arg(def.stock)
                     .arg(crate::domain::to_ms(def.starts_at))
@@ -978,7 +978,7 @@ impl Engine {
     pub async fn sale(&self, sale_id: &str) -> EngineResult<Sale> {
         let k = self.keys(sale_id);
         let mut call = self.scripts.sale_state.key(&k.sale);
-        call.key(&k.room);
+        call.key(&k.waiting_room);
         let r = self.run(&call).await?.expect(&["ok"])?;
         let def: SaleDef = serde_json::from_str(&r.text(0)?)
             .map_err(|e| EngineError::Corrupt(format!("sale definition: {e}")))?;

@@ -73,7 +73,7 @@ pub enum Joined {
 
 /// A room as it stands, read in one step, with one customer's ticket.
 #[derive(Debug, Clone)]
-pub struct RoomState {
+pub struct WaitingRoomState {
     pub now_ms: i64,
     pub config: WaitingRoomDef,
     pub seed_sha256: Option<String>,
@@ -111,10 +111,10 @@ fn count(r: &Reply, i: usize) -> EngineResult<u64> {
 
 impl Engine {
     /// The customer takes a ticket (or finds their active one).
-    pub async fn join(&self, sale_id: &str, customer: &str) -> EngineResult<Joined> {
+    pub async fn join_waiting_room(&self, sale_id: &str, customer: &str) -> EngineResult<Joined> {
         let k = self.keys(sale_id);
-        let mut call = self.scripts.queue_join.key(&k.sale);
-        call.key(&k.room)
+        let mut call = self.scripts.waiting_room_join.key(&k.sale);
+        call.key(&k.waiting_room)
             .key(&k.tickets)
             .key(&k.queuers)
             .arg(customer);
@@ -134,10 +134,14 @@ impl Engine {
     }
 
     /// The room, and `customer`'s latest ticket if they have one.
-    pub async fn room(&self, sale_id: &str, customer: Option<&str>) -> EngineResult<RoomState> {
+    pub async fn waiting_room(
+        &self,
+        sale_id: &str,
+        customer: Option<&str>,
+    ) -> EngineResult<WaitingRoomState> {
         let k = self.keys(sale_id);
-        let mut call = self.scripts.queue_view.key(&k.sale);
-        call.key(&k.room)
+        let mut call = self.scripts.waiting_room_view.key(&k.sale);
+        call.key(&k.waiting_room)
             .key(&k.tickets)
             .key(&k.queuers)
             .arg(customer.unwrap_or(""));
@@ -150,7 +154,7 @@ impl Engine {
             (Some(n), Some(enc)) => Some(ticket(n, &enc)?),
             _ => None,
         };
-        Ok(RoomState {
+        Ok(WaitingRoomState {
             now_ms: r.now_ms,
             config: config_of(&r, 0)?,
             seed_sha256: opt(&r, 4)?,
@@ -168,7 +172,7 @@ impl Engine {
 
     /// Opens the room with the seed Postgres committed, or restores what
     /// Postgres keeps of it (`members`: the sealed count, once kept).
-    pub async fn open_room(
+    pub async fn open_waiting_room(
         &self,
         sale_id: &str,
         config: &WaitingRoomDef,
@@ -177,8 +181,8 @@ impl Engine {
         members: Option<u64>,
     ) -> EngineResult<()> {
         let k = self.keys(sale_id);
-        let mut call = self.scripts.queue_open.key(&k.sale);
-        call.key(&k.room)
+        let mut call = self.scripts.waiting_room_open.key(&k.sale);
+        call.key(&k.waiting_room)
             .arg(config_args(config))
             .arg(seed)
             .arg(seed_sha256)
@@ -189,10 +193,10 @@ impl Engine {
 
     /// Seals the room if the sale has started: `(members, published)`, or
     /// `None` before the start.
-    pub async fn seal_room(&self, sale_id: &str) -> EngineResult<Option<(u64, bool)>> {
+    pub async fn seal_waiting_room(&self, sale_id: &str) -> EngineResult<Option<(u64, bool)>> {
         let k = self.keys(sale_id);
-        let mut call = self.scripts.queue_seal.key(&k.sale);
-        call.key(&k.room);
+        let mut call = self.scripts.waiting_room_seal.key(&k.sale);
+        call.key(&k.waiting_room);
         let r = self.run(&call).await?.expect(&["sealed", "not_due"])?;
         if r.word == "not_due" {
             return Ok(None);
@@ -211,8 +215,8 @@ impl Engine {
         next: &[(u64, String)],
     ) -> EngineResult<Option<(u64, u64)>> {
         let k = self.keys(sale_id);
-        let mut call = self.scripts.queue_admit.key(&k.sale);
-        call.key(&k.room).key(&k.tickets).arg(from);
+        let mut call = self.scripts.waiting_room_admit.key(&k.sale);
+        call.key(&k.waiting_room).key(&k.tickets).arg(from);
         for (ticket, secret) in next {
             call.arg(ticket).arg(secret);
         }
@@ -228,10 +232,14 @@ impl Engine {
 
     /// Sets the room of a sale whose room has not opened; `false` if it
     /// has (it keeps its configuration).
-    pub async fn set_room(&self, sale_id: &str, config: &WaitingRoomDef) -> EngineResult<bool> {
+    pub async fn set_waiting_room(
+        &self,
+        sale_id: &str,
+        config: &WaitingRoomDef,
+    ) -> EngineResult<bool> {
         let k = self.keys(sale_id);
-        let mut call = self.scripts.queue_set.key(&k.sale);
-        call.key(&k.room).arg(config_args(config));
+        let mut call = self.scripts.waiting_room_set.key(&k.sale);
+        call.key(&k.waiting_room).arg(config_args(config));
         let r = self.run(&call).await?;
         match r.word.as_str() {
             "queue_opened" => Ok(false),
@@ -244,6 +252,6 @@ impl Engine {
 pub fn is_missing(e: &EngineError) -> bool {
     matches!(
         e,
-        EngineError::Refused(Refusal::QueueNotFound | Refusal::SaleNotFound)
+        EngineError::Refused(Refusal::WaitingRoomNotFound | Refusal::SaleNotFound)
     )
 }

@@ -11,7 +11,7 @@ use super::error::ApiError;
 use super::{db_call, AppState};
 use crate::domain::SaleId;
 use crate::engine::Refusal;
-use crate::usecases::waiting_room::{self, MyPlace, PublicRoom, TicketView};
+use crate::usecases::waiting_room::{self, MyPlace, PublicWaitingRoom, TicketView};
 
 /// A sale's waiting room in public: its seed's hash from the opening, the
 /// seed and member count from the seal, so anyone can recompute every
@@ -19,20 +19,20 @@ use crate::usecases::waiting_room::{self, MyPlace, PublicRoom, TicketView};
 #[utoipa::path(get, path = "/v1/sales/{sale_id}/queue", operation_id = "getQueue", tag = "queue",
     params(super::sales::SalePath),
     responses(
-        (status = 200, description = "The waiting room", body = PublicRoom),
+        (status = 200, description = "The waiting room", body = PublicWaitingRoom),
         (status = 404, description = "`sale_not_found`, `queue_not_found`", body = Problem, content_type = PROBLEM),
     ))]
 pub async fn public(
     State(state): State<AppState>,
     PublicReader(_): PublicReader,
     sale_id: SaleId,
-) -> Result<Json<PublicRoom>, ApiError> {
-    match state.engine.room(&sale_id, None).await {
+) -> Result<Json<PublicWaitingRoom>, ApiError> {
+    match state.engine.waiting_room(&sale_id, None).await {
         Err(e) if crate::usecases::archive::not_in_redis(&e) => {
             // Archived: the order stays verifiable from what Postgres keeps.
             let sale = super::sales::archived(&state, &sale_id, e).await?;
             let kept = db_call(&state, crate::store::waiting_room(&state.db, &sale_id)).await?;
-            let kept = kept.ok_or(ApiError::Refused(Refusal::QueueNotFound))?;
+            let kept = kept.ok_or(ApiError::Refused(Refusal::WaitingRoomNotFound))?;
             Ok(Json(waiting_room::archived(&kept, sale.starts_at)))
         }
         found => Ok(Json(waiting_room::public(&found?))),
@@ -94,8 +94,11 @@ pub async fn me(
     Caller(caller): Caller,
     sale_id: SaleId,
 ) -> Result<Json<MyPlace>, ApiError> {
-    let room = state.engine.room(&sale_id, Some(&caller.subject)).await?;
+    let room = state
+        .engine
+        .waiting_room(&sale_id, Some(&caller.subject))
+        .await?;
     waiting_room::my_place(&room)
         .map(Json)
-        .ok_or(ApiError::Refused(Refusal::NotInQueue))
+        .ok_or(ApiError::Refused(Refusal::NotInWaitingRoom))
 }

@@ -140,12 +140,12 @@ pub async fn adjust(
         // room opens in between, the opener copies Postgres's configuration.
         if !bounded(db_timeout, store::set_waiting_room(db, req.sale_id, queue)).await? {
             let refused = Settlement::Rejected {
-                outcome: Refusal::RoomOpened.code(),
+                outcome: Refusal::WaitingRoomOpened.code(),
             };
             bounded(db_timeout, store::settle_adjustment(db, adj.id, &refused)).await?;
-            return Err(AdjustError::Refused(Refusal::RoomOpened));
+            return Err(AdjustError::Refused(Refusal::WaitingRoomOpened));
         }
-        engine.set_room(req.sale_id, queue).await?;
+        engine.set_waiting_room(req.sale_id, queue).await?;
     }
     for _ in 0..ATTEMPTS {
         let id = adj.id.to_string();

@@ -53,13 +53,13 @@ pub async fn archive_due(
                 continue;
             }
             let copied = copy_dead_letters(engine, db, &def.id).await?;
-            let Some(last) = engine.close(&def.id, copied).await? else {
+            let Some(last) = engine.archive(&def.id, copied).await? else {
                 continue; // not over (held units, orders waiting)
             };
             store::keep_final(db, &def.id, last.total, last.sold).await?;
             if def.queue.is_some() {
                 // The room's public view answers from Postgres after this.
-                match engine.room(&def.id, None).await {
+                match engine.waiting_room(&def.id, None).await {
                     Ok(room) => store::keep_admitted(db, &def.id, room.admitted).await?,
                     // A room Redis lost (reconcile names it): nothing to keep.
                     Err(e) if crate::engine::waiting_room::is_missing(&e) => {}

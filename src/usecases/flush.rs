@@ -59,9 +59,10 @@ impl Flushed {
     }
 }
 
-/// One flusher's handle on the outboxes: a consumer of the group.
+/// One flusher: a consumer of the outboxes' group, writing what it reads
+/// to Postgres.
 #[derive(Clone)]
-pub struct Outbox {
+pub struct Flusher {
     engine: Engine,
     db: PgPool,
     consumer: String,
@@ -72,16 +73,16 @@ pub struct Outbox {
     stop: CancellationToken,
 }
 
-impl Outbox {
+impl Flusher {
     pub fn new(
         engine: Engine,
         db: PgPool,
         batch: usize,
         claim_idle: Duration,
         stop: CancellationToken,
-    ) -> Outbox {
+    ) -> Flusher {
         let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
-        Outbox {
+        Flusher {
             consumer: format!("{host}-{}-{}", std::process::id(), Uuid::new_v4().simple()),
             engine,
             db,
@@ -94,7 +95,7 @@ impl Outbox {
     /// The same outbox under a fixed consumer name. One-shot commands use
     /// one (`reconcile`), so runs share one consumer, a crashed run's
     /// pending entries are the next run's own, and no run leaves a new one.
-    pub fn with_consumer(mut self, name: &str) -> Outbox {
+    pub fn with_consumer(mut self, name: &str) -> Flusher {
         self.consumer = name.to_string();
         self
     }
@@ -216,11 +217,11 @@ impl Outbox {
 /// dead consumers. A Postgres failure stops the pass (it is down for every
 /// sale); a Redis failure of one sale lets the others go on. The entries in
 /// question stay pending and are retried.
-pub async fn flush_once(outbox: &Outbox, claim: bool) -> Result<Flushed, FlushError> {
+pub async fn flush_once(flusher: &Flusher, claim: bool) -> Result<Flushed, FlushError> {
     let mut total = Flushed::default();
     let mut failed = None;
-    for id in outbox.engine.active_ids().await? {
-        match outbox.flush_sale(&id, claim).await {
+    for id in flusher.engine.active_ids().await? {
+        match flusher.flush_sale(&id, claim).await {
             Ok(done) => total.add(done),
             Err(e @ FlushError::Postgres(_)) => return Err(e),
             Err(e) => failed = Some(e),

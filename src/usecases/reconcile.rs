@@ -16,7 +16,7 @@ use crate::domain::{to_ms, SaleDef, Stock};
 use crate::engine::{Engine, EngineError, Inspection, Known, Rebuilt, Recounted, Restore};
 use crate::store::{self, Ledger, StoreError};
 use crate::usecases::adjust::{self, AdjustError};
-use crate::usecases::flush::{FlushError, Outbox};
+use crate::usecases::flush::{FlushError, Flusher};
 
 /// Holds this far past their deadline count as not reaped (the reaper's
 /// promise is one second), and orders waiting this long in the outbox as not
@@ -211,7 +211,7 @@ pub async fn inspect(
 pub async fn apply(
     engine: &Engine,
     db: &PgPool,
-    outbox: &Outbox,
+    outbox: &Flusher,
     def: &SaleDef,
     report: SaleReport,
 ) -> Result<SaleReport, ReconcileError> {
@@ -328,7 +328,7 @@ async fn recount(engine: &Engine, db: &PgPool, def: &SaleDef) -> Result<String, 
 pub async fn rebuild(
     engine: &Engine,
     db: &PgPool,
-    outbox: &Outbox,
+    outbox: &Flusher,
     def: &SaleDef,
 ) -> Result<Stock, ReconcileError> {
     if engine.inspect(&def.id, GRACE_MS).await?.is_none()

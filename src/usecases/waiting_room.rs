@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::domain::permutation;
 use crate::domain::{from_ms, rfc3339_ms};
-use crate::engine::waiting_room::{Joined, RoomState, Ticket};
+use crate::engine::waiting_room::{Joined, Ticket, WaitingRoomState};
 use crate::engine::{Engine, EngineError, Refusal};
 use crate::store::{self, StoreError};
 
@@ -84,7 +84,7 @@ pub async fn join(
     customer: &str,
 ) -> Result<(TicketView, bool), WaitingRoomError> {
     for _ in 0..2 {
-        match engine.join(sale_id, customer).await? {
+        match engine.join_waiting_room(sale_id, customer).await? {
             Joined::New(t) => return Ok((ticket_view(&t, t.record.j), true)),
             Joined::Existing(t, now_ms) => return Ok((ticket_view(&t, now_ms), false)),
             Joined::Opening => open(engine, db, sale_id).await?,
@@ -115,7 +115,7 @@ pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), Wai
     let seed = new_seed();
     let room = store::commit_seed(db, sale_id, &seed, &sha256_hex(&seed))
         .await?
-        .ok_or(EngineError::Refused(Refusal::QueueNotFound))?;
+        .ok_or(EngineError::Refused(Refusal::WaitingRoomNotFound))?;
     restore(engine, &room).await
 }
 
@@ -124,7 +124,7 @@ pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), Wai
 async fn restore(engine: &Engine, room: &store::WaitingRoom) -> Result<(), WaitingRoomError> {
     if let Some((seed, sha)) = &room.seed {
         engine
-            .open_room(&room.sale_id, &room.config, seed, sha, room.members)
+            .open_waiting_room(&room.sale_id, &room.config, seed, sha, room.members)
             .await?;
     }
     Ok(())
@@ -145,7 +145,7 @@ pub async fn tend(
     room: &store::WaitingRoom,
 ) -> Result<Tended, WaitingRoomError> {
     let id = room.sale_id.as_str();
-    let state = match engine.room(id, None).await {
+    let state = match engine.waiting_room(id, None).await {
         Ok(s) => s,
         // The sale is not (or no longer) in Redis: the loader or a rebuild
         // brings it back, and the next pass restores its room.
@@ -169,7 +169,7 @@ pub async fn tend(
         return Ok(Tended::default());
     }
     if !state.published {
-        let Some((members, _)) = engine.seal_room(id).await? else {
+        let Some((members, _)) = engine.seal_waiting_room(id).await? else {
             return Ok(Tended::default());
         };
         // Postgres keeps the first count it is given; Redis publishes
@@ -186,7 +186,7 @@ pub async fn tend(
 async fn admit(
     engine: &Engine,
     sale_id: &str,
-    state: &RoomState,
+    state: &WaitingRoomState,
 ) -> Result<Tended, WaitingRoomError> {
     let (Some(seed), Some(members)) = (&state.seed, state.members) else {
         return Ok(Tended::default());
@@ -219,14 +219,14 @@ async fn admit(
 /// Positions that may hold an admission by `now_ms`: `admit_burst +
 /// admit_per_second · seconds since the start` (the same rule the admit
 /// script enforces on the Redis clock).
-fn budget(state: &RoomState, now_ms: i64) -> u64 {
+fn budget(state: &WaitingRoomState, now_ms: i64) -> u64 {
     let elapsed = u64::try_from(now_ms - state.starts_ms).unwrap_or(0);
     u64::from(state.config.admit_burst) + u64::from(state.config.admit_per_second) * elapsed / 1000
 }
 
 /// The public view of a room (`GET /v1/sales/{id}/queue`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
-pub struct PublicRoom {
+pub struct PublicWaitingRoom {
     #[schema(format = DateTime)]
     pub opens_at: String,
     /// The start of the sale, once the room is sealed and the seal kept.
@@ -249,9 +249,9 @@ pub struct PublicRoom {
     pub server_time: String,
 }
 
-pub fn public(state: &RoomState) -> PublicRoom {
+pub fn public(state: &WaitingRoomState) -> PublicWaitingRoom {
     let sealed = state.published.then_some(state.members).flatten();
-    PublicRoom {
+    PublicWaitingRoom {
         opens_at: rfc3339_ms(state.config.opens_at),
         sealed_at: sealed.map(|_| rfc3339_ms(from_ms(state.starts_ms))),
         seed_sha256: state.seed_sha256.clone(),
@@ -269,9 +269,9 @@ pub fn public(state: &RoomState) -> PublicRoom {
 /// The public view of an archived sale's room, from what Postgres keeps: the
 /// seed, the member count and the admissions stay verifiable after Redis
 /// forgot the room. A room sealed at the sale's start, as [`public`] shows it.
-pub fn archived(room: &store::WaitingRoom, starts_at: OffsetDateTime) -> PublicRoom {
+pub fn archived(room: &store::WaitingRoom, starts_at: OffsetDateTime) -> PublicWaitingRoom {
     let seed = room.seed.as_ref();
-    PublicRoom {
+    PublicWaitingRoom {
         opens_at: rfc3339_ms(room.config.opens_at),
         sealed_at: room.members.map(|_| rfc3339_ms(starts_at)),
         seed_sha256: seed.map(|(_, sha)| sha.clone()),
@@ -319,7 +319,7 @@ pub struct MyPlace {
     pub server_time: String,
 }
 
-pub fn my_place(state: &RoomState) -> Option<MyPlace> {
+pub fn my_place(state: &WaitingRoomState) -> Option<MyPlace> {
     let t = state.ticket.as_ref()?;
     let now = state.now_ms;
     let status = TicketStatus::of(t, now);

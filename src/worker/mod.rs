@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
 use crate::engine::{Engine, EngineError, Refusal};
-use crate::usecases::flush::{flush_once, Outbox};
+use crate::usecases::flush::{flush_once, Flusher};
 
 /// What one reaper pass did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -68,7 +68,7 @@ async fn flush_loop(
 ) {
     let w = &settings.worker;
     let claim_idle = Duration::from_millis(w.claim_idle_ms);
-    let outbox = Outbox::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
+    let outbox = Flusher::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
     let interval = Duration::from_millis(w.flush_interval_ms);
     let max_backoff = Duration::from_millis(w.max_backoff_ms);
     let mut delay = Duration::ZERO;
@@ -178,7 +178,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             }
         })
     };
-    let rooms = rooms_loop(engine.clone(), db.clone(), stop.clone());
+    let rooms = waiting_rooms_loop(engine.clone(), db.clone(), stop.clone());
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
         let drifting = Arc::new(tokio::sync::Mutex::new(HashSet::new()));
@@ -234,16 +234,16 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<H
 
 /// How often the worker tends the waiting rooms: the granularity of their
 /// pace (admissions come in steps of at most this long).
-const ROOM_INTERVAL: Duration = Duration::from_millis(100);
+const WAITING_ROOM_INTERVAL: Duration = Duration::from_millis(100);
 
 /// The waiting rooms' loop: opens, seals and admits ([`crate::usecases::waiting_room::tend`]).
 /// The list of rooms comes from Postgres; while Postgres is down the last
 /// list is used, so admission goes on from Redis alone.
-async fn rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
+async fn waiting_rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
     let rooms = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
     let mut listed = Instant::now() - Duration::from_secs(3600);
     let listed_every = Duration::from_secs(1);
-    every_tick("rooms", ROOM_INTERVAL, stop, move || {
+    every_tick("rooms", WAITING_ROOM_INTERVAL, stop, move || {
         let (engine, db, rooms) = (engine.clone(), db.clone(), rooms.clone());
         let refresh = listed.elapsed() >= listed_every;
         if refresh {

@@ -1,4 +1,4 @@
--- queue_seal.lua: seal a waiting room whose sale has started.
+-- waiting_room_seal.lua: seal a waiting room whose sale has started.
 --
 -- KEYS[1] sale hash   KEYS[2] room hash
 -- Returns {'sealed', now_ms, members, published ('1'/'0')}
@@ -6,7 +6,7 @@
 --
 -- The member count is fixed by the first script to run after the start
 -- (this one, or a join): O(1), no pass over the members. The worker keeps
--- it in Postgres, then publishes it with queue_open.lua.
+-- it in Postgres, then publishes it with waiting_room_open.lua.
 local now = now_ms()
 local sale, room = KEYS[1], KEYS[2]
 local starts = redis.call('HGET', sale, 'starts_ms')

@@ -1,4 +1,4 @@
--- queue_admit.lua: the worker admits the next positions of a waiting room.
+-- waiting_room_admit.lua: the worker admits the next positions of a waiting room.
 --
 -- KEYS[1] sale hash   KEYS[2] room hash   KEYS[3] tickets hash
 -- ARGV[1] the first position (the worker's reading of `admitted`)

@@ -1,4 +1,4 @@
--- queue_view.lua: a waiting room as it stands, and one customer's ticket.
+-- waiting_room_view.lua: a waiting room as it stands, and one customer's ticket.
 --
 -- KEYS[1] sale hash   KEYS[2] room hash   KEYS[3] tickets hash
 -- KEYS[4] queuers hash

@@ -1,4 +1,4 @@
--- queue_set.lua: an admin sets a sale's waiting room before it opens.
+-- waiting_room_set.lua: an admin sets a sale's waiting room before it opens.
 --
 -- KEYS[1] sale hash   KEYS[2] room hash
 -- ARGV[1] opens_at ms  ARGV[2] admitted per second  ARGV[3] burst
@@ -8,7 +8,7 @@
 -- A room that opened (its seed committed) or whose time has come keeps its
 -- configuration: buyers may already hold tickets under it. Postgres is
 -- written first and refuses the same; the opener copies Postgres's
--- configuration over this one (queue_open.lua).
+-- configuration over this one (waiting_room_open.lua).
 local now = now_ms()
 local sale, room = KEYS[1], KEYS[2]
 if redis.call('EXISTS', sale) == 0 or redis.call('HGET', sale, 'archived') == '1' then

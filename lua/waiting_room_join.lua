@@ -1,4 +1,4 @@
--- queue_join.lua: a customer takes a ticket in a sale's waiting room.
+-- waiting_room_join.lua: a customer takes a ticket in a sale's waiting room.
 --
 -- KEYS[1] sale hash   KEYS[2] room hash   KEYS[3] tickets hash
 -- KEYS[4] queuers hash (customer -> latest ticket)

@@ -1,4 +1,4 @@
--- queue_open.lua: open a waiting room with the seed Postgres keeps, or
+-- waiting_room_open.lua: open a waiting room with the seed Postgres keeps, or
 -- restore a room Redis lost (a rebuild, a failover) from Postgres.
 --
 -- KEYS[1] sale hash   KEYS[2] room hash
