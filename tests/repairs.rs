@@ -508,7 +508,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     buy(&app, &sale, "a", 1).await;
     let outbox = app.engine.keys(&sale).outbox;
     let mut conn = app.engine.connection();
-    let group = flashsale::engine::outbox::GROUP;
+    let group = flashsale::engine::ops::outbox::GROUP;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&outbox)

@@ -31,7 +31,7 @@ use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
 use flashsale::domain::WaitingRoomDef;
-use flashsale::engine::waiting_room::Joined;
+use flashsale::engine::ops::waiting_room::Joined;
 use flashsale::engine::{Engine, ReserveRequest};
 
 #[derive(Debug, Parser)]

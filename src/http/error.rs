@@ -17,8 +17,8 @@ pub enum ApiError {
     /// Signed in, but not allowed this call; says what it needs.
     #[error("{0}")]
     Forbidden(&'static str),
-    /// A refusal of the contract: its code, status and words come from the
-    /// one table in `engine::Refusal`.
+    /// A refusal of the contract: its code and words come from the one
+    /// table in `engine::Refusal`, its status from [`refusal_status`].
     #[error("{}", .0.message())]
     Refused(Refusal),
     #[error("no such route")]
@@ -113,15 +113,30 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// The status the contract answers each refusal with: the engine says why
+/// it refused, the API what that means in HTTP.
+pub fn refusal_status(r: Refusal) -> StatusCode {
+    use Refusal::*;
+    match r {
+        SaleNotFound | ReservationNotFound | WaitingRoomNotFound | NotInWaitingRoom => {
+            StatusCode::NOT_FOUND
+        }
+        SaleNotLive | LimitExceeded | SoldOut | InsufficientStock | ReservationNotHeld
+        | SaleConflict | AdmissionRequired | AdmissionInvalid | WaitingRoomNotOpen => {
+            StatusCode::CONFLICT
+        }
+        IdempotencyKeyReused | WaitingRoomOpened => StatusCode::UNPROCESSABLE_ENTITY,
+        HoldExpired => StatusCode::GONE,
+    }
+}
+
 impl ApiError {
     pub fn status(&self) -> StatusCode {
         use ApiError::*;
         match self {
             Unauthorized(_) => StatusCode::UNAUTHORIZED,
             Forbidden(_) => StatusCode::FORBIDDEN,
-            Refused(r) => {
-                StatusCode::from_u16(r.status()).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
-            }
+            Refused(r) => refusal_status(*r),
             RouteNotFound => StatusCode::NOT_FOUND,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,

@@ -62,7 +62,7 @@ pub async fn archive_due(
                 match engine.waiting_room(&def.id, None).await {
                     Ok(room) => store::keep_admitted(db, &def.id, room.admitted).await?,
                     // A room Redis lost (reconcile names it): nothing to keep.
-                    Err(e) if crate::engine::waiting_room::is_missing(&e) => {}
+                    Err(e) if crate::engine::ops::waiting_room::is_missing(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }

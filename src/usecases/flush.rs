@@ -1,7 +1,7 @@
 //! Flushing a sale's outbox: confirmed orders go from its Redis stream to
 //! the Postgres `orders` table, exactly once through crashes and outages.
 //!
-//! - Entries are read through a consumer group (`engine::outbox`), so
+//! - Entries are read through a consumer group (`engine::ops::outbox`), so
 //!   several workers share the work without two of them holding the same
 //!   entry.
 //! - A batch is one INSERT ... SELECT FROM UNNEST, ON CONFLICT DO NOTHING:
@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::engine::outbox::{Delivery, Entry};
+use crate::engine::ops::outbox::{Delivery, Entry};
 use crate::engine::{Engine, EngineError};
 use crate::store::{self, NewOrder};
 

@@ -21,7 +21,7 @@ use time::OffsetDateTime;
 
 use crate::domain::permutation;
 use crate::domain::{from_ms, rfc3339_ms};
-use crate::engine::waiting_room::{Joined, Ticket, WaitingRoomState};
+use crate::engine::ops::waiting_room::{Joined, Ticket, WaitingRoomState};
 use crate::engine::{Engine, EngineError, Refusal};
 use crate::store::{self, StoreError};
 
@@ -149,7 +149,7 @@ pub async fn tend(
         Ok(s) => s,
         // The sale is not (or no longer) in Redis: the loader or a rebuild
         // brings it back, and the next pass restores its room.
-        Err(e) if crate::engine::waiting_room::is_missing(&e) => {
+        Err(e) if crate::engine::ops::waiting_room::is_missing(&e) => {
             if room.seed.is_some() {
                 match restore(engine, room).await {
                     Ok(()) | Err(WaitingRoomError::Engine(EngineError::Refused(_))) => {}

@@ -4,8 +4,9 @@
 
 use serde::Deserialize;
 
-use super::{int, text, Engine, EngineError, EngineResult, Refusal, Reply};
 use crate::domain::{from_ms, WaitingRoomDef};
+use crate::engine::reply::{Fields, Reply};
+use crate::engine::{Engine, EngineError, EngineResult, Refusal};
 
 /// The configuration arguments of a room, as the scripts take them
 /// (opens_at ms, per second, burst, admission ms).
@@ -18,14 +19,18 @@ pub(super) fn config_args(q: &WaitingRoomDef) -> Vec<i64> {
     ]
 }
 
-/// A room's configuration from four reply fields starting at `at`.
-pub(super) fn config_of(r: &Reply, at: usize) -> EngineResult<WaitingRoomDef> {
-    let field = |i| u32::try_from(r.int(at + i)?).map_err(|_| corrupt("room configuration"));
+/// A room's configuration from the four reply fields at the cursor, as
+/// [`config_args`] passes them.
+pub(super) fn read_config(f: &mut Fields<'_>) -> EngineResult<WaitingRoomDef> {
+    let opens_ms = f.int()?;
+    let mut number = || -> EngineResult<u32> {
+        u32::try_from(f.int()?).map_err(|_| corrupt("room configuration"))
+    };
     Ok(WaitingRoomDef {
-        opens_at: from_ms(r.int(at)?),
-        admit_per_second: field(1)?,
-        admit_burst: field(2)?,
-        admission_seconds: field(3)? / 1000,
+        opens_at: from_ms(opens_ms),
+        admit_per_second: number()?,
+        admit_burst: number()?,
+        admission_seconds: number()? / 1000,
     })
 }
 
@@ -100,13 +105,35 @@ fn ticket(number: i64, enc: &str) -> EngineResult<Ticket> {
     })
 }
 
-fn opt(r: &Reply, i: usize) -> EngineResult<Option<String>> {
-    let t = r.text(i)?;
-    Ok((!t.is_empty()).then_some(t))
+fn count(f: &mut Fields<'_>) -> EngineResult<u64> {
+    u64::try_from(f.int()?).map_err(|_| corrupt("count"))
 }
 
-fn count(r: &Reply, i: usize) -> EngineResult<u64> {
-    u64::try_from(r.int(i)?).map_err(|_| corrupt("count"))
+impl WaitingRoomState {
+    /// `waiting_room_view.lua`'s `ok` reply.
+    fn parse(r: &Reply) -> EngineResult<WaitingRoomState> {
+        let mut f = r.fields();
+        Ok(WaitingRoomState {
+            now_ms: r.now_ms,
+            config: read_config(&mut f)?,
+            seed_sha256: f.opt_text()?,
+            seed: f.opt_text()?,
+            next: count(&mut f)?,
+            members: f
+                .opt_text()?
+                .map(|m| m.parse::<u64>().map_err(|_| corrupt("members")))
+                .transpose()?,
+            published: f.flag()?,
+            admitted: count(&mut f)?,
+            issued: count(&mut f)?,
+            starts_ms: f.int()?,
+            ends_ms: f.int()?,
+            ticket: match (f.try_int(), f.try_text()) {
+                (Some(n), Some(enc)) => Some(ticket(n, &enc)?),
+                _ => None,
+            },
+        })
+    }
 }
 
 impl Engine {
@@ -125,7 +152,8 @@ impl Engine {
         if r.word == "queue_opening" {
             return Ok(Joined::Opening);
         }
-        let t = ticket(r.int(0)?, &r.text(1)?)?;
+        let mut f = r.fields();
+        let t = ticket(f.int()?, &f.text()?)?;
         Ok(if r.word == "joined" {
             Joined::New(t)
         } else {
@@ -146,28 +174,7 @@ impl Engine {
             .key(&k.queuers)
             .arg(customer.unwrap_or(""));
         let r = self.run(&call).await?.expect(&["ok"])?;
-        let flag = |i| r.text(i).map(|t| t == "1");
-        let members = opt(&r, 7)?
-            .map(|m| m.parse::<u64>().map_err(|_| corrupt("members")))
-            .transpose()?;
-        let ticket = match (r.rest.get(13).and_then(int), r.rest.get(14).and_then(text)) {
-            (Some(n), Some(enc)) => Some(ticket(n, &enc)?),
-            _ => None,
-        };
-        Ok(WaitingRoomState {
-            now_ms: r.now_ms,
-            config: config_of(&r, 0)?,
-            seed_sha256: opt(&r, 4)?,
-            seed: opt(&r, 5)?,
-            next: count(&r, 6)?,
-            members,
-            published: flag(8)?,
-            admitted: count(&r, 9)?,
-            issued: count(&r, 10)?,
-            starts_ms: r.int(11)?,
-            ends_ms: r.int(12)?,
-            ticket,
-        })
+        WaitingRoomState::parse(&r)
     }
 
     /// Opens the room with the seed Postgres committed, or restores what
@@ -201,7 +208,8 @@ impl Engine {
         if r.word == "not_due" {
             return Ok(None);
         }
-        Ok(Some((count(&r, 0)?, r.text(1)? == "1")))
+        let mut f = r.fields();
+        Ok(Some((count(&mut f)?, f.flag()?)))
     }
 
     /// Admits positions `from, from + 1, …` (their tickets and token
@@ -227,7 +235,8 @@ impl Engine {
         if r.word != "admitted" {
             return Ok(None);
         }
-        Ok(Some((count(&r, 0)?, count(&r, 1)?)))
+        let mut f = r.fields();
+        Ok(Some((count(&mut f)?, count(&mut f)?)))
     }
 
     /// Sets the room of a sale whose room has not opened; `false` if it

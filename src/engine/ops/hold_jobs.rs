@@ -5,15 +5,14 @@
 //! `engine.max_batch = 1` keeps; a larger batch is the batch script
 //! (`reserve_batch.lua`, ...), which runs the same Lua function per member.
 
-use super::batch::{self, Job, Lanes};
-use super::{
-    BatchStats, ConfirmRequest, Confirmed, Engine, EngineError, EngineResult, Reply,
-    ReserveRequest, SaleKeys, ServiceConfirm,
-};
+use super::hold::{ConfirmRequest, Confirmed, ReserveRequest, ServiceConfirm};
 use crate::domain::Reservation;
+use crate::engine::batch::{self, Job, Lanes};
+use crate::engine::reply::Reply;
+use crate::engine::{BatchStats, Engine, EngineError, EngineResult, Refusal, SaleKeys};
 
 /// The lanes of each operation.
-pub(super) struct Batches {
+pub(in crate::engine) struct Batches {
     pub reserve: Lanes<ReserveJob>,
     pub confirm: Lanes<ConfirmJob>,
     pub release: Lanes<ReleaseJob>,
@@ -38,7 +37,7 @@ impl Batches {
 }
 
 /// A reserve waiting for its call (owned: it may run in another task).
-pub(super) struct ReserveJob {
+pub(in crate::engine) struct ReserveJob {
     /// Made here, before the call, so a retried call is the same hold.
     rid: String,
     customer: String,
@@ -135,7 +134,7 @@ impl Job for ReserveJob {
                         return Err(EngineError::Refused(m));
                     }
                     (Err(EngineError::Refused(r)), _)
-                        if matches!(r, super::Refusal::SoldOut | super::Refusal::SaleNotLive) =>
+                        if matches!(r, Refusal::SoldOut | Refusal::SaleNotLive) =>
                     {
                         mark = Some(*r);
                     }
@@ -148,7 +147,7 @@ impl Job for ReserveJob {
 }
 
 /// A confirm waiting for its call.
-pub(super) struct ConfirmJob {
+pub(in crate::engine) struct ConfirmJob {
     rid: String,
     /// Must own the hold; empty for a service (any customer's hold).
     customer: String,
@@ -241,7 +240,7 @@ fn confirmed(reply: EngineResult<Reply>, sale_id: &str) -> EngineResult<Confirme
 }
 
 /// A release waiting for its call.
-pub(super) struct ReleaseJob {
+pub(in crate::engine) struct ReleaseJob {
     rid: String,
     /// `None` when an admin releases.
     customer: Option<String>,

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use redis::Value;
 
-use super::{text, Engine, EngineResult};
 use crate::domain::{from_ms, NewOrder};
+use crate::engine::{int, text, Engine, EngineResult};
 
 /// The consumer group every flusher joins on every outbox stream.
 pub const GROUP: &str = "flushers";
@@ -273,8 +273,8 @@ fn consumer(v: &Value) -> Option<(String, i64, i64)> {
     let get = |name: &str| fields.iter().find(|(k, _)| k == name).map(|(_, v)| *v);
     Some((
         text(get("name")?)?,
-        super::int(get("pending")?)?,
-        super::int(get("idle")?)?,
+        int(get("pending")?)?,
+        int(get("idle")?)?,
     ))
 }
 
