@@ -89,6 +89,11 @@ impl ReservationId {
         // Checked at parse: the part before the last dot is a sale id.
         self.0.rsplit_once('.').map_or("", |(sale, _)| sale)
     }
+
+    /// The sale the reservation belongs to, as its id.
+    pub fn sale_id(&self) -> SaleId {
+        SaleId(self.sale().to_string())
+    }
 }
 
 /// A customer id (JWT `sub`): 1 to 64 printable ASCII characters.

@@ -12,6 +12,7 @@ mod extract;
 mod health;
 pub(crate) mod limits;
 mod pages;
+mod read_view;
 mod reservations;
 mod sales;
 pub(crate) mod server;
@@ -93,7 +94,7 @@ pub fn router(state: AppState) -> Router {
     let cors = cors(&state.settings.http.cors_allowed_origins);
     let (routes, document) = routes(&state.settings);
     routes
-        .route_layer(middleware::from_fn_with_state(state.clone(), note_writes))
+        .route_layer(middleware::from_fn_with_state(state.clone(), read_view::note_writes))
         .route_layer(middleware::from_fn(time_request))
         .fallback(|| async { ApiError::RouteNotFound })
         .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
@@ -212,42 +213,6 @@ pub(crate) fn client_ip(state: &AppState, parts: &axum::http::request::Parts) ->
         .map(|c| c.0.ip())
         .unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
     state.limits.client_ip(peer, &parts.headers)
-}
-
-/// Tells the shared view of the sales about writes made through this
-/// gateway, once they are answered: the writer's next read of the sale sees
-/// its write (`engine::live`). Admin writes (create, adjust) refresh the view
-/// for everyone. Refusals (4xx) changed nothing and are not noted; 5xx may
-/// have, so they are.
-async fn note_writes(
-    axum::extract::State(state): axum::extract::State<AppState>,
-    req: Request,
-    next: Next,
-) -> axum::response::Response {
-    use axum::http::Method;
-    let method = req.method().clone();
-    if method == Method::GET || method == Method::HEAD || method == Method::OPTIONS {
-        return next.run(req).await;
-    }
-    let (parts, body) = req.into_parts();
-    let ip = client_ip(&state, &parts);
-    let path = parts.uri.path().to_string();
-    let res = next.run(Request::from_parts(parts, body)).await;
-    if res.status().is_client_error() {
-        return res;
-    }
-    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    match segments.as_slice() {
-        ["v1", "sales"] | ["v1", "sales", _] => state.live.refresh_all(),
-        ["v1", "sales", sale, "reservations"] => state.live.wrote(sale, ip),
-        ["v1", "reservations", rid, ..] => {
-            if let Some(sale) = crate::domain::sale_of_reservation(rid) {
-                state.live.wrote(sale, ip);
-            }
-        }
-        _ => {}
-    }
-    res
 }
 
 /// Request ids: a per-process random prefix and a counter. Unique across

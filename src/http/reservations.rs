@@ -11,6 +11,7 @@ use super::bearer::Limited;
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::extract::{AdmissionToken, Body, IdempotencyKey};
+use super::read_view::{Noted, Wrote};
 use super::AppState;
 use crate::domain::{Order, Reservation, ReservationId, SaleId};
 use crate::engine::{ConfirmRequest, Extension, ReserveRequest, ServiceConfirm};
@@ -58,29 +59,35 @@ pub async fn reserve(
     IdempotencyKey(key): IdempotencyKey,
     AdmissionToken(admission): AdmissionToken,
     Body(body): Body<ReserveBody>,
-) -> Result<(StatusCode, Json<Reservation>), ApiError> {
-    tracing::Span::current().record("sale_id", sale_id.as_str());
-    let max = state.settings.engine.max_quantity;
-    if body.quantity == 0 || body.quantity > max {
-        return Err(ApiError::InvalidRequest(format!(
-            "`quantity` must be 1 to {max}"
-        )));
-    }
-    // The request is the path's sale and the body's quantity; the key is
-    // already scoped to this customer and sale.
-    let idempotency = key.as_deref().map(|k| (k, body.quantity.to_string()));
-    let _permit = state.limits.enter_reserve()?;
-    let reservation = state
-        .engine
-        .reserve(&ReserveRequest {
-            sale_id: &sale_id,
-            customer: &caller.subject,
-            quantity: body.quantity,
-            idempotency,
-            admission: admission.as_deref(),
-        })
-        .await?;
-    Ok((StatusCode::CREATED, Json(reservation)))
+) -> Noted<Result<(StatusCode, Json<Reservation>), ApiError>> {
+    Noted(
+        Wrote::Sale(sale_id.clone()),
+        async move {
+            tracing::Span::current().record("sale_id", sale_id.as_str());
+            let max = state.settings.engine.max_quantity;
+            if body.quantity == 0 || body.quantity > max {
+                return Err(ApiError::InvalidRequest(format!(
+                    "`quantity` must be 1 to {max}"
+                )));
+            }
+            // The request is the path's sale and the body's quantity; the key is
+            // already scoped to this customer and sale.
+            let idempotency = key.as_deref().map(|k| (k, body.quantity.to_string()));
+            let _permit = state.limits.enter_reserve()?;
+            let reservation = state
+                .engine
+                .reserve(&ReserveRequest {
+                    sale_id: &sale_id,
+                    customer: &caller.subject,
+                    quantity: body.quantity,
+                    idempotency,
+                    admission: admission.as_deref(),
+                })
+                .await?;
+            Ok((StatusCode::CREATED, Json(reservation)))
+        }
+        .await,
+    )
 }
 
 /// Counts every reserve's outcome, once, whatever answered it (a limit in
@@ -182,48 +189,56 @@ pub async fn confirm(
     Limited(caller): Limited,
     rid: ReservationId,
     Body(body): Body<ConfirmBody>,
-) -> Result<Json<Order>, ApiError> {
-    let sale = rid.sale();
-    if body.payment_ref.chars().count() > 128 || !crate::domain::plain_text(&body.payment_ref) {
-        return Err(ApiError::InvalidRequest(
-            "`payment_ref` must be at most 128 characters, no control characters".into(),
-        ));
-    }
-    let confirmed = if caller.is_service() {
-        state
-            .engine
-            .confirm_as_service(&ServiceConfirm {
-                sale_id: sale,
-                reservation_id: &rid,
-                service: &caller.subject,
-                payment_ref: &body.payment_ref,
-            })
-            .await
-    } else {
-        if !state.settings.auth.customer_confirm {
-            return Err(ApiError::Forbidden(
-                "only the store's backend (a service) confirms holds here",
-            ));
+) -> Noted<Result<Json<Order>, ApiError>> {
+    Noted(
+        Wrote::Sale(rid.sale_id()),
+        async move {
+            let sale = rid.sale();
+            if body.payment_ref.chars().count() > 128
+                || !crate::domain::plain_text(&body.payment_ref)
+            {
+                return Err(ApiError::InvalidRequest(
+                    "`payment_ref` must be at most 128 characters, no control characters".into(),
+                ));
+            }
+            let confirmed = if caller.is_service() {
+                state
+                    .engine
+                    .confirm_as_service(&ServiceConfirm {
+                        sale_id: sale,
+                        reservation_id: &rid,
+                        service: &caller.subject,
+                        payment_ref: &body.payment_ref,
+                    })
+                    .await
+            } else {
+                if !state.settings.auth.customer_confirm {
+                    return Err(ApiError::Forbidden(
+                        "only the store's backend (a service) confirms holds here",
+                    ));
+                }
+                state
+                    .engine
+                    .confirm(&ConfirmRequest {
+                        sale_id: sale,
+                        reservation_id: &rid,
+                        customer: &caller.subject,
+                        payment_ref: &body.payment_ref,
+                    })
+                    .await
+            };
+            match confirmed {
+                Ok(c) => Ok(Json(c.order)),
+                // Confirming again after the sale was archived: the same order.
+                Err(e) if crate::usecases::archive::not_in_redis(&e) => {
+                    let (_, order) = archived(&state, sale, &rid, caller.owner_scope(), e).await?;
+                    Ok(Json(order))
+                }
+                Err(e) => Err(e.into()),
+            }
         }
-        state
-            .engine
-            .confirm(&ConfirmRequest {
-                sale_id: sale,
-                reservation_id: &rid,
-                customer: &caller.subject,
-                payment_ref: &body.payment_ref,
-            })
-            .await
-    };
-    match confirmed {
-        Ok(c) => Ok(Json(c.order)),
-        // Confirming again after the sale was archived: the same order.
-        Err(e) if crate::usecases::archive::not_in_redis(&e) => {
-            let (_, order) = archived(&state, sale, &rid, caller.owner_scope(), e).await?;
-            Ok(Json(order))
-        }
-        Err(e) => Err(e.into()),
-    }
+        .await,
+    )
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -267,7 +282,8 @@ pub async fn extend(
     Limited(caller): Limited,
     rid: ReservationId,
     Body(body): Body<ExtendBody>,
-) -> Result<Json<Reservation>, ApiError> {
+) -> Noted<Result<Json<Reservation>, ApiError>> {
+    Noted(Wrote::Sale(rid.sale_id()), async move {
     if !caller.is_service() {
         return Err(ApiError::Forbidden(
             "only the store's backend (a service) extends holds",
@@ -285,6 +301,8 @@ pub async fn extend(
             crate::domain::rfc3339_ms(latest)
         ))),
     }
+    }
+    .await)
 }
 
 /// A reservation the engine does not know: the confirmed one of an archived
@@ -322,12 +340,18 @@ pub async fn release(
     State(state): State<AppState>,
     Limited(caller): Limited,
     rid: ReservationId,
-) -> Result<Json<Reservation>, ApiError> {
-    let sale = rid.sale();
-    Ok(Json(
-        state
-            .engine
-            .release(sale, &rid, caller.owner_scope())
-            .await?,
-    ))
+) -> Noted<Result<Json<Reservation>, ApiError>> {
+    Noted(
+        Wrote::Sale(rid.sale_id()),
+        async move {
+            let sale = rid.sale();
+            Ok(Json(
+                state
+                    .engine
+                    .release(sale, &rid, caller.owner_scope())
+                    .await?,
+            ))
+        }
+        .await,
+    )
 }

@@ -13,6 +13,7 @@ use super::bearer::{Admin, PublicReader};
 use super::doc::{Problem, PROBLEM};
 use super::error::ApiError;
 use super::extract::{Body, IdempotencyKey};
+use super::read_view::{Noted, Wrote};
 use super::{db_call, AppState};
 use crate::domain::{
     present, present_rfc3339, present_whole, valid_sale_id, Sale, SaleId, SaleInput,
@@ -50,20 +51,27 @@ pub async fn create(
     State(state): State<AppState>,
     Admin(admin): Admin,
     Body(input): Body<SaleInput>,
-) -> Result<(StatusCode, Json<Sale>), ApiError> {
-    let def = input
-        .validate(|| format!("s-{}", uuid::Uuid::new_v4().simple()))
-        .map_err(ApiError::InvalidRequest)?;
-    tracing::Span::current().record("sale_id", def.id.as_str());
-    let outcome = db_call(&state, schedule::schedule(&state.engine, &state.db, &def)).await?;
-    let status = match outcome {
-        schedule::Outcome::Created => {
-            tracing::info!(admin = %admin.subject, stock = def.stock, "sale scheduled");
-            StatusCode::CREATED
+) -> Noted<Result<(StatusCode, Json<Sale>), ApiError>> {
+    Noted(
+        Wrote::AllSales,
+        async move {
+            let def = input
+                .validate(|| format!("s-{}", uuid::Uuid::new_v4().simple()))
+                .map_err(ApiError::InvalidRequest)?;
+            tracing::Span::current().record("sale_id", def.id.as_str());
+            let outcome =
+                db_call(&state, schedule::schedule(&state.engine, &state.db, &def)).await?;
+            let status = match outcome {
+                schedule::Outcome::Created => {
+                    tracing::info!(admin = %admin.subject, stock = def.stock, "sale scheduled");
+                    StatusCode::CREATED
+                }
+                schedule::Outcome::Unchanged => StatusCode::OK,
+            };
+            Ok((status, Json(state.engine.sale(&def.id).await?)))
         }
-        schedule::Outcome::Unchanged => StatusCode::OK,
-    };
-    Ok((status, Json(state.engine.sale(&def.id).await?)))
+        .await,
+    )
 }
 
 #[derive(Serialize, utoipa::ToSchema)]
@@ -263,54 +271,60 @@ pub async fn patch(
     sale_id: SaleId,
     IdempotencyKey(key): IdempotencyKey,
     Body(patch): Body<SalePatch>,
-) -> Result<Json<adjust::Answer>, ApiError> {
-    tracing::Span::current().record("sale_id", sale_id.as_str());
-    let stock_delta = patch.stock_delta.unwrap_or(0);
-    if stock_delta.abs() > MAX_UNITS {
-        return Err(ApiError::InvalidRequest(format!(
-            "`stock_delta` must be within ±{MAX_UNITS}"
-        )));
-    }
-    if patch.stock_delta.is_none()
-        && patch.ends_at.is_none()
-        && patch.paused.is_none()
-        && patch.queue.is_none()
-    {
-        return Err(ApiError::InvalidRequest(
-            "give at least one of `stock_delta`, `ends_at`, `paused`, `queue`".into(),
-        ));
-    }
-    let current = state.engine.sale(&sale_id).await?;
-    let queue = patch
-        .queue
-        .map(|q| q.validate(current.starts_at))
-        .transpose()
-        .map_err(ApiError::InvalidRequest)?;
-    if let Some(ends_at) = patch.ends_at {
-        if ends_at <= current.starts_at {
-            return Err(ApiError::InvalidRequest(
-                "`ends_at` must be after `starts_at`".into(),
-            ));
+) -> Noted<Result<Json<adjust::Answer>, ApiError>> {
+    Noted(
+        Wrote::AllSales,
+        async move {
+            tracing::Span::current().record("sale_id", sale_id.as_str());
+            let stock_delta = patch.stock_delta.unwrap_or(0);
+            if stock_delta.abs() > MAX_UNITS {
+                return Err(ApiError::InvalidRequest(format!(
+                    "`stock_delta` must be within ±{MAX_UNITS}"
+                )));
+            }
+            if patch.stock_delta.is_none()
+                && patch.ends_at.is_none()
+                && patch.paused.is_none()
+                && patch.queue.is_none()
+            {
+                return Err(ApiError::InvalidRequest(
+                    "give at least one of `stock_delta`, `ends_at`, `paused`, `queue`".into(),
+                ));
+            }
+            let current = state.engine.sale(&sale_id).await?;
+            let queue = patch
+                .queue
+                .map(|q| q.validate(current.starts_at))
+                .transpose()
+                .map_err(ApiError::InvalidRequest)?;
+            if let Some(ends_at) = patch.ends_at {
+                if ends_at <= current.starts_at {
+                    return Err(ApiError::InvalidRequest(
+                        "`ends_at` must be after `starts_at`".into(),
+                    ));
+                }
+                if !crate::domain::in_years(ends_at) {
+                    return Err(ApiError::InvalidRequest(crate::domain::YEARS.into()));
+                }
+            }
+            let request = adjust::Request {
+                sale_id: &sale_id,
+                actor: &admin.subject,
+                stock_delta,
+                ends_at: patch.ends_at,
+                paused: patch.paused,
+                queue,
+                idempotency_key: key.as_deref(),
+            };
+            let answer = adjust::adjust(
+                &state.engine,
+                &state.db,
+                state.settings.database_timeout(),
+                &request,
+            )
+            .await?;
+            Ok(Json(answer))
         }
-        if !crate::domain::in_years(ends_at) {
-            return Err(ApiError::InvalidRequest(crate::domain::YEARS.into()));
-        }
-    }
-    let request = adjust::Request {
-        sale_id: &sale_id,
-        actor: &admin.subject,
-        stock_delta,
-        ends_at: patch.ends_at,
-        paused: patch.paused,
-        queue,
-        idempotency_key: key.as_deref(),
-    };
-    let answer = adjust::adjust(
-        &state.engine,
-        &state.db,
-        state.settings.database_timeout(),
-        &request,
+        .await,
     )
-    .await?;
-    Ok(Json(answer))
 }
