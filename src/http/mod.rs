@@ -1,9 +1,12 @@
 //! The HTTP API of the contract: routing, shared state, middleware.
 //!
 //! A request flows: body limit and request id (middleware) -> extractors
-//! (bearer token, JSON body; their rejections are already problem+json) ->
-//! handler -> one engine call (Redis) or, for admin writes, the store
-//! (Postgres) and then the engine -> `ApiError` maps any failure to HTTP.
+//! (bearer token, ids, JSON body; their rejections are already
+//! problem+json) -> handler (one file per resource) -> one engine call
+//! (Redis) or, for admin writes, a use case over the store (Postgres) and
+//! the engine -> `ApiError` maps any failure to HTTP (`error.rs`, the only
+//! place that knows a status code) -> `read_view` notes what a write
+//! touched, so the writer reads it back.
 
 mod bearer;
 mod doc;

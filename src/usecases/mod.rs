@@ -5,6 +5,7 @@
 pub mod adjust;
 pub mod archive;
 pub mod flush;
+pub mod reap;
 pub mod reconcile;
 pub mod schedule;
 pub mod waiting_room;

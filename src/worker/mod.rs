@@ -1,10 +1,13 @@
-//! Background work beside the gateway (or alone, as `flashsale worker`):
-//! the outbox flush, which writes confirmed orders to Postgres; the reaper,
-//! which returns expired holds to stock; and the loader, which finishes sales
-//! written to Postgres but not yet loaded into Redis.
+//! Background work beside the gateway (or alone, as `flashsale worker`),
+//! as loops and nothing else: the outbox flush (`usecases::flush`), the
+//! reaper (`usecases::reap`), the loader of sales not yet in Redis
+//! (`usecases::schedule::load_pending`), the archiver (`usecases::archive`),
+//! the waiting rooms (`usecases::waiting_room::tend`), the live reconcile
+//! (`usecases::reconcile::watch_live`) and the backlog gauges.
 //!
-//! Each step is idempotent and returns what it did, so tests can drive the
-//! worker one step at a time; the loops only repeat the steps.
+//! Each step is a use case: idempotent, returning what it did, so tests
+//! drive it one step at a time; the loops here only repeat the steps, back
+//! off while a store is down, and stop when asked.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,46 +17,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::engine::{Engine, EngineError, Refusal};
+use crate::engine::{Engine, EngineError};
 use crate::usecases::flush::{flush_once, Flusher};
-
-/// What one reaper pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Reaped {
-    pub sales: usize,
-    pub expired: u64,
-}
-
-/// One reaper pass over every active sale: expires every hold whose
-/// deadline has passed, in batches, from each sale's deadline index. A sale
-/// that is over (ended, nothing held, outbox empty) then leaves the loops.
-pub async fn reap_once(engine: &Engine, batch: u32) -> Result<Reaped, EngineError> {
-    let ids = engine.active_ids().await?;
-    let mut reaped = Reaped {
-        sales: ids.len(),
-        expired: 0,
-    };
-    for id in &ids {
-        loop {
-            match engine.expire_due(id, batch).await {
-                Ok(step) => {
-                    reaped.expired += step.holds;
-                    if step.more_due {
-                        continue;
-                    }
-                    if step.over && engine.retire_if_over(id).await? {
-                        tracing::info!(sale_id = %id, "sale is over: it leaves the worker's loops");
-                    }
-                    break;
-                }
-                // A registered id whose keys are gone (Redis lost them): skip.
-                Err(EngineError::Refused(Refusal::SaleNotFound)) => break,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(reaped)
-}
+use crate::usecases::reap::reap_once;
 
 /// The flush loop: a pass every `flush_interval_ms` while there is work,
 /// backing off (capped, doubling) while Postgres or Redis is down.
