@@ -9,7 +9,7 @@ use super::{EngineError, EngineResult, Refusal};
 pub(super) struct Reply {
     pub word: String,
     pub now_ms: i64,
-    pub rest: Vec<Value>,
+    rest: Vec<Value>,
 }
 
 impl Reply {
@@ -42,22 +42,20 @@ impl Reply {
         }
     }
 
-    pub fn text(&self, i: usize) -> EngineResult<String> {
+    fn text(&self, i: usize) -> EngineResult<String> {
         self.rest
             .get(i)
             .and_then(text)
             .ok_or_else(|| EngineError::Corrupt(format!("field {i} of {}", self.word)))
     }
 
-    pub fn int(&self, i: usize) -> EngineResult<i64> {
+    fn int(&self, i: usize) -> EngineResult<i64> {
         self.rest
             .get(i)
             .and_then(int)
             .ok_or_else(|| EngineError::Corrupt(format!("field {i} of {}", self.word)))
     }
-}
 
-impl Reply {
     /// The payload from its first field on, for a typed reply to read.
     pub fn fields(&self) -> Fields<'_> {
         Fields { reply: self, at: 0 }
