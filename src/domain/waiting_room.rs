@@ -11,6 +11,8 @@ use super::time::truncate_ms;
 /// `PATCH` before the room opens, and sales files).
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+// The API document keeps the name it was published with.
+#[schema(as = QueueInput)]
 #[schema(example = json!({"opens_at": "2026-12-11T23:30:00Z", "admit_per_second": 50,
     "admit_burst": 100, "admission_seconds": 120}))]
 pub struct WaitingRoomInput {
@@ -33,6 +35,8 @@ pub struct WaitingRoomInput {
 
 /// A validated waiting room. Canonical JSON, like [`SaleDef`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+// The API document keeps the name it was published with.
+#[schema(as = QueueDef)]
 pub struct WaitingRoomDef {
     #[serde(with = "time::serde::rfc3339")]
     pub opens_at: OffsetDateTime,

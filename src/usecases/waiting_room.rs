@@ -226,6 +226,8 @@ fn budget(state: &WaitingRoomState, now_ms: i64) -> u64 {
 
 /// The public view of a room (`GET /v1/sales/{id}/queue`).
 #[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+// The API document keeps the name it was published with.
+#[schema(as = PublicRoom)]
 pub struct PublicWaitingRoom {
     #[schema(format = DateTime)]
     pub opens_at: String,
