@@ -1,62 +1,70 @@
 //! flashsale: a flash-sale reservation gateway that never sells a unit twice.
 //!
-//! The parts, in layers (each uses only the ones below it):
+//! The folders are the layers. A line belongs to the first of these that
+//! fits it:
 //!
-//! - `api` (axum routes, extractors, `api::error`: every failure to
-//!   problem+json in one place), [`cli`] (the `flashsale` commands) and
-//!   [`worker`] (loops and signals only) are the three ways in.
-//! - The use cases they all call: [`schedule`] (create a sale, load the ones
-//!   whose creation was interrupted), [`adjust`] (an admin's change, applied
-//!   once), [`flush`] (a sale's outbox to Postgres, exactly once),
-//!   [`reconcile`] (inspect, `--apply`, `--rebuild`).
-//! - [`engine`]: the only code that speaks Redis. The Lua scripts in `lua/`
-//!   and their typed calls, the outbox streams, the registry of sales, the
-//!   sold-out marks and the live view of a sale.
-//! - [`store`]: the only code that speaks Postgres: sales as scheduled,
-//!   orders, the audit of admin changes, migrations. It knows nothing of the
-//!   engine.
-//! - `server`: the accept loop in front of the router (header timeout,
-//!   connection caps, send timeout, graceful drain).
-//! - [`domain`] (the nouns and their validation), [`config`], [`auth`]
-//!   (bearer tokens: the HS256 secret, the store's PEM keys and JWKS, the
-//!   verified-token cache; roles customer, admin and service).
-//! - Beside it, not in it: the load generator that plays a sale against a
-//!   running gateway (`flashsale-loadtest`), a crate of its own, `loadgen/`,
-//!   built on this library.
+//! - The three ways in: `http` (the router and its
+//!   state, the extractors, `http::error`, the only place that knows a status
+//!   code, the read view that gives a writer its own writes, the accept
+//!   loop, one file of routes per resource: sales, reservations, the waiting
+//!   room), [`cli`] (the `flashsale` commands, a file per family) and
+//!   [`worker`] (the background loops and signals, nothing else).
+//! - [`usecases`]: what the ways in ask for, each told once over both
+//!   stores: `schedule` (create a sale, load the ones whose creation was
+//!   interrupted), `adjust` (an admin's change, applied once), `flush` (a
+//!   sale's outbox to Postgres, exactly once, by a `Flusher`), `reap` (holds
+//!   past their deadline back to stock), `reconcile` (inspect, `--apply`,
+//!   `--rebuild`), `archive` (a finished sale's keys out of Redis, its
+//!   figures kept in Postgres) and `waiting_room` (who may reserve a sale
+//!   behind one, and when).
+//! - [`engine`]: the only code that speaks Redis. `engine/ops/<family>.rs`
+//!   sits beside the `lua/` scripts it calls (sale, hold, adjust, repair,
+//!   archive, waiting room, outbox), each with its keys, arguments and typed
+//!   reply; around them the script registry, the refusals (words and codes,
+//!   no HTTP), the group commit, the sold-out marks and the live view.
+//! - [`store`]: the only code that speaks Postgres, a file per table family
+//!   (sales, orders, adjustments, waiting rooms) and the migrations.
+//! - [`domain`]: the nouns, one per file (ids, sale, reservation, waiting
+//!   room, time, the room's permutation) and the rules of their input; and
+//!   beside every layer [`config`], [`auth`] (bearer tokens: the HS256
+//!   secret, the store's PEM keys and JWKS, the verified-token cache; roles
+//!   customer, admin and service), metrics and telemetry.
 //!
-//! A tour. **A reserve**: `api::reservations::reserve` checks the token, the
-//! rate limits and the body, then `Engine::reserve` runs `lua/reserve.lua`:
-//! one EVALSHA that checks the window, the customer's limit and the stock and
-//! moves units from available to held, with a deadline, by Redis's clock.
-//! **A confirm**: `Engine::confirm` runs `lua/confirm.lua`, which judges the
-//! deadline, moves the units from held to sold and appends the order to the
-//! sale's outbox stream, in one atomic step; a service (the store's
-//! backend) confirms any buyer's hold and is kept in the order as
-//! `confirmed_by`, and may first move its deadline (`lua/extend.lua`, the
-//! same clock and step as expiry). **An order**: the worker's flush
-//! ([`flush::Outbox`]) reads the outbox through a consumer group, writes a
-//! batch to Postgres with `ON CONFLICT DO NOTHING`, and only then acknowledges
-//! it; the reaper returns holds past their deadline to stock. **A repair**:
-//! [`reconcile`] compares both stores and, asked to, repairs without ever
-//! offering a unit that is held or sold (invariant 6).
+//! Who calls whom: `http`, `cli` and `worker` call `usecases` (and read the
+//! engine or the store directly for a plain read); `usecases` call `engine`
+//! and `store`; `engine` and `store` never import each other; every layer
+//! may use `domain`. Beside the crate, not in it: the load generator
+//! (`loadgen/`, `flashsale-loadtest`), built on this library.
+//!
+//! A tour. **A reserve**: `http::reservations::reserve` checks the token, the
+//! rate limits and the body (the ids are parsed once, there), then
+//! `Engine::reserve` (`engine/ops/hold.rs`) runs `lua/reserve.lua`: one
+//! EVALSHA that checks the window, the customer's limit and the stock and
+//! moves units from available to held, with a deadline, by Redis's clock;
+//! the handler leaves the sale it wrote on its response, and
+//! `http::read_view` makes the writer's next read see it. **A confirm**:
+//! `Engine::confirm` runs `lua/confirm.lua`, which judges the deadline,
+//! moves the units from held to sold and appends the order to the sale's
+//! outbox stream, in one atomic step; a service (the store's backend)
+//! confirms any buyer's hold and is kept in the order as `confirmed_by`, and
+//! may first move its deadline (`lua/extend.lua`, the same clock and step as
+//! expiry). **An order**: the worker's flush (`usecases::flush::Flusher`)
+//! reads the outbox through a consumer group, writes a batch to Postgres with
+//! `ON CONFLICT DO NOTHING`, and only then acknowledges it; the reaper
+//! returns holds past their deadline to stock. **A repair**:
+//! `usecases::reconcile` compares both stores and, asked to, repairs without
+//! ever offering a unit that is held or sold (invariant 6).
 
-pub mod adjust;
-mod api;
-pub mod archive;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod engine;
-pub mod flush;
-mod limits;
+mod http;
 mod metrics;
-pub mod reconcile;
-pub mod room;
-pub mod schedule;
-pub mod server;
 pub mod store;
 mod telemetry;
+pub mod usecases;
 pub mod worker;
 
 /// How often the metrics recorder drains its samples, scraped or not.
@@ -125,9 +133,9 @@ pub async fn serve(
     }
     metrics::handle();
     tokio::spawn(metrics::upkeep(stop.clone()));
-    let open_files = server::raise_open_file_limit();
+    let open_files = http::server::raise_open_file_limit();
     let (engine, db) = connect(&settings)?;
-    tokio::spawn(api::watch_services(
+    tokio::spawn(http::watch_services(
         engine.clone(),
         db.clone(),
         settings.database_timeout(),
@@ -142,16 +150,16 @@ pub async fn serve(
     let addr = listener.local_addr()?;
     tracing::info!(%addr, with_worker, "gateway listening");
     let limits = Arc::new(
-        limits::Limits::new(&settings.limits)
+        http::limits::Limits::new(&settings.limits)
             .map_err(|e| anyhow::anyhow!("configuration error: {e}"))?,
     );
     tokio::spawn(sweep_limits(limits.clone(), stop.clone()));
     tokio::spawn(engine::soldout::poll(engine.clone(), stop.clone()));
-    let reserved = server::RESERVED_FDS + u64::from(settings.database.max_connections);
-    let edge = server::Edge {
+    let reserved = http::server::RESERVED_FDS + u64::from(settings.database.max_connections);
+    let edge = http::server::Edge {
         header_timeout: settings.header_timeout(),
         send_timeout: std::time::Duration::from_millis(settings.http.send_timeout_ms),
-        max_connections: server::fit_connections(
+        max_connections: http::server::fit_connections(
             settings.http.max_connections,
             open_files,
             reserved,
@@ -170,8 +178,8 @@ pub async fn serve(
         open_file_limit = open_files,
         "connection caps"
     );
-    let state = api::AppState::new(settings, auth, engine, db, limits, stop.clone());
-    api::serve(listener, state, edge)
+    let state = http::AppState::new(settings, auth, engine, db, limits, stop.clone());
+    http::serve(listener, state, edge)
         .await
         .context("http server")?;
     stop.cancel();
@@ -184,7 +192,7 @@ pub async fn serve(
 
 /// Keyed limiters forget idle keys every few seconds: memory stays bounded
 /// under millions of distinct customers and addresses.
-async fn sweep_limits(limits: Arc<limits::Limits>, stop: CancellationToken) {
+async fn sweep_limits(limits: Arc<http::limits::Limits>, stop: CancellationToken) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
     loop {
         tokio::select! {

@@ -5,12 +5,12 @@
 //! through the engine (the real reserve and confirm scripts, quantity 1, one
 //! customer per order, `--build-concurrency` calls in flight), so the sale's
 //! outbox stream holds one entry per order exactly as production writes
-//! them. Then the real worker code (`flush::Outbox::flush_sale`,
+//! them. Then the real worker code (`flush::Flusher::flush_sale`,
 //! batch size B) is called until it reports nothing left; that loop is timed.
 //! Afterwards `orders` holds exactly `--orders` rows of the sale, the outbox
 //! and the dead letters are empty, and the sale's `sold` counter matches.
 //!
-//! `flush(B) xK` runs K `Outbox` handles (K consumers of the group, as K
+//! `flush(B) xK` runs K `Flusher`s (K consumers of the group, as K
 //! workers would be) on the same backlog at once.
 //!
 //! `insert only(B)` (with `--insert-only`): the same number of orders,
@@ -49,8 +49,8 @@ use time::OffsetDateTime;
 
 use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef};
 use flashsale::engine::Engine;
-use flashsale::flush::Outbox;
 use flashsale::store::{self, NewOrder};
+use flashsale::usecases::flush::Flusher;
 
 #[derive(Debug, Parser)]
 #[command(about = "Outbox flush throughput vs one INSERT per order")]
@@ -311,9 +311,9 @@ async fn flush_case(
     let build_rate = n as f64 / started.elapsed().as_secs_f64();
 
     // One handle per consumer: each has its own consumer name in the group.
-    let outboxes: Vec<Outbox> = (0..consumers)
+    let outboxes: Vec<Flusher> = (0..consumers)
         .map(|_| {
-            Outbox::new(
+            Flusher::new(
                 engine.clone(),
                 db.clone(),
                 batch,
@@ -365,7 +365,7 @@ async fn flush_case(
 }
 
 /// Calls `flush_sale` until a call finds nothing; returns (orders, dead).
-async fn drain(outbox: &Outbox, sale_id: &str) -> anyhow::Result<(usize, usize)> {
+async fn drain(outbox: &Flusher, sale_id: &str) -> anyhow::Result<(usize, usize)> {
     let (mut flushed, mut dead) = (0, 0);
     loop {
         let done = outbox.flush_sale(sale_id, false).await?;

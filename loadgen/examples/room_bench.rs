@@ -30,8 +30,8 @@ use anyhow::{ensure, Context};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
-use flashsale::domain::QueueDef;
-use flashsale::engine::room::Joined;
+use flashsale::domain::WaitingRoomDef;
+use flashsale::engine::ops::waiting_room::Joined;
 use flashsale::engine::{Engine, ReserveRequest};
 
 #[derive(Debug, Parser)]
@@ -113,7 +113,7 @@ async fn round(
         .await?;
     let roomed = format!("room-{}", support::short_id());
     let mut def = support::sale_def(&roomed, n, "behind a room");
-    let queue = QueueDef {
+    let queue = WaitingRoomDef {
         opens_at: def.starts_at - time::Duration::minutes(1),
         admit_per_second: 1,
         // Everyone at once: the admissions are set up, not measured.
@@ -123,7 +123,7 @@ async fn round(
     def.queue = Some(queue);
     engine.create_sale(&def).await?;
     let seed = "bench-seed";
-    let sha = flashsale::room::sha256_hex(seed);
+    let sha = flashsale::usecases::waiting_room::sha256_hex(seed);
     // Before the start, so every join is a member: move the start ahead for
     // the joins, then back.
     let k = engine.keys(&roomed);
@@ -135,13 +135,15 @@ async fn round(
         .arg(now_ms + 3_600_000)
         .query_async::<()>(&mut conn)
         .await?;
-    engine.open_room(&roomed, &queue, seed, &sha, None).await?;
+    engine
+        .open_waiting_room(&roomed, &queue, seed, &sha, None)
+        .await?;
 
     let started = Instant::now();
     let room_id = roomed.as_str();
     let tickets: Vec<(usize, u64)> = futures::stream::iter(0..n)
         .map(|i| async move {
-            match engine.join(room_id, &format!("c{i}")).await? {
+            match engine.join_waiting_room(room_id, &format!("c{i}")).await? {
                 Joined::New(t) => Ok((i, t.number)),
                 other => anyhow::bail!("join of c{i}: {other:?}"),
             }
@@ -157,15 +159,18 @@ async fn round(
         .arg(now_ms - 1000)
         .query_async::<()>(&mut conn)
         .await?;
-    let (members, _) = engine.seal_room(&roomed).await?.context("not sealed")?;
+    let (members, _) = engine
+        .seal_waiting_room(&roomed)
+        .await?
+        .context("not sealed")?;
     ensure!(members == n as u64, "{members} members of {n}");
     engine
-        .open_room(&roomed, &queue, seed, &sha, Some(members))
+        .open_waiting_room(&roomed, &queue, seed, &sha, Some(members))
         .await?;
     let mut tokens = vec![String::new(); n];
     let mut by_position = vec![(0u64, String::new()); n];
     for (i, t) in &tickets {
-        let p = flashsale::room::permutation::position(seed, members, *t);
+        let p = flashsale::domain::permutation::position(seed, members, *t);
         let secret = uuid::Uuid::new_v4().simple().to_string();
         tokens[*i] = format!("{t}.{secret}");
         by_position[p as usize] = (*t, secret);

@@ -256,7 +256,7 @@ pub(super) fn members(
         .map(|item| {
             let reply = Reply::parse(item)?;
             if reply.word == "fault" {
-                let why = reply.text(0).unwrap_or_default();
+                let why = reply.fields().text().unwrap_or_default();
                 crate::metrics::redis_fault(op);
                 return Err(EngineError::Fault {
                     op,

@@ -14,6 +14,7 @@ use redis::cluster_async::ClusterConnection;
 use redis::cluster_routing::{RoutingInfo, SingleNodeRoutingInfo};
 use redis::{Cmd, Pipeline, RedisFuture, RedisResult, Value};
 
+use super::{Engine, EngineError, EngineResult};
 use crate::config::Settings;
 
 /// A cheap handle, cloned per call.
@@ -210,6 +211,57 @@ impl Replication {
 
     pub fn replicas(&self) -> u32 {
         self.replicas
+    }
+}
+
+impl Engine {
+    /// Redis's `used_memory`, from `INFO memory`: of the one Redis, or the
+    /// sum over the cluster's primaries.
+    pub async fn memory_used(&self) -> EngineResult<u64> {
+        let mut conn = self.conn.clone();
+        let primaries = self.bounded(conn.primaries()).await?;
+        let mut total = 0;
+        for node in primaries {
+            let mut conn = self.conn.clone();
+            let info = self
+                .bounded(conn.on_primary(&node, redis::cmd("INFO").arg("memory").clone()))
+                .await?;
+            let info: String = redis::from_redis_value(info)
+                .map_err(|e| EngineError::Corrupt(format!("INFO memory: {e}")))?;
+            total += info
+                .lines()
+                .find_map(|l| l.strip_prefix("used_memory:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| EngineError::Corrupt("INFO memory without used_memory".into()))?;
+        }
+        Ok(total)
+    }
+
+    /// Each primary and whether it answers a PING: the one Redis, or every
+    /// primary of the cluster (none when no node answers at all).
+    pub async fn primaries_up(&self) -> Vec<(String, bool)> {
+        if !self.conn.is_cluster() {
+            return vec![("redis".into(), self.ping().await.is_ok())];
+        }
+        let mut conn = self.conn.clone();
+        let Ok(primaries) = self.bounded(conn.primaries()).await else {
+            return Vec::new();
+        };
+        let pings = primaries.into_iter().map(|node| async move {
+            let mut conn = self.conn.clone();
+            let up = self
+                .bounded(conn.on_primary(&node, redis::cmd("PING")))
+                .await
+                .is_ok();
+            (node, up)
+        });
+        futures::future::join_all(pings).await
+    }
+
+    pub async fn ping(&self) -> EngineResult<()> {
+        let mut conn = self.conn.clone();
+        self.bounded(async move { redis::cmd("PING").query_async::<()>(&mut conn).await })
+            .await
     }
 }
 

@@ -31,7 +31,7 @@ pub struct SaleKeys {
     /// so the wait covers every earlier write to the sale's primary.
     pub fence: String,
     /// Hash: the waiting room (configuration, seed, counters; prelude.lua).
-    pub room: String,
+    pub waiting_room: String,
     /// Hash: ticket -> record (cjson).
     pub tickets: String,
     /// Hash: customer id -> their latest ticket.
@@ -54,7 +54,7 @@ impl SaleKeys {
             voided: key("adjx"),
             idempotency_index: key("idem"),
             fence: key("fence"),
-            room: key("room"),
+            waiting_room: key("room"),
             tickets: key("tickets"),
             queuers: key("queuers"),
             tag_prefix,
@@ -86,7 +86,7 @@ impl SaleKeys {
             &self.voided,
             &self.idempotency_index,
             &self.fence,
-            &self.room,
+            &self.waiting_room,
             &self.tickets,
             &self.queuers,
         ]

@@ -1,10 +1,13 @@
-//! Background work beside the gateway (or alone, as `flashsale worker`):
-//! the outbox flush, which writes confirmed orders to Postgres; the reaper,
-//! which returns expired holds to stock; and the loader, which finishes sales
-//! written to Postgres but not yet loaded into Redis.
+//! Background work beside the gateway (or alone, as `flashsale worker`),
+//! as loops and nothing else: the outbox flush (`usecases::flush`), the
+//! reaper (`usecases::reap`), the loader of sales not yet in Redis
+//! (`usecases::schedule::load_pending`), the archiver (`usecases::archive`),
+//! the waiting rooms (`usecases::waiting_room::tend`), the live reconcile
+//! (`usecases::reconcile::watch_live`) and the backlog gauges.
 //!
-//! Each step is idempotent and returns what it did, so tests can drive the
-//! worker one step at a time; the loops only repeat the steps.
+//! Each step is a use case: idempotent, returning what it did, so tests
+//! drive it one step at a time; the loops here only repeat the steps, back
+//! off while a store is down, and stop when asked.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -14,46 +17,9 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
-use crate::engine::{Engine, EngineError, Refusal};
-use crate::flush::{flush_once, Outbox};
-
-/// What one reaper pass did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Reaped {
-    pub sales: usize,
-    pub expired: u64,
-}
-
-/// One reaper pass over every active sale: expires every hold whose
-/// deadline has passed, in batches, from each sale's deadline index. A sale
-/// that is over (ended, nothing held, outbox empty) then leaves the loops.
-pub async fn reap_once(engine: &Engine, batch: u32) -> Result<Reaped, EngineError> {
-    let ids = engine.active_ids().await?;
-    let mut reaped = Reaped {
-        sales: ids.len(),
-        expired: 0,
-    };
-    for id in &ids {
-        loop {
-            match engine.expire_due(id, batch).await {
-                Ok(step) => {
-                    reaped.expired += step.holds;
-                    if step.more_due {
-                        continue;
-                    }
-                    if step.over && engine.retire_if_over(id).await? {
-                        tracing::info!(sale_id = %id, "sale is over: it leaves the worker's loops");
-                    }
-                    break;
-                }
-                // A registered id whose keys are gone (Redis lost them): skip.
-                Err(EngineError::Refused(Refusal::SaleNotFound)) => break,
-                Err(e) => return Err(e),
-            }
-        }
-    }
-    Ok(reaped)
-}
+use crate::engine::{Engine, EngineError};
+use crate::usecases::flush::{flush_once, Flusher};
+use crate::usecases::reap::reap_once;
 
 /// The flush loop: a pass every `flush_interval_ms` while there is work,
 /// backing off (capped, doubling) while Postgres or Redis is down.
@@ -68,7 +34,7 @@ async fn flush_loop(
 ) {
     let w = &settings.worker;
     let claim_idle = Duration::from_millis(w.claim_idle_ms);
-    let outbox = Outbox::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
+    let outbox = Flusher::new(engine.clone(), db, w.flush_batch, claim_idle, stop.clone());
     let interval = Duration::from_millis(w.flush_interval_ms);
     let max_backoff = Duration::from_millis(w.max_backoff_ms);
     let mut delay = Duration::ZERO;
@@ -158,7 +124,11 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
         let (engine, db) = (engine.clone(), db.clone());
         every_tick("loader", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
-            async move { crate::schedule::load_pending(&engine, &db).await.map(drop) }
+            async move {
+                crate::usecases::schedule::load_pending(&engine, &db)
+                    .await
+                    .map(drop)
+            }
         })
     };
     let archiver = {
@@ -168,13 +138,13 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
         every_tick("archiver", every, stop.clone(), move || {
             let (engine, db) = (engine.clone(), db.clone());
             async move {
-                crate::archive::archive_due(&engine, &db, retention)
+                crate::usecases::archive::archive_due(&engine, &db, retention)
                     .await
                     .map(drop)
             }
         })
     };
-    let rooms = rooms_loop(engine.clone(), db.clone(), stop.clone());
+    let rooms = waiting_rooms_loop(engine.clone(), db.clone(), stop.clone());
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
         let drifting = Arc::new(tokio::sync::Mutex::new(HashSet::new()));
@@ -182,7 +152,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             let (engine, db, drifting) = (engine.clone(), db.clone(), drifting.clone());
             async move {
                 let mut drifting = drifting.lock().await;
-                crate::reconcile::watch_live(&engine, &db, &mut drifting).await
+                crate::usecases::reconcile::watch_live(&engine, &db, &mut drifting).await
             }
         })
     };
@@ -202,7 +172,10 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<H
     for id in active.union(reported) {
         // inspect.lua dates the oldest entry by Redis's clock, the one that
         // stamped it: no skew with this host's.
-        let Ok(Some(i)) = engine.inspect(id, crate::reconcile::GRACE_MS).await else {
+        let Ok(Some(i)) = engine
+            .inspect(id, crate::usecases::reconcile::GRACE_MS)
+            .await
+        else {
             continue;
         };
         if !active.contains(id) && i.dead_letters <= 0 {
@@ -227,16 +200,16 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<H
 
 /// How often the worker tends the waiting rooms: the granularity of their
 /// pace (admissions come in steps of at most this long).
-const ROOM_INTERVAL: Duration = Duration::from_millis(100);
+const WAITING_ROOM_INTERVAL: Duration = Duration::from_millis(100);
 
-/// The waiting rooms' loop: opens, seals and admits ([`crate::room::tend`]).
+/// The waiting rooms' loop: opens, seals and admits ([`crate::usecases::waiting_room::tend`]).
 /// The list of rooms comes from Postgres; while Postgres is down the last
 /// list is used, so admission goes on from Redis alone.
-async fn rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
+async fn waiting_rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
     let rooms = std::sync::Arc::new(tokio::sync::Mutex::new(Vec::new()));
     let mut listed = Instant::now() - Duration::from_secs(3600);
     let listed_every = Duration::from_secs(1);
-    every_tick("rooms", ROOM_INTERVAL, stop, move || {
+    every_tick("rooms", WAITING_ROOM_INTERVAL, stop, move || {
         let (engine, db, rooms) = (engine.clone(), db.clone(), rooms.clone());
         let refresh = listed.elapsed() >= listed_every;
         if refresh {
@@ -245,13 +218,13 @@ async fn rooms_loop(engine: Engine, db: PgPool, stop: CancellationToken) {
         async move {
             let mut rooms = rooms.lock().await;
             if refresh {
-                if let Ok(fresh) = crate::store::rooms_to_tend(&db).await {
+                if let Ok(fresh) = crate::store::waiting_rooms_to_tend(&db).await {
                     *rooms = fresh;
                 }
             }
             let mut failure = None;
             for room in rooms.iter() {
-                if let Err(e) = crate::room::tend(&engine, &db, room).await {
+                if let Err(e) = crate::usecases::waiting_room::tend(&engine, &db, room).await {
                     failure = Some(format!("room of sale {}: {e}", room.sale_id));
                 }
             }

@@ -228,7 +228,9 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
         }
         Op::Reap => {
             let before = wall_ms();
-            flashsale::worker::reap_once(engine, 2).await.unwrap();
+            flashsale::usecases::reap::reap_once(engine, 2)
+                .await
+                .unwrap();
             let after = wall_ms();
             for i in 0..m.holds.len() {
                 let h = m.holds[i].clone();

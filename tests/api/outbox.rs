@@ -73,7 +73,7 @@ async fn pending(app: &TestApp, sale: &str) -> i64 {
     let mut conn = app.engine.connection();
     let summary: redis::Value = redis::cmd("XPENDING")
         .arg(app.engine.keys(sale).outbox)
-        .arg(flashsale::engine::outbox::GROUP)
+        .arg(flashsale::engine::ops::outbox::GROUP)
         .query_async(&mut conn)
         .await
         .unwrap();

@@ -19,11 +19,11 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
-use flashsale::adjust;
 use flashsale::domain::{ReservationStatus, SaleDef};
 use flashsale::engine::{ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest};
-use flashsale::flush::Outbox;
-use flashsale::reconcile::{self, Drift};
+use flashsale::usecases::adjust;
+use flashsale::usecases::flush::Flusher;
+use flashsale::usecases::reconcile::{self, Drift};
 use futures::FutureExt;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -192,10 +192,10 @@ impl Walk<'_> {
         &self.app.engine
     }
 
-    fn outbox(&self) -> Outbox {
+    fn outbox(&self) -> Flusher {
         // Claims every pending entry at once: the walk runs one flusher at
         // a time, so anything pending belongs to a flusher killed earlier.
-        Outbox::new(
+        Flusher::new(
             self.app.engine.clone(),
             self.app.db.clone(),
             3,

@@ -350,7 +350,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     for def in [&bad, &good] {
         store::insert_sale(&app.db, def).await.unwrap();
     }
-    let loaded = flashsale::schedule::load_pending(&app.engine, &app.db)
+    let loaded = flashsale::usecases::schedule::load_pending(&app.engine, &app.db)
         .await
         .unwrap();
     assert_eq!(loaded, 1);
@@ -359,7 +359,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     assert_eq!(code, 1);
     assert!(kinds.contains(&"load_failed".to_string()), "{kinds:?}");
     // Loading again changes nothing and stops at nothing.
-    let loaded = flashsale::schedule::load_pending(&app.engine, &app.db)
+    let loaded = flashsale::usecases::schedule::load_pending(&app.engine, &app.db)
         .await
         .unwrap();
     assert_eq!(loaded, 0);
@@ -458,7 +458,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     buy(&app, &sale, "a", 1).await;
     let outbox = app.engine.keys(&sale).outbox;
     let mut conn = app.engine.connection();
-    let group = flashsale::engine::outbox::GROUP;
+    let group = flashsale::engine::ops::outbox::GROUP;
     let _: () = redis::cmd("XGROUP")
         .arg("CREATE")
         .arg(&outbox)
@@ -493,7 +493,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     };
     assert!(names(&mut conn).await.contains("ghost"));
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let flusher = flashsale::flush::Outbox::new(
+    let flusher = flashsale::usecases::flush::Flusher::new(
         app.engine.clone(),
         app.db.clone(),
         100,

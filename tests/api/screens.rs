@@ -342,7 +342,7 @@ async fn a_buyer_waits_in_the_room_then_reserves_on_the_landing_page() {
     // drawn from matches the hash published before.
     browser.wait_text("#room-position", |t| t == "1").await;
     let seed = browser.wait_text("#room-seed", |t| t.len() > 20).await;
-    assert_eq!(flashsale::room::sha256_hex(&seed), sha);
+    assert_eq!(flashsale::usecases::waiting_room::sha256_hex(&seed), sha);
     browser
         .wait_text("#room-status", |t| t.starts_with("It is your turn"))
         .await;

@@ -576,7 +576,7 @@ fn the_permutation_is_fair_for_fixed_seeds() {
         // The gateway's own implementation agrees with the buyer's.
         for t in (0..n).step_by(997) {
             assert_eq!(
-                flashsale::room::permutation::position(seed, n, t),
+                flashsale::domain::permutation::position(seed, n, t),
                 buyer_position(seed, n, t)
             );
         }
@@ -749,7 +749,7 @@ async fn a_published_order_survives_redis_losing_the_room_and_the_sale() {
 
     // The room's hash alone.
     redis::cmd("DEL")
-        .arg(&k.room)
+        .arg(&k.waiting_room)
         .query_async::<()>(&mut conn)
         .await
         .unwrap();

@@ -1,0 +1,231 @@
+//! Flushing a sale's outbox: confirmed orders go from its Redis stream to
+//! the Postgres `orders` table, exactly once through crashes and outages.
+//!
+//! - Entries are read through a consumer group (`engine::ops::outbox`), so
+//!   several workers share the work without two of them holding the same
+//!   entry.
+//! - A batch is one INSERT ... SELECT FROM UNNEST, ON CONFLICT DO NOTHING:
+//!   flushing an entry twice (after a crash between commit and ack) writes no
+//!   second row.
+//! - Entries are acknowledged (and deleted from the stream) only after the
+//!   commit. Until then they stay pending for this consumer, which re-reads
+//!   them after a failure; entries left pending by a dead consumer are claimed
+//!   once idle for `worker.claim_idle_ms`.
+//! - An entry Postgres rejects for good is moved to the sale's dead-letter
+//!   stream with the reason; the entries behind it flush.
+
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::engine::ops::outbox::{Delivery, Entry};
+use crate::engine::{Engine, EngineError};
+use crate::store::{self, NewOrder};
+
+/// A consumer idle this many claim periods, with nothing pending, stopped.
+const PRUNE_AFTER_CLAIMS: u32 = 10;
+
+/// Why a flush stopped early.
+#[derive(Debug, thiserror::Error)]
+pub enum FlushError {
+    #[error("{0}")]
+    Redis(#[from] EngineError),
+    #[error("postgres unavailable: {0}")]
+    Postgres(#[source] sqlx::Error),
+}
+
+/// What one flush of one sale did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Flushed {
+    /// Entries written (or found already written) and acknowledged.
+    pub orders: usize,
+    /// Entries moved to the dead letters.
+    pub dead: usize,
+    /// Entries taken over from a consumer that stopped acknowledging.
+    pub claimed: usize,
+}
+
+impl Flushed {
+    pub fn is_idle(&self) -> bool {
+        *self == Flushed::default()
+    }
+
+    pub fn add(&mut self, other: Flushed) {
+        self.orders += other.orders;
+        self.dead += other.dead;
+        self.claimed += other.claimed;
+    }
+}
+
+/// One flusher: a consumer of the outboxes' group, writing what it reads
+/// to Postgres.
+#[derive(Clone)]
+pub struct Flusher {
+    engine: Engine,
+    db: PgPool,
+    consumer: String,
+    batch: usize,
+    claim_idle: Duration,
+    /// Checked between batches: on shutdown the batch in flight finishes
+    /// (commit, then ack) and no new one starts.
+    stop: CancellationToken,
+}
+
+impl Flusher {
+    pub fn new(
+        engine: Engine,
+        db: PgPool,
+        batch: usize,
+        claim_idle: Duration,
+        stop: CancellationToken,
+    ) -> Flusher {
+        let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "worker".into());
+        Flusher {
+            consumer: format!("{host}-{}-{}", std::process::id(), Uuid::new_v4().simple()),
+            engine,
+            db,
+            batch,
+            claim_idle,
+            stop,
+        }
+    }
+
+    /// The same outbox under a fixed consumer name. One-shot commands use
+    /// one (`reconcile`), so runs share one consumer, a crashed run's
+    /// pending entries are the next run's own, and no run leaves a new one.
+    pub fn with_consumer(mut self, name: &str) -> Flusher {
+        self.consumer = name.to_string();
+        self
+    }
+
+    /// Removes this consumer from the sale's group if it holds nothing.
+    pub async fn leave(&self, sale_id: &str) -> Result<bool, FlushError> {
+        Ok(self.engine.outbox_leave(sale_id, &self.consumer).await?)
+    }
+
+    /// Flushes everything this worker can take from one sale's outbox:
+    /// its own pending entries, then idle entries of dead consumers (when
+    /// `claim` is set), then new ones, batch by batch until none are left.
+    pub async fn flush_sale(&self, sale_id: &str, claim: bool) -> Result<Flushed, FlushError> {
+        let mut total = Flushed::default();
+        let mut sources = vec![Delivery::Own];
+        if claim {
+            sources.push(Delivery::Claimed {
+                min_idle: self.claim_idle,
+            });
+        }
+        sources.push(Delivery::New);
+        for source in sources {
+            loop {
+                if self.stop.is_cancelled() {
+                    return Ok(total);
+                }
+                let entries = self
+                    .engine
+                    .outbox_take(sale_id, &self.consumer, source, self.batch)
+                    .await?;
+                if entries.is_empty() {
+                    break;
+                }
+                let n = entries.len();
+                let mut done = self.write(sale_id, entries).await?;
+                if matches!(source, Delivery::Claimed { .. }) {
+                    done.claimed = n;
+                    crate::metrics::claimed(sale_id, n);
+                }
+                total.add(done);
+                // Own pending entries come back whole in one read.
+                if source == Delivery::Own || n < self.batch {
+                    break;
+                }
+            }
+        }
+        if claim {
+            // Whatever dead consumers held is claimed by now: their names go,
+            // so the group does not grow by one per worker ever started.
+            self.engine
+                .outbox_prune(sale_id, self.claim_idle * PRUNE_AFTER_CLAIMS)
+                .await?;
+        }
+        Ok(total)
+    }
+
+    /// Writes a batch, then acknowledges it. Returns without acknowledging
+    /// anything when Postgres does not answer: the entries stay pending.
+    async fn write(&self, sale_id: &str, entries: Vec<Entry>) -> Result<Flushed, FlushError> {
+        let started = Instant::now();
+        let mut good: Vec<(&Entry, NewOrder)> = Vec::with_capacity(entries.len());
+        let mut dead: Vec<(&Entry, String)> = Vec::new();
+        let mut gone = Vec::new();
+        for e in &entries {
+            match e.order() {
+                Some(Ok(order)) => good.push((e, order)),
+                Some(Err(why)) => dead.push((e, why)),
+                None => gone.push(e.id.as_str()),
+            }
+        }
+        let orders: Vec<NewOrder> = good.iter().map(|(_, o)| o.clone()).collect();
+        // Only orders that reached `redis.confirm_replicas` replicas go to
+        // Postgres: a replica promoted after a crash never sells a unit that
+        // Postgres has sold. Not yet: they stay pending for the next round.
+        self.engine.replicated(sale_id).await?;
+        match store::insert_orders(&self.db, &orders).await {
+            Ok(_) => {}
+            Err(e) if store::is_permanent(&e) => {
+                // Somebody in the batch is poison: find out who, row by row.
+                let mut kept = Vec::with_capacity(good.len());
+                for (entry, order) in good {
+                    match store::insert_orders(&self.db, std::slice::from_ref(&order)).await {
+                        Ok(_) => kept.push((entry, order)),
+                        Err(e) if store::is_permanent(&e) => dead.push((entry, e.to_string())),
+                        Err(e) => return Err(FlushError::Postgres(e)),
+                    }
+                }
+                good = kept;
+            }
+            Err(e) => return Err(FlushError::Postgres(e)),
+        }
+        let done: Vec<&str> = good
+            .iter()
+            .map(|(e, _)| e.id.as_str())
+            .chain(gone.iter().copied())
+            .collect();
+        self.engine.outbox_settle(sale_id, &done, &dead).await?;
+        let flushed = Flushed {
+            orders: good.len(),
+            dead: dead.len(),
+            claimed: 0,
+        };
+        crate::metrics::flushed(sale_id, flushed.orders, flushed.dead, started.elapsed());
+        for (entry, why) in &dead {
+            tracing::error!(entry = %entry.id, reason = %why, "outbox entry moved to the dead letters");
+        }
+        Ok(flushed)
+    }
+
+    /// Entries not yet in Postgres (delivered or not) and dead letters.
+    pub async fn backlog(&self, sale_id: &str) -> Result<(u64, u64), FlushError> {
+        Ok(self.engine.outbox_backlog(sale_id).await?)
+    }
+}
+
+/// One pass of the outbox flush over every active sale (so sales created
+/// after the worker started are found without scanning keys, and sales
+/// that are over cost nothing). `claim` also takes over entries idle at
+/// dead consumers. A Postgres failure stops the pass (it is down for every
+/// sale); a Redis failure of one sale lets the others go on. The entries in
+/// question stay pending and are retried.
+pub async fn flush_once(flusher: &Flusher, claim: bool) -> Result<Flushed, FlushError> {
+    let mut total = Flushed::default();
+    let mut failed = None;
+    for id in flusher.engine.active_ids().await? {
+        match flusher.flush_sale(&id, claim).await {
+            Ok(done) => total.add(done),
+            Err(e @ FlushError::Postgres(_)) => return Err(e),
+            Err(e) => failed = Some(e),
+        }
+    }
+    failed.map_or(Ok(total), Err)
+}
