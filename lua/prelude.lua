@@ -25,7 +25,7 @@ local function now_ms()
 end
 
 -- Whether a sale takes reserves now: started, not ended, not paused. The
--- same rule as `Window::at` in src/domain.rs, which judges it outside Redis.
+-- same rule as `Window::at` in src/domain/sale.rs, which judges it outside Redis.
 local function is_live(starts_ms, ends_ms, paused, now)
   return paused ~= '1' and now >= tonumber(starts_ms) and now < tonumber(ends_ms)
 end

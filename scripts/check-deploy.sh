@@ -3,7 +3,7 @@
 # the alert rules parse (`check rules`), fire as their unit tests say
 # (`test rules`), and the scrape config example loads (`check config`).
 # promtool comes from scripts/promtool.sh (Debian's, extracted, never a running
-# Prometheus). A live /metrics is checked by tests/observability.rs.
+# Prometheus). A live /metrics is checked by tests/metrics/observability.rs.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 

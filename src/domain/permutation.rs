@@ -1,6 +1,7 @@
 //! `feistel-sha256-v1`: the keyed permutation that places a waiting room's
 //! members. Published so that anyone can recompute every position from the
-//! seed, the member count and a ticket (README, "Check your place").
+//! seed, the member count and a ticket (docs/running-a-sale.md, "Check your
+//! place in a waiting room").
 //!
 //! For `members = n` and ticket `i < n`:
 //! - `n = 1`: the position is 0.

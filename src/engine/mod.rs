@@ -8,7 +8,7 @@
 //! The hot path uses one multiplexed connection (`redis::aio::ConnectionManager`,
 //! or the cluster client's one per node, [`conn::Conn`]): every request's
 //! EVALSHA is pipelined onto the same socket, which measured faster than a
-//! pool of connections (see README, "Redis connection").
+//! pool of connections (docs/operations.md#the-redis-connection).
 //! Concurrent reserves, confirms and releases of one sale share one call of
 //! a batch script (group commit, [`batch`]; the requests themselves in
 //! `ops/hold_jobs.rs`).

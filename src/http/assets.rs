@@ -3,7 +3,7 @@
 //! `<script>`, `<style>` and `style=`, so nothing of them is inline.
 //!
 //! They are not in the OpenAPI document: they are parts of the pages, not
-//! API, and the document's paths are the contract's table (tests/openapi.rs).
+//! API, and the document's paths are the contract's table (tests/api/openapi.rs).
 
 use axum::http::header;
 use axum::response::IntoResponse;

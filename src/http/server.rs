@@ -247,7 +247,7 @@ pub async fn run(
     stop: CancellationToken,
 ) -> io::Result<()> {
     let gate = Gate::new(&edge);
-    // Read in hyper 1.12 / hyper-util 0.1.21 (and tested in tests/edge.rs):
+    // Read in hyper 1.12 / hyper-util 0.1.21 (and tested in tests/api/edge.rs):
     // - `http1_only` matters: without it the auto builder first waits for
     //   bytes to tell HTTP/1 from HTTP/2 (`ReadVersion`), and a connection
     //   that sends nothing never reaches hyper's timer at all.

@@ -398,7 +398,7 @@ pub async fn watch_live(
         }
         let report = inspect(engine, db, &def, SETTLE_AGE).await?;
         if report.archived {
-            // Its series are gone with it (crate::archive): none again.
+            // Its series are gone with it (crate::usecases::archive): none again.
             drifting.remove(&def.id);
             continue;
         }

@@ -92,8 +92,8 @@ fn ms(text: &Value) -> i64 {
     (t.unix_timestamp_nanos() / 1_000_000) as i64
 }
 
-/// `feistel-sha256-v1` as a buyer writes it from the README, apart from
-/// the gateway's code: the test recomputes every position with it.
+/// `feistel-sha256-v1` as a buyer writes it from docs/running-a-sale.md,
+/// apart from the gateway's code: the test recomputes every position with it.
 fn buyer_position(seed: &str, n: u64, ticket: u64) -> u64 {
     if n <= 1 || ticket >= n {
         return ticket;

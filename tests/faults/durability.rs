@@ -1,4 +1,4 @@
-//! One Redis with `appendonly yes` and `appendfsync always`, as the README
+//! One Redis with `appendonly yes` and `appendfsync always`, as docs/operations.md
 //! recommends for a standalone deployment: SIGKILLed mid-storm and started
 //! again on its own dir and port, it loses no order answered 200. Redis
 //! fsyncs the AOF before it sends the replies of the writes it carries, so

@@ -1,5 +1,5 @@
 //! The waiting room's Redis side: joining, reading, opening, sealing and
-//! admitting, each one script (`lua/queue_*.lua`). What the room means
+//! admitting, each one script (`lua/waiting_room_*.lua`). What the room means
 //! (positions, pace, tokens) is `crate::usecases::waiting_room`'s; here are only the calls.
 
 use serde::Deserialize;
