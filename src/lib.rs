@@ -30,10 +30,11 @@
 //!   secret, the store's PEM keys and JWKS, the verified-token cache; roles
 //!   customer, admin and service), metrics and telemetry.
 //!
-//! Who calls whom: `http`, `cli` and `worker` call `usecases` (and read the
-//! engine or the store directly for a plain read); `usecases` call `engine`
-//! and `store`; `engine` and `store` never import each other; every layer
-//! may use `domain`. Beside the crate, not in it: the load generator
+//! Who calls whom: `http`, `cli` and `worker` call `usecases` (and the
+//! engine or the store directly for what touches one of them only: the hot
+//! path's one script per reserve, confirm, release or extend, a plain read,
+//! `migrate`); `usecases` call `engine` and `store`; `engine` and `store`
+//! never import each other; every layer may use `domain`. Beside the crate, not in it: the load generator
 //! (`loadgen/`, `flashsale-loadtest`), built on this library.
 //!
 //! A tour. **A reserve**: `http::reservations::reserve` checks the token, the
