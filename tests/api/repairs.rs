@@ -613,6 +613,11 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
     patch(&app, &sale, None, &json!({"stock_delta": 1}))
         .await
         .assert_problem(404, "sale_not_found");
+    // A reserve is answered by Redis alone: the archived sale is not there,
+    // and a Postgres look-up per unknown id would let anyone load Postgres.
+    app.reserve(&sale, &t, 1)
+        .await
+        .assert_problem(404, "sale_not_found");
     let out = app.run(&["reconcile", "--sale", &sale, "--json"]);
     assert_exit(&out, 0);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();

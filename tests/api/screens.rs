@@ -263,6 +263,60 @@ async fn a_buyer_reserves_and_confirms_on_the_landing_page() {
     browser.assert_no_csp_violations().await;
 }
 
+/// The page keeps one payment reference per hold: its own retry of a
+/// confirm is the same order, never a 409; and when the store's backend
+/// confirmed the hold first with another payment, the page shows the order
+/// that exists (409 `already_confirmed` carries it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_landing_page_retries_with_one_payment_ref_and_shows_an_existing_order() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(5, 2, 600).await;
+    let browser = Browser::start().await;
+    let token = app.token("retrying-buyer");
+    browser
+        .open(&app.url(&format!("/sales/{sale}#token={token}")))
+        .await;
+    browser.wait_text("#status", |t| t == "Live now").await;
+
+    browser.click("#reserve").await;
+    browser.wait_text("#hold-status", |t| t == "held").await;
+    browser.click("#confirm").await;
+    let paid = browser
+        .wait_text("#message", |t| t.starts_with("Paid"))
+        .await;
+    // The answer was lost, say: the page confirms the same hold again.
+    browser
+        .execute(r#"say(""); hold.status = "held"; showHold();"#)
+        .await;
+    browser.click("#confirm").await;
+    let again = browser
+        .wait_text("#message", |t| t.starts_with("Paid"))
+        .await;
+    assert_eq!(again, paid, "the same order");
+    assert_eq!(app.stock(&sale).await.sold, 1);
+
+    // A second hold, confirmed first by the store's backend.
+    browser.execute(r#"say("");"#).await;
+    browser.click("#reserve").await;
+    browser
+        .wait_text("#message", |t| t.starts_with("Reserved"))
+        .await;
+    let shop = app.auth.issue("shop", Some("service"), 3600).unwrap();
+    let rid = browser.eval("return hold.id;").await;
+    let rid = rid.as_str().expect("the page holds a hold").to_string();
+    let by_shop = app.confirm(&rid, &shop).await;
+    assert_eq!(by_shop.status, 200, "{}", by_shop.body);
+    let order_id = by_shop.body["order_id"].as_str().unwrap().to_string();
+    browser.click("#confirm").await;
+    let said = browser
+        .wait_text("#message", |t| t.contains("already paid"))
+        .await;
+    assert!(said.contains(&order_id), "{said}");
+    assert!(said.contains("pay-1"), "{said}");
+    assert_eq!(app.stock(&sale).await.sold, 2);
+    browser.assert_no_csp_violations().await;
+}
+
 /// A sale of 5 units starting at `starts_at`, behind a room (`queue`, less
 /// `opens_at`) that opened a second ago.
 async fn create_room_sale(app: &TestApp, starts_at: time::OffsetDateTime, queue: Value) -> String {

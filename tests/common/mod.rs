@@ -598,6 +598,25 @@ impl TestApp {
         }
     }
 
+    /// Waits (up to `within`) until `/readyz` answers `status`: it probes at
+    /// most once a second, so a change shows within about a second.
+    pub async fn wait_readiness(&self, status: u16, within: Duration) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let ready = self.get("/readyz", None).await;
+            if ready.status == status {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "/readyz still {} after {within:?}: {}",
+                ready.status,
+                ready.body
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Waits (up to `within`) until `/metrics` has no sample carrying
     /// `label` (`name="value"`).
     pub async fn wait_no_sample(&self, label: &str, within: Duration) {

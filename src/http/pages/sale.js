@@ -10,6 +10,7 @@ const words = {
   hold_expired: "Your hold expired before it was confirmed.",
   reservation_not_held: "This hold is no longer active.",
   reservation_not_found: "That hold was not found.",
+  already_confirmed: "This hold was already paid with another payment.",
   unauthorized: "Please sign in (paste your token below).",
   unavailable: "The shop is busy. Please try again in a moment.",
   invalid_request: "That request was not valid.",
@@ -88,7 +89,7 @@ async function call(method, path, body, extraHeaders) {
   if (!res.ok) {
     const retry = Number(res.headers.get("Retry-After") || 0);
     if (retry > 0) blockedUntil = now() + retry * 1000;
-    throw Object.assign(new Error(words[data.code] || data.detail || "Something went wrong."), { code: data.code });
+    throw Object.assign(new Error(words[data.code] || data.detail || "Something went wrong."), { code: data.code, problem: data });
   }
   return data;
 }
@@ -122,10 +123,23 @@ $("reserve").addEventListener("click", async () => {
 });
 $("confirm").addEventListener("click", async () => {
   try {
-    const order = await call("POST", `/v1/reservations/${encodeURIComponent(hold.id)}/confirm`, { payment_ref: "demo-" + Date.now() });
+    // One payment reference per hold: a retry (a lost answer, a second
+    // click) sends the same one, so it is the same order and never a 409.
+    hold.paymentRef = hold.paymentRef ||
+      "demo-" + (crypto.randomUUID ? crypto.randomUUID() : Date.now() + "-" + Math.random().toString(16).slice(2));
+    const order = await call("POST", `/v1/reservations/${encodeURIComponent(hold.id)}/confirm`, { payment_ref: hold.paymentRef });
     hold.status = "confirmed";
     say(`Paid: order ${order.order_id}.`, true);
-  } catch (e) { say(e.message); if (e.code === "hold_expired") hold.status = "expired"; }
+  } catch (e) {
+    if (e.code === "already_confirmed" && e.problem.order) {
+      // Another payment confirmed this hold first: show the order it made.
+      hold.status = "confirmed";
+      say(`${e.message} Your order: ${e.problem.order.order_id} (payment ${e.problem.order.payment_ref}).`);
+    } else {
+      say(e.message);
+      if (e.code === "hold_expired") hold.status = "expired";
+    }
+  }
   showHold();
 });
 $("release").addEventListener("click", async () => {

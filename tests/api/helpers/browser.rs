@@ -169,14 +169,19 @@ impl Browser {
         .await;
     }
 
-    /// Runs a script in the page.
-    pub async fn execute(&self, script: &str) {
+    /// Runs a script in the page and returns what it returns.
+    pub async fn eval(&self, script: &str) -> Value {
         self.call(
             reqwest::Method::POST,
             "/execute/sync",
             Some(json!({"script": script, "args": []})),
         )
-        .await;
+        .await
+    }
+
+    /// Runs a script in the page.
+    pub async fn execute(&self, script: &str) {
+        self.eval(script).await;
     }
 
     /// Waits (up to 10 s) until the element's text satisfies `ok`.
