@@ -118,19 +118,6 @@ async fn bodies_that_are_not_objects_are_422_and_change_nothing() {
     app.shutdown().await.unwrap();
 }
 
-/// Confirms `rid` with `payment_ref`.
-async fn confirm_with(app: &TestApp, rid: &str, token: &str, payment_ref: &str) -> Answer {
-    let res = app
-        .http
-        .post(app.url(&format!("/v1/reservations/{rid}/confirm")))
-        .bearer_auth(token)
-        .json(&json!({ "payment_ref": payment_ref }))
-        .send()
-        .await
-        .unwrap();
-    Answer::from(res).await
-}
-
 async fn stored_payment_ref(app: &TestApp, rid: &str) -> String {
     sqlx::query_scalar("SELECT payment_ref FROM orders WHERE reservation_id = $1")
         .bind(rid)
@@ -169,17 +156,17 @@ async fn a_second_payment_is_409_already_confirmed_live_and_archived() {
         .as_str()
         .unwrap()
         .to_string();
-    let first = confirm_with(&app, &mine, &alice, "buyer-made-up").await;
+    let first = app.confirm_with(&mine, &alice, "buyer-made-up").await;
     assert_eq!(first.status, 200, "{}", first.body);
     assert!(first.body.get("payment_ref").is_none(), "{}", first.body);
-    let again = confirm_with(&app, &mine, &alice, "buyer-made-up").await;
+    let again = app.confirm_with(&mine, &alice, "buyer-made-up").await;
     assert_eq!(again.status, 200, "the same reference: the same order");
     assert_eq!(again.body, first.body);
-    let real = confirm_with(&app, &mine, &shop, "psp-real-42").await;
+    let real = app.confirm_with(&mine, &shop, "psp-real-42").await;
     assert_second_payment(&real, &first.body, "buyer-made-up", None);
     // Compared exactly: the empty reference and a case change are others.
     for other in ["", "BUYER-MADE-UP", "buyer-made-up "] {
-        let a = confirm_with(&app, &mine, &alice, other).await;
+        let a = app.confirm_with(&mine, &alice, other).await;
         assert_second_payment(&a, &first.body, "buyer-made-up", None);
     }
 
@@ -189,9 +176,9 @@ async fn a_second_payment_is_409_already_confirmed_live_and_archived() {
         .as_str()
         .unwrap()
         .to_string();
-    let by_shop = confirm_with(&app, &theirs, &shop, "psp-1").await;
+    let by_shop = app.confirm_with(&theirs, &shop, "psp-1").await;
     assert_eq!(by_shop.status, 200, "{}", by_shop.body);
-    let a = confirm_with(&app, &theirs, &shop, "psp-2").await;
+    let a = app.confirm_with(&theirs, &shop, "psp-2").await;
     assert_second_payment(&a, &by_shop.body, "psp-1", Some("shop"));
 
     // Postgres keeps the first reference of each.
@@ -201,15 +188,15 @@ async fn a_second_payment_is_409_already_confirmed_live_and_archived() {
 
     // The same from Postgres once the sale is archived.
     app.wait_archived(&sale, Duration::from_secs(30)).await;
-    let again = confirm_with(&app, &mine, &alice, "buyer-made-up").await;
+    let again = app.confirm_with(&mine, &alice, "buyer-made-up").await;
     assert_eq!(again.status, 200, "{}", again.body);
     assert_eq!(again.body["order_id"], first.body["order_id"]);
-    let real = confirm_with(&app, &mine, &shop, "psp-real-42").await;
+    let real = app.confirm_with(&mine, &shop, "psp-real-42").await;
     assert_second_payment(&real, &first.body, "buyer-made-up", None);
-    let a = confirm_with(&app, &theirs, &alice, "").await;
+    let a = app.confirm_with(&theirs, &alice, "").await;
     assert_second_payment(&a, &by_shop.body, "psp-1", Some("shop"));
     // An admin releases; it never confirms, live or archived.
-    confirm_with(&app, &mine, &app.admin(), "buyer-made-up")
+    app.confirm_with(&mine, &app.admin(), "buyer-made-up")
         .await
         .assert_problem(403, "forbidden");
     app.shutdown().await.unwrap();
@@ -224,7 +211,7 @@ async fn an_admins_confirm_is_403_and_changes_nothing() {
         .as_str()
         .unwrap()
         .to_string();
-    confirm_with(&app, &rid, &app.admin(), "x")
+    app.confirm_with(&rid, &app.admin(), "x")
         .await
         .assert_problem(403, "forbidden");
     let s = app.stock(&sale).await;
@@ -266,15 +253,13 @@ async fn format_characters_are_refused_in_names_skus_and_payment_refs() {
         .unwrap()
         .to_string();
     for text in bad {
-        confirm_with(&app, &rid, &alice, text)
+        app.confirm_with(&rid, &alice, text)
             .await
             .assert_problem(422, "invalid_request");
     }
     assert_eq!(app.stock(&sale).await.held, 1, "still held");
     assert_eq!(
-        confirm_with(&app, &rid, &alice, "ref\u{200D}1")
-            .await
-            .status,
+        app.confirm_with(&rid, &alice, "ref\u{200D}1").await.status,
         200
     );
     app.shutdown().await.unwrap();
@@ -337,28 +322,12 @@ async fn request_ids_are_kept_only_when_plain_and_ours_reveal_no_count() {
     app.shutdown().await.unwrap();
 }
 
-/// How many times the private server ran `command` (INFO commandstats).
-async fn calls(redis: &PrivateRedis, command: &str) -> u64 {
-    let client = redis::Client::open(redis.url()).unwrap();
-    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
-    let info: String = redis::cmd("INFO")
-        .arg("commandstats")
-        .query_async(&mut conn)
-        .await
-        .unwrap();
-    info.lines()
-        .find_map(|l| l.strip_prefix(&format!("cmdstat_{command}:calls=")))
-        .and_then(|rest| rest.split(',').next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_burst_of_readyz_asks_redis_at_most_once_a_second() {
     let redis = PrivateRedis::start();
     let app = TestApp::builder().without_worker().on(&redis).spawn().await;
     assert_eq!(app.get("/readyz", None).await.status, 200);
-    let before = calls(&redis, "ping").await;
+    let before = redis.calls("ping").await;
     let started = std::time::Instant::now();
     let mut asked = 0;
     while started.elapsed() < Duration::from_secs(3) {
@@ -369,7 +338,7 @@ async fn a_burst_of_readyz_asks_redis_at_most_once_a_second() {
             asked += 1;
         }
     }
-    let pings = calls(&redis, "ping").await - before;
+    let pings = redis.calls("ping").await - before;
     let secs = started.elapsed().as_secs() + 1;
     // At most one probe a second, plus the gateway's own service watch
     // (every 2 s), which pings as well.

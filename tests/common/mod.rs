@@ -491,11 +491,15 @@ impl TestApp {
     }
 
     pub async fn confirm(&self, rid: &str, token: &str) -> Answer {
+        self.confirm_with(rid, token, "pay-1").await
+    }
+
+    pub async fn confirm_with(&self, rid: &str, token: &str, payment_ref: &str) -> Answer {
         let res = self
             .http
             .post(self.url(&format!("/v1/reservations/{rid}/confirm")))
             .bearer_auth(token)
-            .json(&json!({ "payment_ref": "pay-1" }))
+            .json(&json!({ "payment_ref": payment_ref }))
             .send()
             .await
             .unwrap();
