@@ -55,6 +55,8 @@ echo "test: deploy/ (promtool)"
 bash scripts/check-deploy.sh
 echo "test: docs links"
 bash scripts/check-docs.sh
+echo "test: sqlx offline data"
+bash scripts/check-sqlx.sh
 
 echo "test: cargo test"
 cargo test --locked "$@"

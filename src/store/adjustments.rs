@@ -2,7 +2,6 @@
 //! Redis is touched and settled after.
 
 use sqlx::postgres::PgPool;
-use sqlx::Row;
 use std::time::Duration;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -79,21 +78,21 @@ async fn insert_adjustment(
     adj: &Adjustment,
     key: Option<&AdjustmentKey<'_>>,
 ) -> StoreResult<bool> {
-    let inserted = sqlx::query(
+    let inserted = sqlx::query!(
         "INSERT INTO sale_adjustments
              (id, sale_id, actor, stock_delta, ends_at, paused, state, idempotency_key, fingerprint)
          VALUES ($1, $2, $3, $4, $5, $6, 'pending', $7, $8)
          ON CONFLICT (sale_id, actor, idempotency_key) WHERE idempotency_key IS NOT NULL
          DO NOTHING",
+        adj.id,
+        adj.sale_id,
+        adj.actor,
+        adj.stock_delta,
+        adj.ends_at,
+        adj.paused,
+        key.map(|k| k.key),
+        key.map(|k| k.fingerprint),
     )
-    .bind(adj.id)
-    .bind(&adj.sale_id)
-    .bind(&adj.actor)
-    .bind(adj.stock_delta)
-    .bind(adj.ends_at)
-    .bind(adj.paused)
-    .bind(key.map(|k| k.key))
-    .bind(key.map(|k| k.fingerprint))
     .execute(db)
     .await?
     .rows_affected();
@@ -107,24 +106,21 @@ pub async fn keyed_adjustment(
     actor: &str,
     key: &str,
 ) -> StoreResult<Option<KeyedAdjustment>> {
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT id, fingerprint, state, outcome, response FROM sale_adjustments
          WHERE sale_id = $1 AND actor = $2 AND idempotency_key = $3",
+        sale_id,
+        actor,
+        key,
     )
-    .bind(sale_id)
-    .bind(actor)
-    .bind(key)
     .fetch_optional(db)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(KeyedAdjustment {
-        id: row.try_get("id")?,
-        fingerprint: row
-            .try_get::<Option<String>, _>("fingerprint")?
-            .unwrap_or_default(),
-        state: AdjustmentState::parse(row.try_get("state")?),
-        outcome: row.try_get("outcome")?,
-        response: row.try_get("response")?,
+    Ok(row.map(|row| KeyedAdjustment {
+        id: row.id,
+        fingerprint: row.fingerprint.unwrap_or_default(),
+        state: AdjustmentState::parse(&row.state),
+        outcome: row.outcome,
+        response: row.response,
     }))
 }
 
@@ -138,13 +134,13 @@ pub async fn rekey_adjustment(
     key: &AdjustmentKey<'_>,
 ) -> StoreResult<bool> {
     let mut tx = db.begin().await?;
-    let moved = sqlx::query(
+    let moved = sqlx::query!(
         "UPDATE sale_adjustments SET idempotency_key = NULL
          WHERE id = $1 AND idempotency_key = $2 AND state = 'rejected' AND outcome = $3",
+        voided,
+        key.key,
+        VOIDED,
     )
-    .bind(voided)
-    .bind(key.key)
-    .bind(VOIDED)
     .execute(&mut *tx)
     .await?
     .rows_affected();
@@ -184,15 +180,15 @@ pub async fn settle_adjustment(
         Settlement::Applied { before, after } => ("applied", before.clone(), after.clone(), None),
         Settlement::Rejected { outcome } => ("rejected", None, None, Some(*outcome)),
     };
-    sqlx::query(
+    sqlx::query!(
         "UPDATE sale_adjustments SET state = $2, before = $3, after = $4, outcome = $5
          WHERE id = $1 AND state = 'pending'",
+        id,
+        state,
+        before,
+        after,
+        outcome,
     )
-    .bind(id)
-    .bind(state)
-    .bind(before)
-    .bind(after)
-    .bind(outcome)
     .execute(db)
     .await?;
     Ok(())
@@ -201,11 +197,13 @@ pub async fn settle_adjustment(
 /// Keeps the answer of the call that applied a keyed adjustment, for its
 /// retries.
 pub async fn keep_response(db: &PgPool, id: Uuid, response: &serde_json::Value) -> StoreResult<()> {
-    sqlx::query("UPDATE sale_adjustments SET response = $2 WHERE id = $1 AND response IS NULL")
-        .bind(id)
-        .bind(response)
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE sale_adjustments SET response = $2 WHERE id = $1 AND response IS NULL",
+        id,
+        response,
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
 
@@ -215,16 +213,15 @@ pub async fn pending_adjustments(
     sale_id: &str,
     min_age: Duration,
 ) -> StoreResult<Vec<Uuid>> {
-    let rows: Vec<(Uuid,)> = sqlx::query_as(
+    Ok(sqlx::query_scalar!(
         "SELECT id FROM sale_adjustments
          WHERE sale_id = $1 AND state = 'pending' AND at <= now() - $2 * interval '1 millisecond'
          ORDER BY at",
+        sale_id,
+        min_age.as_millis() as f64,
     )
-    .bind(sale_id)
-    .bind(min_age.as_millis() as f64)
     .fetch_all(db)
-    .await?;
-    Ok(rows.into_iter().map(|(id,)| id).collect())
+    .await?)
 }
 
 /// Ids of a sale's adjustments settled as applied, and as rejected.
@@ -232,17 +229,17 @@ pub async fn settled_adjustments(
     db: &PgPool,
     sale_id: &str,
 ) -> StoreResult<(Vec<String>, Vec<String>)> {
-    let rows: Vec<(Uuid, String)> = sqlx::query_as(
+    let rows = sqlx::query!(
         "SELECT id, state FROM sale_adjustments WHERE sale_id = $1 AND state <> 'pending'",
+        sale_id,
     )
-    .bind(sale_id)
     .fetch_all(db)
     .await?;
     let (mut applied, mut rejected) = (Vec::new(), Vec::new());
-    for (id, state) in rows {
-        match AdjustmentState::parse(&state) {
-            AdjustmentState::Applied => applied.push(id.to_string()),
-            _ => rejected.push(id.to_string()),
+    for row in rows {
+        match AdjustmentState::parse(&row.state) {
+            AdjustmentState::Applied => applied.push(row.id.to_string()),
+            _ => rejected.push(row.id.to_string()),
         }
     }
     Ok((applied, rejected))

@@ -91,7 +91,9 @@ pub async fn migrate(url: &str) -> StoreResult<()> {
 }
 
 pub async fn ping(db: &PgPool) -> StoreResult<()> {
-    sqlx::query("SELECT 1").execute(db).await?;
+    sqlx::query_scalar!("SELECT 1 AS ping")
+        .fetch_one(db)
+        .await?;
     Ok(())
 }
 

@@ -1,7 +1,7 @@
 //! The `orders` and `dead_letters` tables: what customers bought.
 
 use sqlx::postgres::PgPool;
-use sqlx::Row;
+use time::OffsetDateTime;
 
 use super::StoreResult;
 use crate::domain::NewOrder;
@@ -11,7 +11,7 @@ use crate::domain::NewOrder;
 /// retry never writes a second row. Returns the rows actually inserted.
 pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx::Error> {
     let col = |f: fn(&NewOrder) -> String| orders.iter().map(f).collect::<Vec<_>>();
-    let result = sqlx::query(
+    let result = sqlx::query!(
         "INSERT INTO orders (order_id, reservation_id, sale_id, customer_id, quantity,
                              price_cents, currency, payment_ref, confirmed_at, expires_at,
                              confirmed_by)
@@ -19,22 +19,22 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
                               $6::bigint[], $7::text[], $8::text[], $9::timestamptz[],
                               $10::timestamptz[], $11::text[])
          ON CONFLICT (reservation_id) DO NOTHING",
-    )
-    .bind(orders.iter().map(|o| o.order_id).collect::<Vec<_>>())
-    .bind(col(|o| o.reservation_id.clone()))
-    .bind(col(|o| o.sale_id.clone()))
-    .bind(col(|o| o.customer_id.clone()))
-    .bind(orders.iter().map(|o| o.quantity).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.price_cents).collect::<Vec<_>>())
-    .bind(col(|o| o.currency.clone()))
-    .bind(col(|o| o.payment_ref.clone()))
-    .bind(orders.iter().map(|o| o.confirmed_at).collect::<Vec<_>>())
-    .bind(orders.iter().map(|o| o.expires_at).collect::<Vec<_>>())
-    .bind(
-        orders
+        &orders.iter().map(|o| o.order_id).collect::<Vec<_>>(),
+        &col(|o| o.reservation_id.clone()),
+        &col(|o| o.sale_id.clone()),
+        &col(|o| o.customer_id.clone()),
+        &orders.iter().map(|o| o.quantity).collect::<Vec<_>>(),
+        &orders.iter().map(|o| o.price_cents).collect::<Vec<_>>(),
+        &col(|o| o.currency.clone()),
+        &col(|o| o.payment_ref.clone()),
+        &orders.iter().map(|o| o.confirmed_at).collect::<Vec<_>>(),
+        // Typed by hand: Postgres describes an array parameter's type but
+        // not whether its elements may be NULL, and these two may.
+        &orders.iter().map(|o| o.expires_at).collect::<Vec<_>>() as &[Option<OffsetDateTime>],
+        &orders
             .iter()
             .map(|o| o.confirmed_by.clone())
-            .collect::<Vec<_>>(),
+            .collect::<Vec<_>>() as &[Option<String>],
     )
     .execute(db)
     .await?;
@@ -44,37 +44,39 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
 /// Units ordered per customer (their confirmed purchases count against the
 /// per-customer limit after a rebuild).
 pub async fn units_per_customer(db: &PgPool, sale_id: &str) -> StoreResult<Vec<(String, i64)>> {
-    Ok(sqlx::query_as(
-        "SELECT customer_id, sum(quantity)::bigint FROM orders WHERE sale_id = $1 GROUP BY 1",
+    // `!`: a group has rows, and `quantity` is never NULL.
+    let rows = sqlx::query!(
+        r#"SELECT customer_id, sum(quantity)::bigint AS "units!"
+           FROM orders WHERE sale_id = $1 GROUP BY 1"#,
+        sale_id,
     )
-    .bind(sale_id)
     .fetch_all(db)
-    .await?)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.customer_id, r.units)).collect())
 }
 
 /// The order of a reservation, from Postgres.
 pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<NewOrder>> {
-    let row = sqlx::query(
+    let row = sqlx::query!(
         "SELECT order_id, reservation_id, sale_id, customer_id, quantity, price_cents, currency,
                 payment_ref, confirmed_at, expires_at, confirmed_by
          FROM orders WHERE reservation_id = $1",
+        reservation_id,
     )
-    .bind(reservation_id)
     .fetch_optional(db)
     .await?;
-    let Some(row) = row else { return Ok(None) };
-    Ok(Some(NewOrder {
-        order_id: row.try_get("order_id")?,
-        reservation_id: row.try_get("reservation_id")?,
-        sale_id: row.try_get("sale_id")?,
-        customer_id: row.try_get("customer_id")?,
-        quantity: row.try_get("quantity")?,
-        price_cents: row.try_get("price_cents")?,
-        currency: row.try_get("currency")?,
-        payment_ref: row.try_get("payment_ref")?,
-        confirmed_at: row.try_get("confirmed_at")?,
-        expires_at: row.try_get("expires_at")?,
-        confirmed_by: row.try_get("confirmed_by")?,
+    Ok(row.map(|row| NewOrder {
+        order_id: row.order_id,
+        reservation_id: row.reservation_id,
+        sale_id: row.sale_id,
+        customer_id: row.customer_id,
+        quantity: row.quantity,
+        price_cents: row.price_cents,
+        currency: row.currency,
+        payment_ref: row.payment_ref,
+        confirmed_at: row.confirmed_at,
+        expires_at: row.expires_at,
+        confirmed_by: row.confirmed_by,
     }))
 }
 
@@ -85,13 +87,13 @@ pub async fn keep_dead_letters(
     letters: &[(String, serde_json::Value)],
 ) -> StoreResult<()> {
     for (entry_id, fields) in letters {
-        sqlx::query(
+        sqlx::query!(
             "INSERT INTO dead_letters (sale_id, entry_id, fields) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
+            sale_id,
+            entry_id,
+            fields,
         )
-        .bind(sale_id)
-        .bind(entry_id)
-        .bind(fields)
         .execute(db)
         .await?;
     }

@@ -2,7 +2,7 @@
 //! seed and the counts kept past the sale.
 
 use sqlx::postgres::PgPool;
-use sqlx::Row;
+use sqlx::types::Json;
 
 use super::StoreResult;
 use crate::domain::WaitingRoomDef;
@@ -20,50 +20,55 @@ pub struct WaitingRoom {
     pub admitted: Option<u64>,
 }
 
-fn room_from_row(row: &sqlx::postgres::PgRow) -> Result<WaitingRoom, sqlx::Error> {
-    let seed: Option<String> = row.try_get("seed")?;
-    let sha: Option<String> = row.try_get("seed_sha256")?;
-    Ok(WaitingRoom {
-        sale_id: row.try_get("sale_id")?,
-        config: row
-            .try_get::<sqlx::types::Json<WaitingRoomDef>, _>("config")?
-            .0,
-        seed: seed.zip(sha),
-        members: row
-            .try_get::<Option<i64>, _>("members")?
-            .and_then(|m| u64::try_from(m).ok()),
-        admitted: row
-            .try_get::<Option<i64>, _>("admitted")?
-            .and_then(|m| u64::try_from(m).ok()),
-    })
+/// A room's row, as both queries that read rooms select it.
+struct RoomRow {
+    sale_id: String,
+    config: Json<WaitingRoomDef>,
+    seed: Option<String>,
+    seed_sha256: Option<String>,
+    members: Option<i64>,
+    admitted: Option<i64>,
 }
 
-const ROOM_COLUMNS: &str = "sale_id, config, seed, seed_sha256, members, admitted";
+impl From<RoomRow> for WaitingRoom {
+    fn from(row: RoomRow) -> WaitingRoom {
+        WaitingRoom {
+            sale_id: row.sale_id,
+            config: row.config.0,
+            seed: row.seed.zip(row.seed_sha256),
+            members: row.members.and_then(|m| u64::try_from(m).ok()),
+            admitted: row.admitted.and_then(|m| u64::try_from(m).ok()),
+        }
+    }
+}
 
 pub async fn waiting_room(db: &PgPool, sale_id: &str) -> StoreResult<Option<WaitingRoom>> {
-    let row = sqlx::query(&format!(
-        "SELECT {ROOM_COLUMNS} FROM sale_queues WHERE sale_id = $1"
-    ))
-    .bind(sale_id)
+    let row = sqlx::query_as!(
+        RoomRow,
+        r#"SELECT sale_id, config AS "config: Json<WaitingRoomDef>", seed, seed_sha256,
+                  members, admitted
+           FROM sale_queues WHERE sale_id = $1"#,
+        sale_id,
+    )
     .fetch_optional(db)
     .await?;
-    Ok(row.as_ref().map(room_from_row).transpose()?)
+    Ok(row.map(WaitingRoom::from))
 }
 
 /// The rooms the worker tends: those of sales not archived that have not
 /// ended a day ago (their admissions may still be running late).
 pub async fn waiting_rooms_to_tend(db: &PgPool) -> StoreResult<Vec<WaitingRoom>> {
-    let rows = sqlx::query(&format!(
-        "SELECT {ROOM_COLUMNS} FROM sale_queues q JOIN sales s ON s.id = q.sale_id
-         WHERE s.archived_at IS NULL AND s.ends_at > now() - interval '1 day'
-         ORDER BY q.sale_id"
-    ))
+    let rows = sqlx::query_as!(
+        RoomRow,
+        r#"SELECT sale_id, config AS "config: Json<WaitingRoomDef>", seed, seed_sha256,
+                  members, admitted
+           FROM sale_queues q JOIN sales s ON s.id = q.sale_id
+           WHERE s.archived_at IS NULL AND s.ends_at > now() - interval '1 day'
+           ORDER BY q.sale_id"#
+    )
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .iter()
-        .map(room_from_row)
-        .collect::<Result<_, sqlx::Error>>()?)
+    Ok(rows.into_iter().map(WaitingRoom::from).collect())
 }
 
 /// Commits a seed for the room if it has none; returns the room as kept
@@ -74,13 +79,13 @@ pub async fn commit_seed(
     seed: &str,
     sha: &str,
 ) -> StoreResult<Option<WaitingRoom>> {
-    sqlx::query(
+    sqlx::query!(
         "UPDATE sale_queues SET seed = $2, seed_sha256 = $3, opened_at = now()
          WHERE sale_id = $1 AND seed IS NULL",
+        sale_id,
+        seed,
+        sha,
     )
-    .bind(sale_id)
-    .bind(seed)
-    .bind(sha)
     .execute(db)
     .await?;
     waiting_room(db, sale_id).await
@@ -94,12 +99,12 @@ pub async fn keep_members(
     members: u64,
 ) -> StoreResult<Option<WaitingRoom>> {
     let members = i64::try_from(members).unwrap_or(i64::MAX);
-    sqlx::query(
+    sqlx::query!(
         "UPDATE sale_queues SET members = $2, sealed_at = now()
          WHERE sale_id = $1 AND members IS NULL AND seed IS NOT NULL",
+        sale_id,
+        members,
     )
-    .bind(sale_id)
-    .bind(members)
     .execute(db)
     .await?;
     waiting_room(db, sale_id).await
@@ -113,13 +118,15 @@ pub async fn set_waiting_room(
     sale_id: &str,
     config: &WaitingRoomDef,
 ) -> StoreResult<bool> {
-    let changed = sqlx::query(
+    // `as _`: the room goes in through its own `Json` encoding, where the
+    // macros expect a `serde_json::Value`.
+    let changed = sqlx::query!(
         "INSERT INTO sale_queues (sale_id, config) VALUES ($1, $2)
          ON CONFLICT (sale_id) DO UPDATE SET config = EXCLUDED.config
          WHERE sale_queues.seed IS NULL OR sale_queues.config = EXCLUDED.config",
+        sale_id,
+        Json(config) as _,
     )
-    .bind(sale_id)
-    .bind(sqlx::types::Json(config))
     .execute(db)
     .await?
     .rows_affected();
@@ -128,10 +135,12 @@ pub async fn set_waiting_room(
 
 /// Keeps how many positions a room admitted, before Redis forgets it.
 pub async fn keep_admitted(db: &PgPool, sale_id: &str, admitted: u64) -> StoreResult<()> {
-    sqlx::query("UPDATE sale_queues SET admitted = $2 WHERE sale_id = $1")
-        .bind(sale_id)
-        .bind(i64::try_from(admitted).unwrap_or(i64::MAX))
-        .execute(db)
-        .await?;
+    sqlx::query!(
+        "UPDATE sale_queues SET admitted = $2 WHERE sale_id = $1",
+        sale_id,
+        i64::try_from(admitted).unwrap_or(i64::MAX),
+    )
+    .execute(db)
+    .await?;
     Ok(())
 }
