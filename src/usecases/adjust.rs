@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{to_ms, WaitingRoomDef};
+use crate::domain::{to_ms, SaleId, WaitingRoomDef};
 use crate::engine::{Adjusted, Change, Engine, EngineError, Refusal};
 use crate::store::{
     self, Adjustment, AdjustmentKey, AdjustmentState, KeyedAdjustment, Settlement, StoreError,
@@ -29,7 +29,7 @@ use crate::store::{
 /// One PATCH, validated.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    pub sale_id: &'a str,
+    pub sale_id: &'a SaleId,
     pub actor: &'a str,
     pub stock_delta: i64,
     pub ends_at: Option<OffsetDateTime>,
@@ -256,7 +256,7 @@ async fn replay(
 pub async fn settle_pending(
     engine: &Engine,
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     min_age: Duration,
 ) -> Result<(usize, usize), AdjustError> {
     let (mut applied, mut voided) = (0, 0);
