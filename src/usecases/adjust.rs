@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{to_ms, SaleId, WaitingRoomDef};
+use crate::domain::{to_ms, CustomerId, SaleId, WaitingRoomDef};
 use crate::engine::{Adjusted, Change, Engine, EngineError, Refusal};
 use crate::store::{
     self, Adjustment, AdjustmentKey, AdjustmentState, KeyedAdjustment, Settlement, StoreError,
@@ -30,7 +30,7 @@ use crate::store::{
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
     pub sale_id: &'a SaleId,
-    pub actor: &'a str,
+    pub actor: &'a CustomerId,
     pub stock_delta: i64,
     pub ends_at: Option<OffsetDateTime>,
     pub paused: Option<bool>,

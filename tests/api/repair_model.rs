@@ -329,7 +329,7 @@ impl Walk<'_> {
         let key = uuid::Uuid::new_v4().simple().to_string();
         let req = adjust::Request {
             sale_id: self.sale(),
-            actor: "ops",
+            actor: &customer_id("ops"),
             stock_delta: delta,
             ends_at: None,
             paused: None,
@@ -343,7 +343,7 @@ impl Walk<'_> {
             let first = tokio::spawn(async move {
                 let req = adjust::Request {
                     sale_id: &sale,
-                    actor: "ops",
+                    actor: &customer_id("ops"),
                     stock_delta: delta,
                     ends_at: None,
                     paused: None,
