@@ -299,17 +299,17 @@ async fn run_once(args: &Args, t: &mut Target, round: usize) -> anyhow::Result<R
         // Hold i goes to sale i % sales.
         let holds = (0..args.holds).filter(|i| i % args.sales == s).count();
         *holds_on.entry(node).or_default() += holds;
-        sales.push(def.id);
+        sales.push(support::sale_id(&def.id)?);
     }
     let engine = t.engine.clone();
     let (engine, sales) = (&engine, &sales);
 
     let before = snapshot(t).await?;
-    let held = std::sync::Mutex::new(vec![(String::new(), String::new()); args.holds]);
+    let held = std::sync::Mutex::new(vec![None; args.holds]);
     let held_ref = &held;
     let reserve = timed(args.holds, args.concurrency, |i| async move {
         let h = support::hold_one(engine, &sales[i % sales.len()], i).await?;
-        held_ref.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = h;
+        held_ref.lock().map_err(|_| anyhow::anyhow!("poisoned"))?[i] = Some(h);
         Ok(())
     })
     .await?;
@@ -317,7 +317,9 @@ async fn run_once(args: &Args, t: &mut Target, round: usize) -> anyhow::Result<R
     let held = held.into_inner().map_err(|_| anyhow::anyhow!("poisoned"))?;
     let held = &held;
     let confirm = timed(args.holds, args.concurrency, |i| async move {
-        let (rid, customer) = &held[i];
+        let Some((rid, customer)) = &held[i] else {
+            anyhow::bail!("hold {i} was not made");
+        };
         engine
             .confirm(&ConfirmRequest {
                 sale_id: &sales[i % sales.len()],

@@ -201,12 +201,12 @@ async fn run_once(args: &Args, t: &Target, round: usize) -> anyhow::Result<Run> 
         n,
         "confirm durability benchmark",
     );
-    let sale_id = def.id.as_str();
+    let sale_id = &support::sale_id(&def.id)?;
     engine.create_sale(&def).await?;
 
     // Not timed: the holds to confirm.
     let started = Instant::now();
-    let holds: Vec<(String, String)> = futures::stream::iter(0..n)
+    let holds: Vec<_> = futures::stream::iter(0..n)
         .map(|i| support::hold_one(engine, sale_id, i))
         .buffer_unordered(args.reserve_concurrency)
         .try_collect()

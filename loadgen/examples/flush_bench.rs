@@ -47,7 +47,7 @@ use futures::{StreamExt, TryStreamExt};
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef};
+use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef, SaleId};
 use flashsale::engine::Engine;
 use flashsale::store::{self, NewOrder};
 use flashsale::usecases::flush::Flusher;
@@ -282,7 +282,7 @@ async fn flush_case(
         n,
         "outbox flush benchmark",
     );
-    let sale_id = def.id.clone();
+    let sale_id = support::sale_id(&def.id)?;
     // Postgres first (orders reference sales), then Redis, as the API does.
     store::insert_sale(db, &def).await?;
     engine.create_sale(&def).await?;
@@ -290,7 +290,7 @@ async fn flush_case(
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
-            let sale_id = sale_id.as_str();
+            let sale_id = &sale_id;
             async move {
                 let (rid, customer) = support::hold_one(engine, sale_id, i).await?;
                 engine
@@ -365,7 +365,7 @@ async fn flush_case(
 }
 
 /// Calls `flush_sale` until a call finds nothing; returns (orders, dead).
-async fn drain(outbox: &Flusher, sale_id: &str) -> anyhow::Result<(usize, usize)> {
+async fn drain(outbox: &Flusher, sale_id: &SaleId) -> anyhow::Result<(usize, usize)> {
     let (mut flushed, mut dead) = (0, 0);
     loop {
         let done = outbox.flush_sale(sale_id, false).await?;

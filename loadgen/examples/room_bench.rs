@@ -30,7 +30,7 @@ use anyhow::{ensure, Context};
 use clap::Parser;
 use futures::{StreamExt, TryStreamExt};
 
-use flashsale::domain::WaitingRoomDef;
+use flashsale::domain::{CustomerId, SaleId, WaitingRoomDef};
 use flashsale::engine::ops::waiting_room::Joined;
 use flashsale::engine::{Engine, ReserveRequest};
 
@@ -71,7 +71,7 @@ async fn evalsha(engine: &Engine) -> anyhow::Result<(u64, u64)> {
 /// Timed reserves, one per buyer: (per second, Redis usec per reserve).
 async fn reserves(
     engine: &Engine,
-    sale: &str,
+    sale: &SaleId,
     tokens: Option<&[String]>,
     args: &Args,
 ) -> anyhow::Result<(f64, f64)> {
@@ -79,7 +79,7 @@ async fn reserves(
     let started = Instant::now();
     futures::stream::iter(0..args.buyers)
         .map(|i| async move {
-            let customer = format!("c{i}");
+            let customer = CustomerId::parse(format!("c{i}")).context("customer id")?;
             engine
                 .reserve(&ReserveRequest {
                     sale_id: sale,
@@ -107,11 +107,11 @@ async fn round(
     room_first: bool,
 ) -> anyhow::Result<[f64; 5]> {
     let n = args.buyers;
-    let plain = format!("plain-{}", support::short_id());
+    let plain = support::sale_id(&format!("plain-{}", support::short_id()))?;
     engine
         .create_sale(&support::sale_def(&plain, n, "no room"))
         .await?;
-    let roomed = format!("room-{}", support::short_id());
+    let roomed = support::sale_id(&format!("room-{}", support::short_id()))?;
     let mut def = support::sale_def(&roomed, n, "behind a room");
     let queue = WaitingRoomDef {
         opens_at: def.starts_at - time::Duration::minutes(1),
@@ -140,10 +140,11 @@ async fn round(
         .await?;
 
     let started = Instant::now();
-    let room_id = roomed.as_str();
+    let room_id = &roomed;
     let tickets: Vec<(usize, u64)> = futures::stream::iter(0..n)
         .map(|i| async move {
-            match engine.join_waiting_room(room_id, &format!("c{i}")).await? {
+            let customer = CustomerId::parse(format!("c{i}")).context("customer id")?;
+            match engine.join_waiting_room(room_id, &customer).await? {
                 Joined::New(t) => Ok((i, t.number)),
                 other => anyhow::bail!("join of c{i}: {other:?}"),
             }

@@ -105,19 +105,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
     println!("| holds | Redis memory | reserve | confirm | expire | inspect | recount | rebuild (surviving) | baseline: recount reading every record |");
     println!("|---|---|---|---|---|---|---|---|---|");
     for &size in &args.sizes {
-        let sale = format!("s-{}", support::short_id());
+        let sale = support::sale_id(&format!("s-{}", support::short_id()))?;
         let def = support::sale_def(&sale, size + args.sample, "size bench");
         engine.create_sale(&def).await?;
         let before = memory(&engine).await?;
         let fill = size - args.sample;
-        let mut holds: Vec<(String, String)> = futures::stream::iter(0..fill)
+        let mut holds: Vec<_> = futures::stream::iter(0..fill)
             .map(|i| support::hold_one(&engine, &sale, i))
             .buffer_unordered(args.concurrency)
             .try_collect()
             .await?;
         // The last `sample` reserves are the measured ones.
         reset(&mut conn).await?;
-        let last: Vec<(String, String)> = futures::stream::iter(fill..size)
+        let last: Vec<_> = futures::stream::iter(fill..size)
             .map(|i| support::hold_one(&engine, &sale, i))
             .buffer_unordered(args.concurrency)
             .try_collect()
@@ -144,7 +144,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             redis::cmd("ZADD")
                 .arg(&due)
                 .arg(0)
-                .arg(rid)
+                .arg(rid.as_str())
                 .query_async::<()>(&mut conn)
                 .await?;
         }

@@ -64,8 +64,8 @@ impl Identity {
 
     /// The customer whose reservations alone this caller may see: `None`
     /// for an admin or a service, who see any.
-    pub fn owner_scope(&self) -> Option<&str> {
-        (self.role == Role::Customer).then_some(self.subject.as_str())
+    pub fn owner_scope(&self) -> Option<&CustomerId> {
+        (self.role == Role::Customer).then_some(&self.subject)
     }
 }
 

@@ -4,6 +4,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::one_shot;
 use crate::config::Settings;
+use crate::domain::SaleId;
 
 pub(super) async fn reconcile(
     settings: &Settings,
@@ -28,7 +29,11 @@ pub(super) async fn reconcile(
     let now = std::time::Duration::ZERO;
     let run = async {
         let mut reports = Vec::new();
-        for def in rc::sales(&db, only).await? {
+        // Not an id: no sale has it, as for any id Postgres does not hold.
+        let only = only
+            .map(|id| SaleId::parse(id).ok_or_else(|| rc::ReconcileError::UnknownSale(id.into())))
+            .transpose()?;
+        for def in rc::sales(&db, only.as_ref()).await? {
             let report = if rebuild {
                 let stock = rc::rebuild(&engine, &db, &outbox, &def).await?;
                 let mut r = rc::inspect(&engine, &db, &def, now).await?;
@@ -47,7 +52,7 @@ pub(super) async fn reconcile(
             };
             // Only a repair reads the outbox; it leaves no consumer behind.
             if rebuild || apply {
-                outbox.leave(&def.id).await?;
+                outbox.leave(&rc::sale_id(&def)?).await?;
             }
             report.export();
             reports.push(report);

@@ -21,13 +21,25 @@ macro_rules! checked_id {
         impl $name {
             /// The id, if it is one.
             pub fn parse(text: impl Into<String>) -> Option<$name> {
-                let text = text.into();
-                let valid: fn(&str) -> bool = $valid;
-                valid(&text).then_some($name(text))
+                $name::try_from(text.into()).ok()
             }
 
             pub fn as_str(&self) -> &str {
                 &self.0
+            }
+        }
+
+        /// The id, or the text back if it is not one (for text read from a
+        /// store, where a bad id is corruption to report with its text).
+        impl TryFrom<String> for $name {
+            type Error = String;
+            fn try_from(text: String) -> Result<$name, String> {
+                let valid: fn(&str) -> bool = $valid;
+                if valid(&text) {
+                    Ok($name(text))
+                } else {
+                    Err(text)
+                }
             }
         }
 

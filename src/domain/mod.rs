@@ -18,7 +18,7 @@ pub use ids::{
 pub use input::{plain_text, present, present_rfc3339, present_whole, whole};
 pub use reservation::{NewOrder, Order, Reservation, ReservationStatus};
 pub use sale::{
-    in_years, Sale, SaleDef, SaleInput, SaleStatus, Stock, Window, MAX_PRICE_CENTS, MAX_UNITS,
-    YEARS,
+    in_years, Sale, SaleDef, SaleInput, SaleStatus, Stock, Window, BAD_SALE_ID, MAX_PRICE_CENTS,
+    MAX_UNITS, YEARS,
 };
 pub use waiting_room::{WaitingRoomDef, WaitingRoomInput};

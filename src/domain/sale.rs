@@ -102,6 +102,8 @@ pub fn in_years(t: OffsetDateTime) -> bool {
     (2000..=2999).contains(&t.year())
 }
 
+pub const BAD_SALE_ID: &str = "`id` must match [a-z0-9_-]{1,64}";
+
 pub const YEARS: &str = "`starts_at` and `ends_at` must be between the years 2000 and 2999";
 
 impl SaleInput {
@@ -110,7 +112,7 @@ impl SaleInput {
     pub fn validate(self, new_id: impl FnOnce() -> String) -> Result<SaleDef, String> {
         let id = match self.id {
             Some(id) if !valid_sale_id(&id) => {
-                return Err("`id` must match [a-z0-9_-]{1,64}".into());
+                return Err(BAD_SALE_ID.into());
             }
             Some(id) => id,
             None => new_id(),

@@ -31,7 +31,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use tokio::sync::watch;
 
 use super::{Engine, EngineError, EngineResult, Refusal};
-use crate::domain::Sale;
+use crate::domain::{Sale, SaleId};
 
 /// The longest a public reader may be shown figures of the past.
 pub const EVERY: Duration = Duration::from_millis(100);
@@ -156,7 +156,7 @@ impl<T> Slot<T> {
 struct Inner {
     // std Mutexes: held to look up or update a slot, never across an await.
     sales: Mutex<HashMap<String, Slot<Sale>>>,
-    registry: Mutex<Option<Slot<Vec<String>>>>,
+    registry: Mutex<Option<Slot<Vec<SaleId>>>>,
     channels: Mutex<HashMap<String, Channel>>,
     swept: Mutex<Option<Instant>>,
 }
@@ -172,7 +172,7 @@ impl Live {
     pub async fn sale(
         &self,
         engine: &Engine,
-        sale_id: &str,
+        sale_id: &SaleId,
         reader: Option<IpAddr>,
     ) -> EngineResult<Arc<Sale>> {
         let now = Instant::now();
@@ -185,7 +185,7 @@ impl Live {
                 .entry(sale_id.to_string())
                 .or_insert_with(|| Slot::new(now));
             slot.lookup(now, reader, || {
-                let (engine, id) = (engine.clone(), sale_id.to_string());
+                let (engine, id) = (engine.clone(), sale_id.clone());
                 async move { engine.sale(&id).await.map(Arc::new).map_err(Failure::from) }.boxed()
             })
         };
@@ -194,7 +194,7 @@ impl Live {
             Err((started, pending)) => {
                 let got = pending.await;
                 if let Ok(mut sales) = self.inner.sales.lock() {
-                    if let Some(slot) = sales.get_mut(sale_id) {
+                    if let Some(slot) = sales.get_mut(sale_id.as_str()) {
                         slot.settle(started, &got);
                     }
                 }
@@ -227,7 +227,7 @@ impl Live {
         Ok(sales)
     }
 
-    async fn sale_ids(&self, engine: &Engine) -> EngineResult<Arc<Vec<String>>> {
+    async fn sale_ids(&self, engine: &Engine) -> EngineResult<Arc<Vec<SaleId>>> {
         let now = Instant::now();
         let found = {
             let Ok(mut registry) = self.inner.registry.lock() else {
@@ -258,11 +258,11 @@ impl Live {
 
     /// `ip` wrote to the sale through this gateway: its next reads of the
     /// sale see figures read after now.
-    pub fn wrote(&self, sale_id: &str, ip: IpAddr) {
+    pub fn wrote(&self, sale_id: &SaleId, ip: IpAddr) {
         let now = Instant::now();
         if let Ok(mut sales) = self.inner.sales.lock() {
             // A sale nobody reads through the view needs no note.
-            if let Some(slot) = sales.get_mut(sale_id) {
+            if let Some(slot) = sales.get_mut(sale_id.as_str()) {
                 slot.wrote(ip, now);
             }
         }
@@ -302,22 +302,26 @@ impl Live {
 
     /// A receiver of the sale's latest snapshot (`None` until the first
     /// poll). Starts the sale's poller if nobody watched it yet.
-    pub fn subscribe(&self, engine: &Engine, sale_id: &str) -> watch::Receiver<Option<Arc<Sale>>> {
+    pub fn subscribe(
+        &self,
+        engine: &Engine,
+        sale_id: &SaleId,
+    ) -> watch::Receiver<Option<Arc<Sale>>> {
         let Ok(mut channels) = self.inner.channels.lock() else {
             // A poisoned map: give a channel that never changes.
             return watch::channel(None).1;
         };
-        if let Some(tx) = channels.get(sale_id) {
+        if let Some(tx) = channels.get(sale_id.as_str()) {
             return tx.subscribe();
         }
         let (tx, rx) = watch::channel(None);
         channels.insert(sale_id.to_string(), tx.clone());
-        tokio::spawn(poll(self.clone(), engine.clone(), sale_id.to_string(), tx));
+        tokio::spawn(poll(self.clone(), engine.clone(), sale_id.clone(), tx));
         rx
     }
 }
 
-async fn poll(live: Live, engine: Engine, sale_id: String, tx: Channel) {
+async fn poll(live: Live, engine: Engine, sale_id: SaleId, tx: Channel) {
     let mut every = tokio::time::interval(EVERY);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -327,7 +331,7 @@ async fn poll(live: Live, engine: Engine, sale_id: String, tx: Channel) {
         if tx.receiver_count() == 0 {
             if let Ok(mut channels) = live.inner.channels.lock() {
                 if tx.receiver_count() == 0 {
-                    channels.remove(&sale_id);
+                    channels.remove(sale_id.as_str());
                     return;
                 }
             }

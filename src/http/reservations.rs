@@ -13,7 +13,7 @@ use super::error::ApiError;
 use super::extract::{AdmissionToken, Body, IdempotencyKey};
 use super::read_view::{Noted, Wrote};
 use super::AppState;
-use crate::domain::{Order, Reservation, ReservationId, SaleId};
+use crate::domain::{CustomerId, Order, Reservation, ReservationId, SaleId};
 use crate::engine::{ConfirmRequest, Extension, ReserveRequest, ServiceConfirm};
 
 /// An empty body asks for one unit.
@@ -133,7 +133,7 @@ pub async fn get(
     Limited(caller): Limited,
     rid: ReservationId,
 ) -> Result<Json<ReservationView>, ApiError> {
-    let sale = rid.sale();
+    let sale = &rid.sale_id();
     let owner = caller.owner_scope();
     let (reservation, order) = match state.engine.reservation(sale, &rid, owner).await {
         Err(e) if crate::usecases::archive::not_in_redis(&e) => {
@@ -196,7 +196,7 @@ pub async fn confirm(
     Noted(
         Wrote::Sale(rid.sale_id()),
         async move {
-            let sale = rid.sale();
+            let sale = &rid.sale_id();
             if body.payment_ref.chars().count() > 128
                 || !crate::domain::plain_text(&body.payment_ref)
             {
@@ -310,7 +310,7 @@ pub async fn extend(
             "`seconds` must be 1 to {MAX_EXTEND_SECONDS}"
         )));
     }
-    match state.engine.extend(rid.sale(), &rid, body.seconds).await? {
+    match state.engine.extend(&rid.sale_id(), &rid, body.seconds).await? {
         Extension::Extended(reservation) => Ok(Json(reservation)),
         Extension::PastLimit { latest } => Err(ApiError::InvalidRequest(format!(
             "a hold lives at most twice the sale's hold_seconds: its deadline can move to {} at the latest",
@@ -325,9 +325,9 @@ pub async fn extend(
 /// sale answers from its order; anything else keeps the engine's refusal.
 async fn archived(
     state: &AppState,
-    sale: &str,
-    rid: &str,
-    owner: Option<&str>,
+    sale: &SaleId,
+    rid: &ReservationId,
+    owner: Option<&CustomerId>,
     not_found: crate::engine::EngineError,
 ) -> Result<(Reservation, Order), ApiError> {
     super::db_call(
@@ -360,7 +360,7 @@ pub async fn release(
     Noted(
         Wrote::Sale(rid.sale_id()),
         async move {
-            let sale = rid.sale();
+            let sale = &rid.sale_id();
             Ok(Json(
                 state
                     .engine

@@ -17,7 +17,7 @@ use super::read_view::{Noted, Wrote};
 use super::{db_call, AppState};
 use crate::domain::{
     present, present_rfc3339, present_whole, valid_sale_id, Sale, SaleId, SaleInput,
-    WaitingRoomInput, MAX_UNITS,
+    WaitingRoomInput, BAD_SALE_ID, MAX_UNITS,
 };
 use crate::usecases::{adjust, schedule};
 
@@ -68,7 +68,9 @@ pub async fn create(
                 }
                 schedule::Outcome::Unchanged => StatusCode::OK,
             };
-            Ok((status, Json(state.engine.sale(&def.id).await?)))
+            let id = SaleId::try_from(def.id.clone())
+                .map_err(|_| ApiError::InvalidRequest(BAD_SALE_ID.into()))?;
+            Ok((status, Json(state.engine.sale(&id).await?)))
         }
         .await,
     )
@@ -196,7 +198,7 @@ pub async fn get(
 /// A sale Redis no longer holds: archived, it answers from Postgres.
 pub(super) async fn archived(
     state: &AppState,
-    id: &str,
+    id: &SaleId,
     not_found: crate::engine::EngineError,
 ) -> Result<Sale, ApiError> {
     super::db_call(state, crate::usecases::archive::sale(&state.db, id))

@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-use crate::domain::{to_ms, WaitingRoomDef};
+use crate::domain::{to_ms, CustomerId, SaleId, WaitingRoomDef};
 use crate::engine::{Adjusted, Change, Engine, EngineError, Refusal};
 use crate::store::{
     self, Adjustment, AdjustmentKey, AdjustmentState, KeyedAdjustment, Settlement, StoreError,
@@ -29,8 +29,8 @@ use crate::store::{
 /// One PATCH, validated.
 #[derive(Debug, Clone)]
 pub struct Request<'a> {
-    pub sale_id: &'a str,
-    pub actor: &'a str,
+    pub sale_id: &'a SaleId,
+    pub actor: &'a CustomerId,
     pub stock_delta: i64,
     pub ends_at: Option<OffsetDateTime>,
     pub paused: Option<bool>,
@@ -256,7 +256,7 @@ async fn replay(
 pub async fn settle_pending(
     engine: &Engine,
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     min_age: Duration,
 ) -> Result<(usize, usize), AdjustError> {
     let (mut applied, mut voided) = (0, 0);

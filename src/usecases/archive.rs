@@ -21,7 +21,10 @@ use std::time::Duration;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::domain::{rfc3339_ms, Order, Reservation, ReservationStatus, Sale, Stock};
+use crate::domain::{
+    rfc3339_ms, CustomerId, Order, Reservation, ReservationId, ReservationStatus, Sale, SaleId,
+    Stock,
+};
 use crate::engine::{Engine, EngineError};
 use crate::store::{self, StoreError};
 use crate::usecases::reconcile::{self, ReconcileError};
@@ -42,7 +45,8 @@ pub async fn archive_due(
             continue;
         }
         let report = reconcile::inspect(engine, db, &def, Duration::ZERO).await?;
-        let closed_before = store::closed_sale(db, &def.id).await?.is_some();
+        let id = reconcile::sale_id(&def)?;
+        let closed_before = store::closed_sale(db, &id).await?.is_some();
         if report.redis.is_none() && !closed_before {
             continue; // lost, not archived: reconcile names it
         }
@@ -56,21 +60,21 @@ pub async fn archive_due(
             {
                 continue;
             }
-            let copied = copy_dead_letters(engine, db, &def.id).await?;
-            let Some(last) = engine.archive(&def.id, copied).await? else {
+            let copied = copy_dead_letters(engine, db, &id).await?;
+            let Some(last) = engine.archive(&id, copied).await? else {
                 continue; // not over (held units, orders waiting)
             };
-            store::keep_final(db, &def.id, last.total, last.sold).await?;
+            store::keep_final(db, &id, last.total, last.sold).await?;
             if def.queue.is_some() {
                 // The room's public view answers from Postgres after this.
-                match engine.waiting_room(&def.id, None).await {
-                    Ok(room) => store::keep_admitted(db, &def.id, room.admitted).await?,
+                match engine.waiting_room(&id, None).await {
+                    Ok(room) => store::keep_admitted(db, &id, room.admitted).await?,
                     // A room Redis lost (reconcile names it): nothing to keep.
                     Err(e) if crate::engine::ops::waiting_room::is_missing(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            engine.remove_sale(&def.id).await?;
+            engine.remove_sale(&id).await?;
         }
         store::mark_archived(db, &def.id).await?;
         crate::metrics::archived();
@@ -100,7 +104,7 @@ async fn forget_archived(db: &PgPool) -> Result<(), StoreError> {
 async fn copy_dead_letters(
     engine: &Engine,
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
 ) -> Result<usize, ReconcileError> {
     let mut after = "-".to_string();
     let mut copied = 0;
@@ -128,7 +132,7 @@ async fn copy_dead_letters(
 }
 
 /// A sale that left Redis, as its final figures in Postgres show it.
-pub async fn sale(db: &PgPool, id: &str) -> Result<Option<Sale>, StoreError> {
+pub async fn sale(db: &PgPool, id: &SaleId) -> Result<Option<Sale>, StoreError> {
     let Some((def, total, sold)) = store::closed_sale(db, id).await? else {
         return Ok(None);
     };
@@ -153,9 +157,9 @@ pub async fn sale(db: &PgPool, id: &str) -> Result<Option<Sale>, StoreError> {
 /// is the customer who must own it (`None`: an admin or a service).
 pub async fn reservation(
     db: &PgPool,
-    sale_id: &str,
-    reservation_id: &str,
-    owner: Option<&str>,
+    sale_id: &SaleId,
+    reservation_id: &ReservationId,
+    owner: Option<&CustomerId>,
 ) -> Result<Option<(Reservation, Order)>, StoreError> {
     if store::closed_sale(db, sale_id).await?.is_none() {
         return Ok(None);
@@ -163,7 +167,7 @@ pub async fn reservation(
     let Some(o) = store::order_of(db, reservation_id).await? else {
         return Ok(None);
     };
-    if o.sale_id != sale_id || owner.is_some_and(|c| c != o.customer_id) {
+    if o.sale_id != sale_id.as_str() || owner.is_some_and(|c| c.as_str() != o.customer_id) {
         return Ok(None);
     }
     let quantity = u32::try_from(o.quantity).unwrap_or(0);

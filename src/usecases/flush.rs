@@ -20,6 +20,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::domain::SaleId;
 use crate::engine::ops::outbox::{Delivery, Entry};
 use crate::engine::{Engine, EngineError};
 use crate::store::{self, NewOrder};
@@ -101,14 +102,14 @@ impl Flusher {
     }
 
     /// Removes this consumer from the sale's group if it holds nothing.
-    pub async fn leave(&self, sale_id: &str) -> Result<bool, FlushError> {
+    pub async fn leave(&self, sale_id: &SaleId) -> Result<bool, FlushError> {
         Ok(self.engine.outbox_leave(sale_id, &self.consumer).await?)
     }
 
     /// Flushes everything this worker can take from one sale's outbox:
     /// its own pending entries, then idle entries of dead consumers (when
     /// `claim` is set), then new ones, batch by batch until none are left.
-    pub async fn flush_sale(&self, sale_id: &str, claim: bool) -> Result<Flushed, FlushError> {
+    pub async fn flush_sale(&self, sale_id: &SaleId, claim: bool) -> Result<Flushed, FlushError> {
         let mut total = Flushed::default();
         let mut sources = vec![Delivery::Own];
         if claim {
@@ -154,7 +155,7 @@ impl Flusher {
 
     /// Writes a batch, then acknowledges it. Returns without acknowledging
     /// anything when Postgres does not answer: the entries stay pending.
-    async fn write(&self, sale_id: &str, entries: Vec<Entry>) -> Result<Flushed, FlushError> {
+    async fn write(&self, sale_id: &SaleId, entries: Vec<Entry>) -> Result<Flushed, FlushError> {
         let started = Instant::now();
         let mut good: Vec<(&Entry, NewOrder)> = Vec::with_capacity(entries.len());
         let mut dead: Vec<(&Entry, String)> = Vec::new();
@@ -206,7 +207,7 @@ impl Flusher {
     }
 
     /// Entries not yet in Postgres (delivered or not) and dead letters.
-    pub async fn backlog(&self, sale_id: &str) -> Result<(u64, u64), FlushError> {
+    pub async fn backlog(&self, sale_id: &SaleId) -> Result<(u64, u64), FlushError> {
         Ok(self.engine.outbox_backlog(sale_id).await?)
     }
 }

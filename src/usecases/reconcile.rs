@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde::Serialize;
 use sqlx::PgPool;
 
-use crate::domain::{to_ms, SaleDef, Stock};
+use crate::domain::{to_ms, SaleDef, SaleId, Stock};
 use crate::engine::{Engine, EngineError, Inspection, Known, Rebuilt, Recounted, Restore};
 use crate::store::{self, Ledger, StoreError};
 use crate::usecases::adjust::{self, AdjustError};
@@ -112,6 +112,8 @@ pub enum ReconcileError {
     Adjust(#[from] AdjustError),
     #[error("no sale `{0}` in Postgres")]
     UnknownSale(String),
+    #[error("Postgres holds `{0}` as a sale id, which is not one")]
+    CorruptId(String),
     #[error("{0}")]
     Refused(String),
 }
@@ -136,17 +138,18 @@ pub async fn inspect(
     def: &SaleDef,
     settle_age: Duration,
 ) -> Result<SaleReport, ReconcileError> {
-    adjust::settle_pending(engine, db, &def.id, settle_age).await?;
-    let in_flight = !store::pending_adjustments(db, &def.id, Duration::ZERO)
+    let id = sale_id(def)?;
+    adjust::settle_pending(engine, db, &id, settle_age).await?;
+    let in_flight = !store::pending_adjustments(db, &id, Duration::ZERO)
         .await?
         .is_empty();
-    let redis = engine.inspect(&def.id, GRACE_MS).await?;
+    let redis = engine.inspect(&id, GRACE_MS).await?;
     let pg = store::ledger(db, def).await?;
     let mut drift = Vec::new();
-    if let Some(reason) = store::load_error(db, &def.id).await? {
+    if let Some(reason) = store::load_error(db, &id).await? {
         drift.push(Drift::LoadFailed { reason });
     }
-    let archived = redis.is_none() && store::closed_sale(db, &def.id).await?.is_some();
+    let archived = redis.is_none() && store::closed_sale(db, &id).await?.is_some();
     match &redis {
         None if archived => {}
         None => drift.push(Drift::MissingInRedis),
@@ -174,7 +177,7 @@ pub async fn inspect(
             }
             let sold_after = if pg.order_units > r.sold {
                 engine
-                    .inspect(&def.id, GRACE_MS)
+                    .inspect(&id, GRACE_MS)
                     .await?
                     .map_or(0, |later| later.sold)
             } else {
@@ -215,6 +218,7 @@ pub async fn apply(
     def: &SaleDef,
     report: SaleReport,
 ) -> Result<SaleReport, ReconcileError> {
+    let id = sale_id(def)?;
     let mut repairs = Vec::new();
     for d in &report.drift {
         match d {
@@ -229,7 +233,7 @@ pub async fn apply(
             Drift::HoldsNotReaped { .. } => {
                 let mut n = 0;
                 loop {
-                    let step = engine.expire_due(&def.id, 1000).await?;
+                    let step = engine.expire_due(&id, 1000).await?;
                     n += step.holds;
                     if !step.more_due {
                         break;
@@ -238,7 +242,7 @@ pub async fn apply(
                 repairs.push(format!("returned {n} overdue holds to stock"));
             }
             Drift::OrdersNotInPostgres { .. } => {
-                let done = outbox.flush_sale(&def.id, true).await?;
+                let done = outbox.flush_sale(&id, true).await?;
                 repairs.push(format!("flushed {} orders to Postgres", done.orders));
             }
             _ => {}
@@ -296,9 +300,10 @@ const ROUNDS: usize = 5;
 /// Recounts the sale's counters (see `lua/recount.lua`): never below any
 /// figure Postgres or Redis knows. Returns what it did, in words.
 async fn recount(engine: &Engine, db: &PgPool, def: &SaleDef) -> Result<String, ReconcileError> {
+    let id = sale_id(def)?;
     for _ in 0..ROUNDS {
         let facts = Facts::read(db, def).await?;
-        match engine.recount(&def.id, &facts.known()).await? {
+        match engine.recount(&id, &facts.known()).await? {
             Recounted::Done(s) => {
                 tracing::warn!(sale_id = %def.id, stock = ?s, "sale recounted");
                 return Ok(format!(
@@ -313,7 +318,7 @@ async fn recount(engine: &Engine, db: &PgPool, def: &SaleDef) -> Result<String, 
                 ))
             }
             Recounted::AdjustmentUnsettled(_) => {
-                adjust::settle_pending(engine, db, &def.id, Duration::ZERO).await?;
+                adjust::settle_pending(engine, db, &id, Duration::ZERO).await?;
             }
         }
     }
@@ -331,8 +336,9 @@ pub async fn rebuild(
     outbox: &Flusher,
     def: &SaleDef,
 ) -> Result<Stock, ReconcileError> {
-    if engine.inspect(&def.id, GRACE_MS).await?.is_none()
-        && store::closed_sale(db, &def.id).await?.is_some()
+    let id = sale_id(def)?;
+    if engine.inspect(&id, GRACE_MS).await?.is_none()
+        && store::closed_sale(db, &id).await?.is_some()
     {
         return Err(ReconcileError::Refused(format!(
             "sale {} is closed and archived (or being archived): it answers from Postgres and is not rebuilt",
@@ -340,8 +346,8 @@ pub async fn rebuild(
         )));
     }
     for _ in 0..20 {
-        adjust::settle_pending(engine, db, &def.id, Duration::ZERO).await?;
-        outbox.flush_sale(&def.id, true).await?;
+        adjust::settle_pending(engine, db, &id, Duration::ZERO).await?;
+        outbox.flush_sale(&id, true).await?;
         let facts = Facts::read(db, def).await?;
         let restore = Restore {
             def,
@@ -426,13 +432,18 @@ pub async fn watch_live(
 }
 
 /// The sales to look at: one, or every scheduled sale.
-pub async fn sales(db: &PgPool, only: Option<&str>) -> Result<Vec<SaleDef>, ReconcileError> {
+pub async fn sales(db: &PgPool, only: Option<&SaleId>) -> Result<Vec<SaleDef>, ReconcileError> {
     match only {
         Some(id) => Ok(vec![store::sale(db, id)
             .await?
             .ok_or_else(|| ReconcileError::UnknownSale(id.to_string()))?]),
         None => Ok(store::sales(db).await?),
     }
+}
+
+/// A definition's id, parsed where it leaves Postgres for the engine.
+pub fn sale_id(def: &SaleDef) -> Result<SaleId, ReconcileError> {
+    SaleId::try_from(def.id.clone()).map_err(ReconcileError::CorruptId)
 }
 
 /// The human-readable table.

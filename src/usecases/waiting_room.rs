@@ -20,7 +20,7 @@ use sqlx::PgPool;
 use time::OffsetDateTime;
 
 use crate::domain::permutation;
-use crate::domain::{from_ms, rfc3339_ms};
+use crate::domain::{from_ms, rfc3339_ms, CustomerId, SaleId};
 use crate::engine::ops::waiting_room::{Joined, Ticket, WaitingRoomState};
 use crate::engine::{Engine, EngineError, Refusal};
 use crate::store::{self, StoreError};
@@ -80,8 +80,8 @@ fn ticket_view(t: &Ticket, now_ms: i64) -> TicketView {
 pub async fn join(
     engine: &Engine,
     db: &PgPool,
-    sale_id: &str,
-    customer: &str,
+    sale_id: &SaleId,
+    customer: &CustomerId,
 ) -> Result<(TicketView, bool), WaitingRoomError> {
     for _ in 0..2 {
         match engine.join_waiting_room(sale_id, customer).await? {
@@ -111,7 +111,7 @@ pub fn sha256_hex(text: &str) -> String {
 /// Opens the sale's room: commits a seed in Postgres (or finds the one
 /// committed), then copies it to Redis with the configuration Postgres
 /// holds. Safe to run any number of times, from any gateway or worker.
-pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), WaitingRoomError> {
+pub async fn open(engine: &Engine, db: &PgPool, sale_id: &SaleId) -> Result<(), WaitingRoomError> {
     let seed = new_seed();
     let room = store::commit_seed(db, sale_id, &seed, &sha256_hex(&seed))
         .await?
@@ -124,10 +124,17 @@ pub async fn open(engine: &Engine, db: &PgPool, sale_id: &str) -> Result<(), Wai
 async fn restore(engine: &Engine, room: &store::WaitingRoom) -> Result<(), WaitingRoomError> {
     if let Some((seed, sha)) = &room.seed {
         engine
-            .open_waiting_room(&room.sale_id, &room.config, seed, sha, room.members)
+            .open_waiting_room(&sale_of(room)?, &room.config, seed, sha, room.members)
             .await?;
     }
     Ok(())
+}
+
+/// The room's sale, parsed where its row leaves Postgres for the engine.
+fn sale_of(room: &store::WaitingRoom) -> Result<SaleId, WaitingRoomError> {
+    SaleId::try_from(room.sale_id.clone()).map_err(|id| {
+        EngineError::Corrupt(format!("Postgres holds {id:?} as a waiting room's sale")).into()
+    })
 }
 
 /// What one pass did for one room.
@@ -144,7 +151,7 @@ pub async fn tend(
     db: &PgPool,
     room: &store::WaitingRoom,
 ) -> Result<Tended, WaitingRoomError> {
-    let id = room.sale_id.as_str();
+    let id = &sale_of(room)?;
     let state = match engine.waiting_room(id, None).await {
         Ok(s) => s,
         // The sale is not (or no longer) in Redis: the loader or a rebuild
@@ -185,7 +192,7 @@ pub async fn tend(
 /// Admits the next positions of a published room.
 async fn admit(
     engine: &Engine,
-    sale_id: &str,
+    sale_id: &SaleId,
     state: &WaitingRoomState,
 ) -> Result<Tended, WaitingRoomError> {
     let (Some(seed), Some(members)) = (&state.seed, state.members) else {

@@ -17,6 +17,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Settings;
+use crate::domain::SaleId;
 use crate::engine::{Engine, EngineError};
 use crate::usecases::flush::{flush_once, Flusher};
 use crate::usecases::reap::reap_once;
@@ -44,7 +45,7 @@ async fn flush_loop(
     let mut last_claim: Option<Instant> = None;
     let mut last_gauges = Instant::now();
     // The sales the backlog gauges were last set for.
-    let mut reported: HashSet<String> = HashSet::new();
+    let mut reported: HashSet<SaleId> = HashSet::new();
     loop {
         tokio::select! {
             _ = stop.cancelled() => break,
@@ -166,9 +167,10 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
 /// human clears them or the archive removes the sale, so its gauge follows
 /// them instead of freezing at an alert nothing could clear. Every other
 /// sale that left is reported `gone` (its gauges at 0).
-async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<HashSet<String>> {
-    let active: HashSet<String> = engine.active_ids().await.ok()?.into_iter().collect();
+async fn backlog_gauges(engine: &Engine, reported: &HashSet<SaleId>) -> Option<HashSet<SaleId>> {
+    let active: HashSet<SaleId> = engine.active_ids().await.ok()?.into_iter().collect();
     let mut live = Vec::with_capacity(active.len());
+    let mut now = HashSet::with_capacity(active.len());
     for id in active.union(reported) {
         // inspect.lua dates the oldest entry by Redis's clock, the one that
         // stamped it: no skew with this host's.
@@ -184,15 +186,15 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<String>) -> Option<H
         if let Ok(keys) = engine.key_count(id).await {
             crate::metrics::sale_keys(id, keys);
         }
+        now.insert(id.clone());
         live.push(crate::metrics::Backlog {
-            sale_id: id.clone(),
+            sale_id: id.to_string(),
             pending: u64::try_from(i.outbox).unwrap_or(0),
             dead: u64::try_from(i.dead_letters).unwrap_or(0),
             oldest_age: Duration::from_millis(u64::try_from(i.oldest_outbox_age_ms).unwrap_or(0)),
         });
     }
-    let now: HashSet<String> = live.iter().map(|b| b.sale_id.clone()).collect();
-    let gone: Vec<String> = reported.difference(&now).cloned().collect();
+    let gone: Vec<String> = reported.difference(&now).map(ToString::to_string).collect();
     crate::metrics::backlog(&live, &gone);
     crate::metrics::active_sales(active.len());
     Some(now)

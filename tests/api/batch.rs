@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::common::redis_server::PrivateRedis;
 use crate::common::*;
-use flashsale::domain::{ReservationStatus, SaleDef};
+use flashsale::domain::{CustomerId, ReservationId, ReservationStatus, SaleDef, SaleId};
 use flashsale::engine::{ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest};
 use futures::future::join_all;
 use rand::rngs::StdRng;
@@ -49,8 +49,8 @@ fn engine_with(max_batch: usize) -> (Engine, Scratch) {
     test_engine(|s| s.engine.max_batch = max_batch)
 }
 
-fn customer(i: usize) -> String {
-    format!("c{i}")
+fn customer(i: usize) -> CustomerId {
+    customer_id(&format!("c{i}"))
 }
 
 /// One request of the sequence. Holds are named by their order of creation
@@ -125,7 +125,7 @@ fn group(rng: &mut StdRng, holds: usize) -> Vec<Req> {
 /// creation.
 struct Side {
     engine: Engine,
-    sale: String,
+    sale: SaleId,
     holds: Vec<String>,
     owners: Vec<usize>,
     /// The engine's keys, removed with the side after a pass.
@@ -141,7 +141,7 @@ impl Side {
             .expect("sale created");
         Side {
             engine,
-            sale: sale.to_string(),
+            sale: sale_id(sale),
             holds: Vec::new(),
             owners: Vec::new(),
             _scratch: scratch,
@@ -149,10 +149,10 @@ impl Side {
     }
 
     /// The hold's id; a well-formed id that no hold has for `None`.
-    fn rid(&self, hold: Option<usize>) -> String {
+    fn rid(&self, hold: Option<usize>) -> ReservationId {
         match hold {
-            Some(i) => self.holds[i].clone(),
-            None => format!("{}.{}", self.sale, "0".repeat(32)),
+            Some(i) => reservation_id(&self.holds[i]),
+            None => reservation_id(&format!("{}.{}", self.sale, "0".repeat(32))),
         }
     }
 
@@ -204,7 +204,7 @@ impl Side {
                     (Some(i), Some(c)) if c % 3 != 0 => Some(customer(self.owners[*i])),
                     (_, Some(c)) => Some(customer(*c)),
                 };
-                e.release(&self.sale, &rid, who.as_deref())
+                e.release(&self.sale, &rid, who.as_ref())
                     .await
                     .map(|r| Answer::Released(r.id, r.status))
             }
@@ -262,7 +262,7 @@ impl Side {
         for rid in &self.holds {
             let (r, order) = self
                 .engine
-                .reservation(&self.sale, rid, None)
+                .reservation(&self.sale, &reservation_id(rid), None)
                 .await
                 .unwrap();
             holds.push((r.customer_id, r.quantity, r.status, order.is_some()));
@@ -294,7 +294,7 @@ struct Figures {
 
 /// Plays one seed; returns how often each kind of answer came.
 async fn differential(seed: u64) -> HashMap<String, usize> {
-    let sale = unique("b-");
+    let sale = sale_id(&unique("b-"));
     let mut batched = Side::new(128, &sale).await;
     let mut single = Side::new(1, &sale).await;
     let mut rng = StdRng::seed_from_u64(seed);
@@ -408,7 +408,7 @@ async fn batched_and_unbatched_engines_answer_alike() {
 async fn batches_form_under_concurrency() {
     // Straight on the engine: tasks of their own, as a gateway's are.
     let (engine, _scratch) = engine_with(128);
-    let sale = unique("b-");
+    let sale = sale_id(&unique("b-"));
     engine
         .create_sale(&sale_def(&sale, 100_000, 1000))
         .await
@@ -459,12 +459,12 @@ async fn a_faulting_member_does_not_strand_the_others() {
 /// False when the requests did not share a call (nothing was shown).
 async fn faulting_member_in_a_batch() -> bool {
     let (engine, _scratch) = engine_with(128);
-    let sale = unique("b-");
+    let sale = sale_id(&unique("b-"));
     engine.create_sale(&sale_def(&sale, 20, 5)).await.unwrap();
     let k = engine.keys(&sale);
     let mut conn = engine.connection();
-    let reserve = |who: String| {
-        let (engine, sale) = (engine.clone(), sale.clone());
+    let reserve = |who: &str| {
+        let (engine, sale, who) = (engine.clone(), sale.clone(), customer_id(who));
         async move {
             engine
                 .reserve(&ReserveRequest {
@@ -479,7 +479,7 @@ async fn faulting_member_in_a_batch() -> bool {
     };
     let mut holds = Vec::new();
     for who in ["a", "b", "c", "d"] {
-        holds.push(reserve(who.to_string()).await.unwrap().id);
+        holds.push(reserve(who).await.unwrap().id);
     }
     // b's record is corrupt: its confirm faults inside the batch script.
     let _: () = conn
@@ -499,8 +499,8 @@ async fn faulting_member_in_a_batch() -> bool {
                     engine
                         .confirm(&ConfirmRequest {
                             sale_id: &sale,
-                            reservation_id: &rid,
-                            customer: who,
+                            reservation_id: &reservation_id(&rid),
+                            customer: &customer_id(who),
                             payment_ref: "pay",
                         })
                         .await
@@ -532,7 +532,7 @@ async fn faulting_member_in_a_batch() -> bool {
     // A tampered count of one customer: that member's reserve faults, the
     // others of its batch hold.
     let _: () = conn.hset(&k.customers, "e", "x").await.unwrap();
-    let reserves = join_all(["f", "e", "g", "h"].map(|w| reserve(w.to_string()))).await;
+    let reserves = join_all(["f", "e", "g", "h"].map(reserve)).await;
     if engine.batch_stats().reserve.largest < 3 {
         return false;
     }
@@ -553,9 +553,9 @@ async fn a_batch_that_times_out_answers_503_and_a_retry_finds_its_hold() {
         s.redis.url = redis.url();
         s.redis.timeout_ms = 300;
     });
-    let sale = unique("b-");
+    let sale = sale_id(&unique("b-"));
     engine.create_sale(&sale_def(&sale, 100, 5)).await.unwrap();
-    let who: Vec<String> = (0..6).map(customer).collect();
+    let who: Vec<CustomerId> = (0..6).map(customer).collect();
     let reserve_all = || {
         join_all(who.iter().map(|c| {
             let (engine, sale) = (&engine, &sale);

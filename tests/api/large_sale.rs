@@ -27,7 +27,7 @@ async fn slow_calls(conn: &mut flashsale::engine::Conn) -> Vec<String> {
 async fn repairs_of_a_large_sale_never_block_redis() {
     let redis = PrivateRedis::start();
     let app = TestApp::builder().without_worker().on(&redis).spawn().await;
-    let sale = app.live_sale(HOLDS as i64 + 1000, 1, 3600).await;
+    let sale = sale_id(&app.live_sale(HOLDS as i64 + 1000, 1, 3600).await);
 
     let holds: Vec<(String, String)> = stream::iter(0..HOLDS)
         .map(|i| {
@@ -37,7 +37,7 @@ async fn repairs_of_a_large_sale_never_block_redis() {
                 let r = engine
                     .reserve(&ReserveRequest {
                         sale_id: sale,
-                        customer: &customer,
+                        customer: &customer_id(&customer),
                         quantity: 1,
                         idempotency: None,
                         admission: None,
@@ -87,8 +87,8 @@ async fn repairs_of_a_large_sale_never_block_redis() {
                     app.engine
                         .confirm(&ConfirmRequest {
                             sale_id: &sale,
-                            reservation_id: rid,
-                            customer,
+                            reservation_id: &reservation_id(rid),
+                            customer: &customer_id(customer),
                             payment_ref: "pay",
                         })
                         .await
@@ -97,7 +97,7 @@ async fn repairs_of_a_large_sale_never_block_redis() {
                 }
                 1 => {
                     app.engine
-                        .release(&sale, rid, Some(customer))
+                        .release(&sale, &reservation_id(rid), Some(&customer_id(customer)))
                         .await
                         .unwrap();
                 }

@@ -11,7 +11,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
-use flashsale::domain::{ReservationStatus, SaleDef};
+use flashsale::domain::{ReservationStatus, SaleDef, SaleId};
 use flashsale::engine::{
     Adjusted, Change, ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest,
 };
@@ -110,11 +110,16 @@ fn side(expires_ms: i64, before_call: i64, after_call: i64) -> Side {
     }
 }
 
-async fn status_in_redis(engine: &Engine, sale: &str, id: &str) -> ReservationStatus {
-    engine.reservation(sale, id, None).await.unwrap().0.status
+async fn status_in_redis(engine: &Engine, sale: &SaleId, id: &str) -> ReservationStatus {
+    engine
+        .reservation(sale, &reservation_id(id), None)
+        .await
+        .unwrap()
+        .0
+        .status
 }
 
-async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
+async fn step(engine: &Engine, sale: &SaleId, m: &mut Model, op: &Op) {
     match op {
         Op::Reserve { customer, quantity } => {
             let customer = format!("c{customer}");
@@ -134,7 +139,7 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
             let got = engine
                 .reserve(&ReserveRequest {
                     sale_id: sale,
-                    customer: &customer,
+                    customer: &customer_id(&customer),
                     quantity: *quantity,
                     idempotency: Some((&key, quantity.to_string())),
                     admission: None,
@@ -172,8 +177,8 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
             let got = engine
                 .confirm(&ConfirmRequest {
                     sale_id: sale,
-                    reservation_id: &h.id,
-                    customer: &h.customer,
+                    reservation_id: &reservation_id(&h.id),
+                    customer: &customer_id(&h.customer),
                     payment_ref: "pay",
                 })
                 .await;
@@ -205,9 +210,11 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
             }
             let i = pick % m.holds.len();
             let h = m.holds[i].clone();
-            let owner = (!admin).then_some(h.customer.as_str());
+            let owner = (!admin).then(|| customer_id(&h.customer));
             let before = wall_ms();
-            let got = engine.release(sale, &h.id, owner).await;
+            let got = engine
+                .release(sale, &reservation_id(&h.id), owner.as_ref())
+                .await;
             let when = side(h.expires_ms, before, wall_ms());
             match (h.status, got) {
                 (ReservationStatus::Held, Ok(r)) if when != Side::After => {
@@ -297,7 +304,7 @@ async fn step(engine: &Engine, sale: &str, m: &mut Model, op: &Op) {
 }
 
 /// Redis and the model agree on every figure and every hold.
-async fn compare(engine: &Engine, sale: &str, m: &Model, after: &Op) {
+async fn compare(engine: &Engine, sale: &SaleId, m: &Model, after: &Op) {
     let s = engine.sale(sale).await.unwrap().stock;
     assert_eq!(
         (s.total, s.available, s.held, s.sold),
@@ -352,9 +359,10 @@ proptest! {
             };
             engine.create_sale(&def).await.unwrap();
             let mut model = Model { total: STOCK, available: STOCK, ..Model::default() };
+            let sale = sale_id(&def.id);
             for op in &ops {
-                step(&engine, &def.id, &mut model, op).await;
-                compare(&engine, &def.id, &model, op).await;
+                step(&engine, &sale, &mut model, op).await;
+                compare(&engine, &sale, &model, op).await;
             }
         });
     }

@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::common::*;
-use flashsale::domain::{ReservationStatus, SaleDef};
+use flashsale::domain::{ReservationStatus, SaleDef, SaleId};
 use flashsale::engine::{ConfirmRequest, Engine, EngineError, Refusal, ReserveRequest};
 use flashsale::usecases::adjust;
 use flashsale::usecases::flush::Flusher;
@@ -182,6 +182,7 @@ impl Model {
 struct Walk<'a> {
     app: &'a TestApp,
     def: SaleDef,
+    sale: SaleId,
     model: Model,
     rng: StdRng,
     log: Vec<String>,
@@ -204,8 +205,8 @@ impl Walk<'_> {
         )
     }
 
-    fn sale(&self) -> &str {
-        &self.def.id
+    fn sale(&self) -> &SaleId {
+        &self.sale
     }
 
     async fn reserve(&self, customer: u8, quantity: u32) -> Option<Hold> {
@@ -217,7 +218,7 @@ impl Walk<'_> {
             .engine()
             .reserve(&ReserveRequest {
                 sale_id: self.sale(),
-                customer: &customer,
+                customer: &customer_id(&customer),
                 quantity,
                 idempotency: Some((&key, quantity.to_string())),
                 admission: None,
@@ -247,8 +248,8 @@ impl Walk<'_> {
             .engine()
             .confirm(&ConfirmRequest {
                 sale_id: self.sale(),
-                reservation_id: &h.id,
-                customer: &h.customer,
+                reservation_id: &reservation_id(&h.id),
+                customer: &customer_id(&h.customer),
                 payment_ref: "pay",
             })
             .await
@@ -268,7 +269,11 @@ impl Walk<'_> {
         let h = &self.model.holds[i];
         match self
             .engine()
-            .release(self.sale(), &h.id, Some(&h.customer))
+            .release(
+                self.sale(),
+                &reservation_id(&h.id),
+                Some(&customer_id(&h.customer)),
+            )
             .await
         {
             Ok(_)
@@ -324,7 +329,7 @@ impl Walk<'_> {
         let key = uuid::Uuid::new_v4().simple().to_string();
         let req = adjust::Request {
             sale_id: self.sale(),
-            actor: "ops",
+            actor: &customer_id("ops"),
             stock_delta: delta,
             ends_at: None,
             paused: None,
@@ -334,11 +339,11 @@ impl Walk<'_> {
         let timeout = Duration::from_secs(5);
         if let Some(us) = cut_us {
             let (engine, db) = (self.app.engine.clone(), self.app.db.clone());
-            let (sale, key) = (self.def.id.clone(), key.clone());
+            let (sale, key) = (self.sale.clone(), key.clone());
             let first = tokio::spawn(async move {
                 let req = adjust::Request {
                     sale_id: &sale,
-                    actor: "ops",
+                    actor: &customer_id("ops"),
                     stock_delta: delta,
                     ends_at: None,
                     paused: None,
@@ -414,7 +419,7 @@ impl Walk<'_> {
                 self.outbox().flush_sale(self.sale(), true).await.unwrap();
             }
             Step::KillFlush { after_us } => {
-                let (outbox, sale) = (self.outbox(), self.def.id.clone());
+                let (outbox, sale) = (self.outbox(), self.sale.clone());
                 let flush = tokio::spawn(async move { outbox.flush_sale(&sale, true).await });
                 tokio::time::sleep(Duration::from_micros(*after_us)).await;
                 flush.abort();
@@ -533,7 +538,7 @@ impl Walk<'_> {
         let (pg_units,): (i64,) = sqlx::query_as(
             "SELECT coalesce(sum(quantity), 0)::bigint FROM orders WHERE sale_id = $1",
         )
-        .bind(self.sale())
+        .bind(self.sale().as_str())
         .fetch_one(&self.app.db)
         .await
         .unwrap();
@@ -601,7 +606,7 @@ impl Walk<'_> {
         }
         let rows: Vec<(String, i32)> =
             sqlx::query_as("SELECT reservation_id, quantity FROM orders WHERE sale_id = $1")
-                .bind(self.sale())
+                .bind(self.sale().as_str())
                 .fetch_all(&self.app.db)
                 .await
                 .unwrap();
@@ -640,6 +645,7 @@ async fn walk(app: &TestApp, seed: u64) -> Result<(), String> {
     let mut w = Walk {
         app,
         def,
+        sale: sale_id(&sale),
         model: Model {
             total: stock,
             limit: i64::from(limit),

@@ -234,7 +234,11 @@ async fn a_patch_whose_reply_was_lost_is_retried_without_applying_twice() {
         ends_ms: None,
         paused: None,
     };
-    let applied = app.engine.adjust_sale(&sale, &change).await.unwrap();
+    let applied = app
+        .engine
+        .adjust_sale(&sale_id(&sale), &change)
+        .await
+        .unwrap();
     assert!(matches!(applied, Adjusted::Applied { .. }));
     assert_eq!(app.stock(&sale).await.total, 17);
 
@@ -270,7 +274,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
     };
     let landed_id = landed.id.to_string();
     app.engine
-        .adjust_sale(&sale, &change(&landed, &landed_id))
+        .adjust_sale(&sale_id(&sale), &change(&landed, &landed_id))
         .await
         .unwrap();
     assert_eq!(app.stock(&sale).await.total, 6);
@@ -304,7 +308,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
     let stray_id = stray.id.to_string();
     let late = app
         .engine
-        .adjust_sale(&sale, &change(&stray, &stray_id))
+        .adjust_sale(&sale_id(&sale), &change(&stray, &stray_id))
         .await
         .unwrap();
     assert_eq!(late, Adjusted::Voided);
@@ -500,7 +504,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
         Duration::from_millis(20),
         tokio_util::sync::CancellationToken::new(),
     );
-    let done = flusher.flush_sale(&sale, true).await.unwrap();
+    let done = flusher.flush_sale(&sale_id(&sale), true).await.unwrap();
     assert_eq!((done.orders, done.claimed), (1, 1));
     assert_eq!(app.orders(&sale).await.0, 1);
     assert!(!names(&mut conn).await.contains("ghost"), "pruned");

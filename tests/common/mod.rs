@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use flashsale::auth::Auth;
 use flashsale::config::Settings;
-use flashsale::domain::{rfc3339_ms, Stock};
+use flashsale::domain::{rfc3339_ms, CustomerId, ReservationId, SaleId, Stock};
 use flashsale::engine::Engine;
 use redis::AsyncCommands;
 use redis_server::PrivateRedis;
@@ -751,6 +751,24 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// A sale id a test wrote: one that is not an id is a bug in the test.
+#[track_caller]
+pub fn sale_id(id: &str) -> SaleId {
+    SaleId::parse(id).expect("a test's sale id")
+}
+
+/// A reservation id a test wrote or read back from the API.
+#[track_caller]
+pub fn reservation_id(id: &str) -> ReservationId {
+    ReservationId::parse(id).expect("a test's reservation id")
+}
+
+/// A customer id a test wrote.
+#[track_caller]
+pub fn customer_id(id: &str) -> CustomerId {
+    CustomerId::parse(id).expect("a test's customer id")
 }
 
 /// A sale's counters straight from Redis (one HMGET, so one moment).

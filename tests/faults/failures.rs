@@ -103,7 +103,10 @@ async fn sigkill_of_a_gateway_mid_storm_loses_and_oversells_nothing() {
     // than were granted plus those whose answer died with the process.
     for a in &granted {
         let rid = a.body["id"].as_str().unwrap();
-        app.engine.reservation(&sale, rid, None).await.unwrap();
+        app.engine
+            .reservation(&sale_id(&sale), &reservation_id(rid), None)
+            .await
+            .unwrap();
     }
     assert!(stock.held >= granted.len() as i64);
     assert!(stock.held <= 2000);

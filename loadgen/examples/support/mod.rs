@@ -3,7 +3,7 @@
 #![allow(dead_code)]
 
 use anyhow::Context;
-use flashsale::domain::{from_ms, to_ms, SaleDef};
+use flashsale::domain::{from_ms, to_ms, CustomerId, ReservationId, SaleDef, SaleId};
 use flashsale::engine::{Engine, ReserveRequest};
 use time::OffsetDateTime;
 
@@ -79,14 +79,19 @@ pub fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The id of a sale a benchmark defined.
+pub fn sale_id(id: &str) -> anyhow::Result<SaleId> {
+    SaleId::parse(id).with_context(|| format!("{id:?} is not a sale id"))
+}
+
 /// Holds one unit of the sale for customer `c{i}`: the setup both the flush
 /// and the confirm benchmarks need. Returns (reservation id, customer).
 pub async fn hold_one(
     engine: &Engine,
-    sale_id: &str,
+    sale_id: &SaleId,
     i: usize,
-) -> anyhow::Result<(String, String)> {
-    let customer = format!("c{i}");
+) -> anyhow::Result<(ReservationId, CustomerId)> {
+    let customer = CustomerId::parse(format!("c{i}")).context("customer id")?;
     let held = engine
         .reserve(&ReserveRequest {
             sale_id,
@@ -97,5 +102,6 @@ pub async fn hold_one(
         })
         .await
         .context("reserve")?;
-    Ok((held.id, customer))
+    let rid = ReservationId::parse(held.id).context("the engine's reservation id")?;
+    Ok((rid, customer))
 }

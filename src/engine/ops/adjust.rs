@@ -4,6 +4,7 @@
 
 use serde::Deserialize;
 
+use crate::domain::SaleId;
 use crate::engine::{Engine, EngineError, EngineResult};
 
 /// What an admin adjustment did: the figures before and after.
@@ -48,7 +49,11 @@ pub enum Adjusted {
 
 impl Engine {
     /// Applies an admin adjustment once (by its id).
-    pub async fn adjust_sale(&self, sale_id: &str, change: &Change<'_>) -> EngineResult<Adjusted> {
+    pub async fn adjust_sale(
+        &self,
+        sale_id: &SaleId,
+        change: &Change<'_>,
+    ) -> EngineResult<Adjusted> {
         let k = self.keys(sale_id);
         let r = self
             .run(
@@ -84,7 +89,7 @@ impl Engine {
 
     /// Decides whether an adjustment Postgres has as pending was applied;
     /// one not applied is voided in the same step, so it never will be.
-    pub async fn settle_adjustment(&self, sale_id: &str, id: &str) -> EngineResult<Adjusted> {
+    pub async fn settle_adjustment(&self, sale_id: &SaleId, id: &str) -> EngineResult<Adjusted> {
         let k = self.keys(sale_id);
         let r = self
             .run(

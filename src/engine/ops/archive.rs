@@ -2,7 +2,7 @@
 
 use redis::AsyncCommands;
 
-use crate::domain::Stock;
+use crate::domain::{SaleId, Stock};
 use crate::engine::{keys, Engine, EngineResult};
 
 /// Idempotency keys removed per call when a sale is archived.
@@ -29,7 +29,11 @@ impl Engine {
     /// figures, or `None` while it is not over.
     /// `dead_copied`: the dead letters already copied to Postgres; the sale
     /// closes only if that is all of them.
-    pub async fn archive(&self, sale_id: &str, dead_copied: usize) -> EngineResult<Option<Stock>> {
+    pub async fn archive(
+        &self,
+        sale_id: &SaleId,
+        dead_copied: usize,
+    ) -> EngineResult<Option<Stock>> {
         let k = self.keys(sale_id);
         let r = self
             .run(
@@ -59,7 +63,7 @@ impl Engine {
     /// chunk at a time (from the sale's index of them), then its own keys,
     /// UNLINKed so that even a sale of millions of holds is freed in the
     /// background and no call blocks Redis; then the registries forget it.
-    pub async fn remove_sale(&self, sale_id: &str) -> EngineResult<()> {
+    pub async fn remove_sale(&self, sale_id: &SaleId) -> EngineResult<()> {
         let k = self.keys(sale_id);
         loop {
             let mut conn = self.conn.clone();
@@ -99,7 +103,7 @@ impl Engine {
         .await?;
         for set in [keys::active(&self.prefix), keys::registry(&self.prefix)] {
             let mut conn = self.conn.clone();
-            self.bounded(async move { conn.srem::<_, _, ()>(set, sale_id).await })
+            self.bounded(async move { conn.srem::<_, _, ()>(set, sale_id.as_str()).await })
                 .await?;
         }
         self.soldout.forget(sale_id);
@@ -108,7 +112,7 @@ impl Engine {
 
     /// How many Redis keys the sale has now: its own (those that exist) and
     /// its idempotency keys (by its index of them; some may have expired).
-    pub async fn key_count(&self, sale_id: &str) -> EngineResult<u64> {
+    pub async fn key_count(&self, sale_id: &SaleId) -> EngineResult<u64> {
         let k = self.keys(sale_id);
         let mut conn = self.conn.clone();
         let mut pipe = redis::pipe();

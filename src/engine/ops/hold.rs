@@ -7,15 +7,17 @@ use redis::AsyncCommands;
 use serde::Deserialize;
 
 use super::hold_jobs;
-use crate::domain::{from_ms, rfc3339_ms, Order, Reservation, ReservationStatus};
+use crate::domain::{
+    from_ms, rfc3339_ms, CustomerId, Order, Reservation, ReservationId, ReservationStatus, SaleId,
+};
 use crate::engine::reply::Reply;
 use crate::engine::{Call, Engine, EngineError, EngineResult, Lua, Refusal, SaleKeys};
 
 /// One reserve call, as the API validated it.
 #[derive(Debug, Clone)]
 pub struct ReserveRequest<'a> {
-    pub sale_id: &'a str,
-    pub customer: &'a str,
+    pub sale_id: &'a SaleId,
+    pub customer: &'a CustomerId,
     pub quantity: u32,
     /// `(Idempotency-Key, fingerprint of the request)`.
     pub idempotency: Option<(&'a str, String)>,
@@ -26,20 +28,20 @@ pub struct ReserveRequest<'a> {
 /// One confirm call, as the API validated it.
 #[derive(Debug, Clone, Copy)]
 pub struct ConfirmRequest<'a> {
-    pub sale_id: &'a str,
-    pub reservation_id: &'a str,
+    pub sale_id: &'a SaleId,
+    pub reservation_id: &'a ReservationId,
     /// Must own the hold.
-    pub customer: &'a str,
+    pub customer: &'a CustomerId,
     pub payment_ref: &'a str,
 }
 
 /// A service's confirm of any customer's hold, as the API validated it.
 #[derive(Debug, Clone, Copy)]
 pub struct ServiceConfirm<'a> {
-    pub sale_id: &'a str,
-    pub reservation_id: &'a str,
+    pub sale_id: &'a SaleId,
+    pub reservation_id: &'a ReservationId,
     /// The service's subject, kept in the order as `confirmed_by`.
-    pub service: &'a str,
+    pub service: &'a CustomerId,
     pub payment_ref: &'a str,
 }
 
@@ -192,15 +194,15 @@ impl Engine {
     /// whose payment is slower than the hold (see `lua/extend.lua`).
     pub async fn extend(
         &self,
-        sale_id: &str,
-        reservation_id: &str,
+        sale_id: &SaleId,
+        reservation_id: &ReservationId,
         seconds: u32,
     ) -> EngineResult<Extension> {
         let k = self.keys(sale_id);
         let r = self
             .run(
                 Self::hold_call(&self.scripts.extend, &k)
-                    .arg(reservation_id)
+                    .arg(reservation_id.as_str())
                     .arg(i64::from(seconds) * 1000),
             )
             .await?;
@@ -217,9 +219,9 @@ impl Engine {
     /// Releases a hold. `customer` is `None` when an admin releases.
     pub async fn release(
         &self,
-        sale_id: &str,
-        reservation_id: &str,
-        customer: Option<&str>,
+        sale_id: &SaleId,
+        reservation_id: &ReservationId,
+        customer: Option<&CustomerId>,
     ) -> EngineResult<Reservation> {
         let job = hold_jobs::ReleaseJob::new(reservation_id, customer);
         let released = self.batches.release.submit(self, sale_id, job).await?;
@@ -231,9 +233,9 @@ impl Engine {
     /// `None` for an admin; another customer's reservation is not found.
     pub async fn reservation(
         &self,
-        sale_id: &str,
-        reservation_id: &str,
-        customer: Option<&str>,
+        sale_id: &SaleId,
+        reservation_id: &ReservationId,
+        customer: Option<&CustomerId>,
     ) -> EngineResult<(Reservation, Option<Order>)> {
         let k = self.keys(sale_id);
         let mut conn = self.conn.clone();
@@ -255,7 +257,7 @@ impl Engine {
 
     /// One reaper step for one sale: expires up to `batch` holds past their
     /// deadline.
-    pub async fn expire_due(&self, sale_id: &str, batch: u32) -> EngineResult<Expired> {
+    pub async fn expire_due(&self, sale_id: &SaleId, batch: u32) -> EngineResult<Expired> {
         let k = self.keys(sale_id);
         let r = self
             .run(

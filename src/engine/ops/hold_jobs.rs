@@ -6,7 +6,7 @@
 //! (`reserve_batch.lua`, ...), which runs the same Lua function per member.
 
 use super::hold::{ConfirmRequest, Confirmed, ReserveRequest, ServiceConfirm};
-use crate::domain::Reservation;
+use crate::domain::{CustomerId, Reservation, ReservationId};
 use crate::engine::batch::{self, Job, Lanes};
 use crate::engine::reply::Reply;
 use crate::engine::{BatchStats, Engine, EngineError, EngineResult, Refusal, SaleKeys};
@@ -247,10 +247,10 @@ pub(in crate::engine) struct ReleaseJob {
 }
 
 impl ReleaseJob {
-    pub fn new(reservation_id: &str, customer: Option<&str>) -> ReleaseJob {
+    pub fn new(reservation_id: &ReservationId, customer: Option<&CustomerId>) -> ReleaseJob {
         ReleaseJob {
             rid: reservation_id.to_string(),
-            customer: customer.map(str::to_string),
+            customer: customer.map(CustomerId::to_string),
         }
     }
 }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redis::Value;
 
-use crate::domain::{from_ms, NewOrder};
+use crate::domain::{from_ms, NewOrder, SaleId};
 use crate::engine::{int, text, Engine, EngineResult};
 
 /// The consumer group every flusher joins on every outbox stream.
@@ -50,7 +50,7 @@ impl Engine {
     /// group is created on first use (then nothing is returned yet).
     pub async fn outbox_take(
         &self,
-        sale_id: &str,
+        sale_id: &SaleId,
         consumer: &str,
         from: Delivery,
         count: usize,
@@ -129,7 +129,7 @@ impl Engine {
     /// the two.
     pub async fn outbox_settle(
         &self,
-        sale_id: &str,
+        sale_id: &SaleId,
         done: &[&str],
         dead: &[(&Entry, String)],
     ) -> EngineResult<()> {
@@ -162,7 +162,7 @@ impl Engine {
     }
 
     /// Entries not yet in Postgres (delivered or not) and dead letters.
-    pub async fn outbox_backlog(&self, sale_id: &str) -> EngineResult<(u64, u64)> {
+    pub async fn outbox_backlog(&self, sale_id: &SaleId) -> EngineResult<(u64, u64)> {
         let keys = self.keys(sale_id);
         let mut conn = self.connection();
         let mut pipe = redis::pipe();
@@ -177,7 +177,7 @@ impl Engine {
     /// entry (removing it with some would strand them: delivered, never
     /// acknowledged, and no longer anyone's to re-read). Returns whether it
     /// was removed.
-    pub async fn outbox_leave(&self, sale_id: &str, consumer: &str) -> EngineResult<bool> {
+    pub async fn outbox_leave(&self, sale_id: &SaleId, consumer: &str) -> EngineResult<bool> {
         let outbox = self.keys(sale_id).outbox;
         let mut conn = self.connection();
         let mut pending = redis::cmd("XPENDING");
@@ -209,7 +209,7 @@ impl Engine {
     /// alive after all is only slow; its next read makes it a consumer
     /// again, and with nothing pending nothing is lost. Returns how many
     /// were removed.
-    pub async fn outbox_prune(&self, sale_id: &str, idle: Duration) -> EngineResult<usize> {
+    pub async fn outbox_prune(&self, sale_id: &SaleId, idle: Duration) -> EngineResult<usize> {
         let outbox = self.keys(sale_id).outbox;
         let mut conn = self.connection();
         let mut info = redis::cmd("XINFO");
@@ -242,7 +242,7 @@ impl Engine {
     /// the first ones), with every field (the reason among them).
     pub async fn dead_letters(
         &self,
-        sale_id: &str,
+        sale_id: &SaleId,
         after: &str,
         count: usize,
     ) -> EngineResult<Vec<Entry>> {

@@ -3,7 +3,7 @@
 //! Postgres (`lua/rebuild.lua`), each after raising customers' counts to
 //! their orders (`lua/floor_customers.lua`).
 
-use crate::domain::{to_ms, SaleDef, Stock};
+use crate::domain::{to_ms, SaleDef, SaleId, Stock};
 use crate::engine::reply::Reply;
 use crate::engine::{Engine, EngineError, EngineResult, SaleKeys};
 
@@ -98,7 +98,11 @@ pub enum Rebuilt {
 impl Engine {
     /// A consistent snapshot of the sale's figures; `None` when Redis does
     /// not hold the sale.
-    pub async fn inspect(&self, sale_id: &str, grace_ms: i64) -> EngineResult<Option<Inspection>> {
+    pub async fn inspect(
+        &self,
+        sale_id: &SaleId,
+        grace_ms: i64,
+    ) -> EngineResult<Option<Inspection>> {
         let k = self.keys(sale_id);
         let r = self
             .run(
@@ -121,7 +125,7 @@ impl Engine {
     /// `lua/recount.lua`), with `total` from Postgres, after raising each
     /// customer's count to their orders. Every call is short, however large
     /// the sale.
-    pub async fn recount(&self, sale_id: &str, known: &Known<'_>) -> EngineResult<Recounted> {
+    pub async fn recount(&self, sale_id: &SaleId, known: &Known<'_>) -> EngineResult<Recounted> {
         let k = self.keys(sale_id);
         self.floor_customers(&k, known.per_customer).await?;
         let mut call = self.scripts.recount.key(&k.sale);

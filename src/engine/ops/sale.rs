@@ -5,7 +5,7 @@
 use redis::AsyncCommands;
 
 use super::waiting_room::{config_args, read_config};
-use crate::domain::{from_ms, to_ms, Sale, SaleDef, Stock, WaitingRoomDef};
+use crate::domain::{from_ms, to_ms, Sale, SaleDef, SaleId, Stock, WaitingRoomDef};
 use crate::engine::reply::Reply;
 use crate::engine::{keys, Engine, EngineError, EngineResult};
 
@@ -86,7 +86,7 @@ impl Engine {
     }
 
     /// The sale with its live figures, or `SaleNotFound`.
-    pub async fn sale(&self, sale_id: &str) -> EngineResult<Sale> {
+    pub async fn sale(&self, sale_id: &SaleId) -> EngineResult<Sale> {
         let k = self.keys(sale_id);
         let mut call = self.scripts.sale_state.key(&k.sale);
         call.key(&k.waiting_room);
@@ -107,19 +107,24 @@ impl Engine {
         Ok(sale)
     }
 
-    pub async fn sale_ids(&self) -> EngineResult<Vec<String>> {
+    /// Every registered sale.
+    pub async fn sale_ids(&self) -> EngineResult<Vec<SaleId>> {
         let mut conn = self.conn.clone();
         let registry = keys::registry(&self.prefix);
-        self.bounded(async move { conn.smembers(registry).await })
-            .await
+        let ids: Vec<String> = self
+            .bounded(async move { conn.smembers(registry).await })
+            .await?;
+        parse_ids(ids)
     }
 
     /// The sales the worker's loops visit: every sale not retired.
-    pub async fn active_ids(&self) -> EngineResult<Vec<String>> {
+    pub async fn active_ids(&self) -> EngineResult<Vec<SaleId>> {
         let mut conn = self.conn.clone();
         let active = keys::active(&self.prefix);
-        self.bounded(async move { conn.smembers(active).await })
-            .await
+        let ids: Vec<String> = self
+            .bounded(async move { conn.smembers(active).await })
+            .await?;
+        parse_ids(ids)
     }
 
     /// Puts a sale in the registry and in the worker's loops.
@@ -142,6 +147,7 @@ impl Engine {
         // different primaries. A sale registered in between is added by its
         // own registration.
         let ids = self.sale_ids().await?;
+        let ids: Vec<&str> = ids.iter().map(SaleId::as_str).collect();
         for chunk in ids.chunks(1000) {
             let mut conn = self.conn.clone();
             let active = keys::active(&self.prefix);
@@ -160,7 +166,7 @@ impl Engine {
     /// between cleared the mark before it re-added the sale, so whichever
     /// order the two removals and additions take, a reopened sale ends up in
     /// the set.
-    pub async fn retire_if_over(&self, sale_id: &str) -> EngineResult<bool> {
+    pub async fn retire_if_over(&self, sale_id: &SaleId) -> EngineResult<bool> {
         let k = self.keys(sale_id);
         let r = self
             .run(self.scripts.retire.key(&k.sale).key(&k.outbox))
@@ -192,4 +198,15 @@ impl Engine {
         }
         Ok(true)
     }
+}
+
+/// The sets hold only ids the engine registered, which were parsed; anything
+/// else is corruption, reported rather than visited.
+fn parse_ids(ids: Vec<String>) -> EngineResult<Vec<SaleId>> {
+    ids.into_iter()
+        .map(|id| {
+            SaleId::try_from(id)
+                .map_err(|id| EngineError::Corrupt(format!("sale id {id:?} in a registry")))
+        })
+        .collect()
 }

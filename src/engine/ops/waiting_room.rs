@@ -4,7 +4,7 @@
 
 use serde::Deserialize;
 
-use crate::domain::{from_ms, WaitingRoomDef};
+use crate::domain::{from_ms, CustomerId, SaleId, WaitingRoomDef};
 use crate::engine::reply::{Fields, Reply};
 use crate::engine::{Engine, EngineError, EngineResult, Refusal};
 
@@ -138,13 +138,17 @@ impl WaitingRoomState {
 
 impl Engine {
     /// The customer takes a ticket (or finds their active one).
-    pub async fn join_waiting_room(&self, sale_id: &str, customer: &str) -> EngineResult<Joined> {
+    pub async fn join_waiting_room(
+        &self,
+        sale_id: &SaleId,
+        customer: &CustomerId,
+    ) -> EngineResult<Joined> {
         let k = self.keys(sale_id);
         let mut call = self.scripts.waiting_room_join.key(&k.sale);
         call.key(&k.waiting_room)
             .key(&k.tickets)
             .key(&k.queuers)
-            .arg(customer);
+            .arg(customer.as_str());
         let r = self
             .run(&call)
             .await?
@@ -164,15 +168,15 @@ impl Engine {
     /// The room, and `customer`'s latest ticket if they have one.
     pub async fn waiting_room(
         &self,
-        sale_id: &str,
-        customer: Option<&str>,
+        sale_id: &SaleId,
+        customer: Option<&CustomerId>,
     ) -> EngineResult<WaitingRoomState> {
         let k = self.keys(sale_id);
         let mut call = self.scripts.waiting_room_view.key(&k.sale);
         call.key(&k.waiting_room)
             .key(&k.tickets)
             .key(&k.queuers)
-            .arg(customer.unwrap_or(""));
+            .arg(customer.map_or("", CustomerId::as_str));
         let r = self.run(&call).await?.expect(&["ok"])?;
         WaitingRoomState::parse(&r)
     }
@@ -181,7 +185,7 @@ impl Engine {
     /// Postgres keeps of it (`members`: the sealed count, once kept).
     pub async fn open_waiting_room(
         &self,
-        sale_id: &str,
+        sale_id: &SaleId,
         config: &WaitingRoomDef,
         seed: &str,
         seed_sha256: &str,
@@ -200,7 +204,7 @@ impl Engine {
 
     /// Seals the room if the sale has started: `(members, published)`, or
     /// `None` before the start.
-    pub async fn seal_waiting_room(&self, sale_id: &str) -> EngineResult<Option<(u64, bool)>> {
+    pub async fn seal_waiting_room(&self, sale_id: &SaleId) -> EngineResult<Option<(u64, bool)>> {
         let k = self.keys(sale_id);
         let mut call = self.scripts.waiting_room_seal.key(&k.sale);
         call.key(&k.waiting_room);
@@ -218,7 +222,7 @@ impl Engine {
     /// cursor first (or the room is not published).
     pub async fn admit(
         &self,
-        sale_id: &str,
+        sale_id: &SaleId,
         from: u64,
         next: &[(u64, String)],
     ) -> EngineResult<Option<(u64, u64)>> {
@@ -243,7 +247,7 @@ impl Engine {
     /// has (it keeps its configuration).
     pub async fn set_waiting_room(
         &self,
-        sale_id: &str,
+        sale_id: &SaleId,
         config: &WaitingRoomDef,
     ) -> EngineResult<bool> {
         let k = self.keys(sale_id);
