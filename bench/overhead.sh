@@ -89,7 +89,9 @@ free_port() {
 # --- build (pinned copies: the target dir may be rebuilt meanwhile) ----------
 if [[ -z "${FS_BIN:-}" || -z "${BARE_BIN:-}" ]]; then
   log "building flashsale and the bare service (release)"
-  cargo build --release --quiet -p flashsale --bin flashsale
+  # Both packages in one build first: `-p flashsale` alone resolves other
+  # features for the shared dependencies and rebuilds them.
+  cargo build --release --quiet -p flashsale -p flashsale-loadgen
   cargo build --release --quiet -p flashsale-loadgen --example bare
 fi
 cp "${FS_BIN:-target/release/flashsale}" "$WORK/flashsale"
@@ -362,14 +364,15 @@ fi
 # dumps, and prints "requests instructions".
 cg_count() {
   local svc=$1 pid=$2 url=$3 script=$4 sale=$5 n ir dump
-  callgrind_control -z "$pid" >/dev/null
+  callgrind_control -z "$pid" >/dev/null 2>&1
   SALE=$sale wrk -t1 -c1 -d"${CG_SECONDS}s" --timeout 10s -s "$script" "$url" >"$WORK/cg-wrk.out" 2>&1
-  callgrind_control -d "$pid" >/dev/null
+  callgrind_control -d "$pid" >/dev/null 2>&1
   sleep 1
   dump=$(ls -t "$WORK"/cg-"$svc".out.* | head -n1)
   n=$(awk '/requests in/{print $1}' "$WORK/cg-wrk.out")
   ir=$(awk '/^(summary|totals):/{print $2; exit}' "$dump")
   cp "$dump" "$OUT/callgrind-$svc-$(basename "$script" .lua).out"
+  echo "callgrind-$svc-$(basename "$script" .lua) $n" >>"$WORK/cg-requests"
   echo "$n $ir"
 }
 
@@ -402,8 +405,32 @@ if [[ $CALLGRIND == 1 ]]; then
       done
     } >"$OUT/callgrind.md"
     cat "$OUT/callgrind.md"
-    for f in "$OUT"/callgrind-flashsale-*.out; do
-      callgrind_annotate --inclusive=yes "$f" 2>/dev/null | head -n 80 >"${f%.out}.top.txt" || true
+    # The functions by their own instructions (callgrind_annotate's
+    # exclusive view), per request, beside each dump.
+    for f in "$OUT"/callgrind-*.out; do
+      n=$(awk -v s="$(basename "$f" .out)" '$0 ~ s {print $2}' "$WORK/cg-requests")
+      python3 - "$f" "$n" >"${f%.out}.top.txt" <<'PY'
+import collections, re, sys
+path, n = sys.argv[1], int(sys.argv[2])
+names, own, fn, call, total = {}, collections.Counter(), None, False, 0
+for line in open(path, errors="replace"):
+    m = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line.strip())
+    if m:
+        if m.group(2):
+            names[m.group(1)] = m.group(2)
+        if line.startswith("fn="):
+            fn = m.group(1)
+    elif line.startswith("calls="):
+        call = True  # the next cost line is the callee's, not fn's own
+    elif line[:1] in "0123456789+-*" and len(line.split()) >= 2:
+        if not call:
+            own[fn] += int(line.split()[1])
+            total += int(line.split()[1])
+        call = False
+print(f"{total / n:.0f} instructions per request, by function (own cost)")
+for k, c in own.most_common(40):
+    print(f"{100 * c / total:5.1f}% {c / n:8.0f}  {names.get(k, k)[:150]}")
+PY
     done
   else
     log "CALLGRIND: valgrind missing; no instruction counts"
