@@ -9,6 +9,6 @@ function done(summary, latency, requests)
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
   io.write(string.format("responses non-2xx: %d\n", summary.errors.status))
   for _, p in ipairs({50, 90, 99, 99.9}) do
-    io.write(string.format("latency p%g: %.2f ms\n", p, latency:percentile(p) / 1000))
+    io.write(string.format("latency p%g: %.3f ms\n", p, latency:percentile(p) / 1000))
   end
 end

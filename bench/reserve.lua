@@ -73,6 +73,6 @@ function done(summary, latency, requests)
   io.write(string.format("socket errors: connect %d, read %d, write %d, timeout %d\n",
     summary.errors.connect, summary.errors.read, summary.errors.write, summary.errors.timeout))
   for _, p in ipairs({50, 90, 99, 99.9}) do
-    io.write(string.format("latency p%g: %.2f ms\n", p, latency:percentile(p) / 1000))
+    io.write(string.format("latency p%g: %.3f ms\n", p, latency:percentile(p) / 1000))
   end
 end
