@@ -285,7 +285,7 @@ async fn measure(args: &Args, dir: &std::path::Path) -> anyhow::Result<()> {
     // 2. Reserves through a gateway without and one with the cache.
     let engine = flashsale::engine::Engine::new(&settings)?;
     let mut def = support::sale_def(
-        &format!("auth-{}", support::short_id()),
+        &support::sale_id(&format!("auth-{}", support::short_id()))?,
         100_000_000,
         "auth bench",
     );

@@ -293,13 +293,17 @@ async fn run_once(args: &Args, t: &mut Target, round: usize) -> anyhow::Result<R
     let mut sales = Vec::new();
     let mut holds_on: BTreeMap<String, usize> = BTreeMap::new();
     for s in 0..args.sales {
-        let def = support::sale_def(&format!("cl-{run_id}-{s}"), per_sale, "cluster benchmark");
+        let def = support::sale_def(
+            &support::sale_id(&format!("cl-{run_id}-{s}"))?,
+            per_sale,
+            "cluster benchmark",
+        );
         t.engine.create_sale(&def).await?;
         let node = owner(t, &t.engine.keys(&def.id).sale).await?;
         // Hold i goes to sale i % sales.
         let holds = (0..args.holds).filter(|i| i % args.sales == s).count();
         *holds_on.entry(node).or_default() += holds;
-        sales.push(support::sale_id(&def.id)?);
+        sales.push(def.id.clone());
     }
     let engine = t.engine.clone();
     let (engine, sales) = (&engine, &sales);

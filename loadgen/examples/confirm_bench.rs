@@ -196,12 +196,8 @@ async fn bench(args: &Args, targets: &[Target]) -> anyhow::Result<Vec<Run>> {
 async fn run_once(args: &Args, t: &Target, round: usize) -> anyhow::Result<Run> {
     let engine = &t.engine;
     let n = args.holds;
-    let def = support::sale_def(
-        &format!("confirm-{}", support::short_id()),
-        n,
-        "confirm durability benchmark",
-    );
-    let sale_id = &support::sale_id(&def.id)?;
+    let sale_id = &support::sale_id(&format!("confirm-{}", support::short_id()))?;
+    let def = support::sale_def(sale_id, n, "confirm durability benchmark");
     engine.create_sale(&def).await?;
 
     // Not timed: the holds to confirm.

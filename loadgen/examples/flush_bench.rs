@@ -227,7 +227,7 @@ async fn bench(args: &Args, engine: &Engine, db: &PgPool) -> anyhow::Result<Vec<
 
     // The baseline's orders belong to a sale of their own.
     let base_sale = support::sale_def(
-        &format!("base-{}", support::short_id()),
+        &support::sale_id(&format!("base-{}", support::short_id()))?,
         args.baseline_orders,
         "outbox flush benchmark",
     );
@@ -277,12 +277,8 @@ async fn flush_case(
     round: usize,
 ) -> anyhow::Result<Run> {
     let n = args.orders;
-    let def = support::sale_def(
-        &format!("flush-{}", support::short_id()),
-        n,
-        "outbox flush benchmark",
-    );
-    let sale_id = support::sale_id(&def.id)?;
+    let sale_id = support::sale_id(&format!("flush-{}", support::short_id()))?;
+    let def = support::sale_def(&sale_id, n, "outbox flush benchmark");
     // Postgres first (orders reference sales), then Redis, as the API does.
     store::insert_sale(db, &def).await?;
     engine.create_sale(&def).await?;
@@ -471,7 +467,7 @@ fn synth_orders(sale: &SaleDef, n: usize) -> Vec<NewOrder> {
         .map(|i| NewOrder {
             order_id: uuid::Uuid::now_v7(),
             reservation_id: new_reservation_id(&sale.id),
-            sale_id: sale.id.clone(),
+            sale_id: sale.id.to_string(),
             customer_id: format!("c{i}"),
             quantity: 1,
             price_cents: sale.price_cents,

@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Parser;
-use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef};
+use flashsale::domain::{from_ms, new_reservation_id, to_ms, SaleDef, SaleId};
 use flashsale::engine::SaleKeys;
 use redis::aio::{
     ConnectionLike, ConnectionManager, ConnectionManagerConfig, MultiplexedConnection,
@@ -215,7 +215,7 @@ async fn fresh_sale(
     delete_sale(admin, keys).await?;
     let now = from_ms(to_ms(time::OffsetDateTime::now_utc()));
     let def = SaleDef {
-        id: SALE_ID.into(),
+        id: SaleId::parse(SALE_ID).context("SALE_ID is a sale id")?,
         sku: "BENCH-1".into(),
         name: "connection benchmark".into(),
         price_cents: 100,

@@ -52,7 +52,7 @@ pub(super) async fn reconcile(
             };
             // Only a repair reads the outbox; it leaves no consumer behind.
             if rebuild || apply {
-                outbox.leave(&rc::sale_id(&def)?).await?;
+                outbox.leave(&def.id).await?;
             }
             report.export();
             reports.push(report);

@@ -2,7 +2,6 @@
 
 use super::one_shot;
 use crate::config::Settings;
-use crate::domain::SaleId;
 
 pub(super) async fn sales_load(settings: &Settings, file: &std::path::Path, dry_run: bool) -> i32 {
     let text = match std::fs::read_to_string(file) {
@@ -72,11 +71,8 @@ pub(super) async fn sales_list(settings: &Settings) -> i32 {
         "sale", "status", "available", "held", "sold", "total", "starts_at", "ends_at"
     );
     for def in defs {
-        let Ok(id) = SaleId::try_from(def.id.clone()) else {
-            println!("{:<24} {:<10} (not a sale id)", def.id, "corrupt");
-            continue;
-        };
-        let line = match engine.sale(&id).await {
+        let id = &def.id;
+        let line = match engine.sale(id).await {
             Ok(s) => format!(
                 "{:<24} {:<10} {:>9} {:>7} {:>7} {:>7}  {:<20} {:<20} {}",
                 s.id,
@@ -95,7 +91,7 @@ pub(super) async fn sales_list(settings: &Settings) -> i32 {
                 s.name
             ),
             Err(crate::engine::EngineError::Refused(_)) => {
-                match crate::usecases::archive::sale(&db, &id).await {
+                match crate::usecases::archive::sale(&db, id).await {
                     Ok(Some(s)) => format!(
                         "{:<24} {:<10} {:>9} {:>7} {:>7} {:>7}  (archived: final figures from Postgres)",
                         s.id, "archived", s.stock.available, s.stock.held, s.stock.sold, s.stock.total

@@ -56,6 +56,34 @@ macro_rules! checked_id {
             }
         }
 
+        impl From<$name> for String {
+            fn from(id: $name) -> String {
+                id.0
+            }
+        }
+
+        /// In JSON: the plain string, so documents written before the type
+        /// existed read the same.
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
+
+        /// Text that breaks the rule is refused here, as at any other entry.
+        impl<'de> serde::Deserialize<'de> for $name {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<$name, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                $name::try_from(text).map_err(|text| {
+                    serde::de::Error::custom(format!(
+                        "`{text}` is not a {}: it must match {}",
+                        stringify!($name),
+                        $pattern
+                    ))
+                })
+            }
+        }
+
         impl PartialEq<str> for $name {
             fn eq(&self, other: &str) -> bool {
                 self.0 == other
@@ -149,5 +177,17 @@ mod tests {
         assert!(!valid_sale_id("a{b}"));
         assert!(!valid_sale_id(""));
         assert!(!valid_sale_id(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn ids_are_plain_strings_in_json_and_refuse_bad_text() {
+        let id = SaleId::parse("tv-1212").expect("a sale id");
+        assert_eq!(
+            serde_json::to_string(&id).ok().as_deref(),
+            Some("\"tv-1212\"")
+        );
+        assert_eq!(serde_json::from_str::<SaleId>("\"tv-1212\"").ok(), Some(id));
+        assert!(serde_json::from_str::<SaleId>("\"a{b}\"").is_err());
+        assert!(serde_json::from_str::<ReservationId>("\"tv-1212.xyz\"").is_err());
     }
 }

@@ -6,7 +6,7 @@ use time::OffsetDateTime;
 use super::input::{plain_text, present, whole};
 use super::time::{rfc3339_ms, to_ms, truncate_ms};
 use super::waiting_room::{WaitingRoomDef, WaitingRoomInput};
-use super::{valid_sale_id, SaleId};
+use super::SaleId;
 
 /// Upper bound for any stock figure and price: far above any real sale, far
 /// below what Lua's doubles (2^53) and Postgres BIGINT hold exactly.
@@ -77,7 +77,7 @@ pub struct SaleInput {
 /// engine compares it byte for byte to tell "same sale again" from a conflict.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SaleDef {
-    pub id: String,
+    pub id: SaleId,
     pub sku: String,
     pub name: String,
     pub price_cents: i64,
@@ -110,13 +110,8 @@ impl SaleInput {
     /// Checks every field and returns the first problem in words a client can
     /// act on. `new_id` is used when the body has no `id`.
     pub fn validate(self, new_id: impl FnOnce() -> String) -> Result<SaleDef, String> {
-        let id = match self.id {
-            Some(id) if !valid_sale_id(&id) => {
-                return Err(BAD_SALE_ID.into());
-            }
-            Some(id) => id,
-            None => new_id(),
-        };
+        let id = SaleId::try_from(self.id.unwrap_or_else(new_id))
+            .map_err(|_| String::from(BAD_SALE_ID))?;
         let text_ok =
             |s: &str, max: usize| !s.trim().is_empty() && s.chars().count() <= max && plain_text(s);
         if !text_ok(&self.sku, 64) {
@@ -258,7 +253,7 @@ impl Sale {
             Window::Open => SaleStatus::Live,
         };
         Sale {
-            id: def.id,
+            id: def.id.into(),
             sku: def.sku,
             name: def.name,
             price_cents: def.price_cents,

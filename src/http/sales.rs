@@ -17,7 +17,7 @@ use super::read_view::{Noted, Wrote};
 use super::{db_call, AppState};
 use crate::domain::{
     present, present_rfc3339, present_whole, valid_sale_id, Sale, SaleId, SaleInput,
-    WaitingRoomInput, BAD_SALE_ID, MAX_UNITS,
+    WaitingRoomInput, MAX_UNITS,
 };
 use crate::usecases::{adjust, schedule};
 
@@ -68,9 +68,7 @@ pub async fn create(
                 }
                 schedule::Outcome::Unchanged => StatusCode::OK,
             };
-            let id = SaleId::try_from(def.id.clone())
-                .map_err(|_| ApiError::InvalidRequest(BAD_SALE_ID.into()))?;
-            Ok((status, Json(state.engine.sale(&id).await?)))
+            Ok((status, Json(state.engine.sale(&def.id).await?)))
         }
         .await,
     )

@@ -7,12 +7,13 @@ use time::OffsetDateTime;
 use uuid::Uuid;
 
 use super::StoreResult;
+use crate::domain::SaleId;
 
 /// An admin's change, recorded before Redis is touched.
 #[derive(Debug, Clone)]
 pub struct Adjustment {
     pub id: Uuid,
-    pub sale_id: String,
+    pub sale_id: SaleId,
     pub actor: String,
     pub stock_delta: i64,
     pub ends_at: Option<OffsetDateTime>,
@@ -85,7 +86,7 @@ async fn insert_adjustment(
          ON CONFLICT (sale_id, actor, idempotency_key) WHERE idempotency_key IS NOT NULL
          DO NOTHING",
         adj.id,
-        adj.sale_id,
+        adj.sale_id.as_str(),
         adj.actor,
         adj.stock_delta,
         adj.ends_at,
@@ -102,14 +103,14 @@ async fn insert_adjustment(
 /// The adjustment an admin's key names on a sale.
 pub async fn keyed_adjustment(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     actor: &str,
     key: &str,
 ) -> StoreResult<Option<KeyedAdjustment>> {
     let row = sqlx::query!(
         "SELECT id, fingerprint, state, outcome, response FROM sale_adjustments
          WHERE sale_id = $1 AND actor = $2 AND idempotency_key = $3",
-        sale_id,
+        sale_id.as_str(),
         actor,
         key,
     )
@@ -210,14 +211,14 @@ pub async fn keep_response(db: &PgPool, id: Uuid, response: &serde_json::Value) 
 /// Pending adjustments of a sale recorded at least `min_age` ago.
 pub async fn pending_adjustments(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     min_age: Duration,
 ) -> StoreResult<Vec<Uuid>> {
     Ok(sqlx::query_scalar!(
         "SELECT id FROM sale_adjustments
          WHERE sale_id = $1 AND state = 'pending' AND at <= now() - $2 * interval '1 millisecond'
          ORDER BY at",
-        sale_id,
+        sale_id.as_str(),
         min_age.as_millis() as f64,
     )
     .fetch_all(db)
@@ -227,11 +228,11 @@ pub async fn pending_adjustments(
 /// Ids of a sale's adjustments settled as applied, and as rejected.
 pub async fn settled_adjustments(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
 ) -> StoreResult<(Vec<String>, Vec<String>)> {
     let rows = sqlx::query!(
         "SELECT id, state FROM sale_adjustments WHERE sale_id = $1 AND state <> 'pending'",
-        sale_id,
+        sale_id.as_str(),
     )
     .fetch_all(db)
     .await?;

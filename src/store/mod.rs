@@ -52,6 +52,20 @@ pub enum StoreError {
     /// deleted in between (by hand; flashsale never deletes sales).
     #[error("sale `{0}` vanished after a conflicting insert")]
     SaleVanished(String),
+    /// A row holds text that breaks a rule every writer keeps (an id that is
+    /// not one): changed by hand, reported rather than passed on.
+    #[error("corrupt row in `{table}`: {what}")]
+    CorruptRow { table: &'static str, what: String },
+}
+
+impl StoreError {
+    /// A bad id read from `table`.
+    pub(crate) fn bad_id(table: &'static str, text: String) -> StoreError {
+        StoreError::CorruptRow {
+            table,
+            what: format!("bad id `{text}`"),
+        }
+    }
 }
 
 pub type StoreResult<T> = Result<T, StoreError>;

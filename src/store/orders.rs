@@ -4,7 +4,7 @@ use sqlx::postgres::PgPool;
 use time::OffsetDateTime;
 
 use super::StoreResult;
-use crate::domain::NewOrder;
+use crate::domain::{NewOrder, ReservationId, SaleId};
 
 /// Writes a batch of orders in one round trip. An order already there (same
 /// reservation id: a batch flushed twice after a crash) is skipped, so a
@@ -43,12 +43,12 @@ pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx
 
 /// Units ordered per customer (their confirmed purchases count against the
 /// per-customer limit after a rebuild).
-pub async fn units_per_customer(db: &PgPool, sale_id: &str) -> StoreResult<Vec<(String, i64)>> {
+pub async fn units_per_customer(db: &PgPool, sale_id: &SaleId) -> StoreResult<Vec<(String, i64)>> {
     // `!`: a group has rows, and `quantity` is never NULL.
     let rows = sqlx::query!(
         r#"SELECT customer_id, sum(quantity)::bigint AS "units!"
            FROM orders WHERE sale_id = $1 GROUP BY 1"#,
-        sale_id,
+        sale_id.as_str(),
     )
     .fetch_all(db)
     .await?;
@@ -56,12 +56,15 @@ pub async fn units_per_customer(db: &PgPool, sale_id: &str) -> StoreResult<Vec<(
 }
 
 /// The order of a reservation, from Postgres.
-pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<NewOrder>> {
+pub async fn order_of(
+    db: &PgPool,
+    reservation_id: &ReservationId,
+) -> StoreResult<Option<NewOrder>> {
     let row = sqlx::query!(
         "SELECT order_id, reservation_id, sale_id, customer_id, quantity, price_cents, currency,
                 payment_ref, confirmed_at, expires_at, confirmed_by
          FROM orders WHERE reservation_id = $1",
-        reservation_id,
+        reservation_id.as_str(),
     )
     .fetch_optional(db)
     .await?;
@@ -83,14 +86,14 @@ pub async fn order_of(db: &PgPool, reservation_id: &str) -> StoreResult<Option<N
 /// Copies dead letters of a sale to Postgres (again is a no-op).
 pub async fn keep_dead_letters(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     letters: &[(String, serde_json::Value)],
 ) -> StoreResult<()> {
     for (entry_id, fields) in letters {
         sqlx::query!(
             "INSERT INTO dead_letters (sale_id, entry_id, fields) VALUES ($1, $2, $3)
              ON CONFLICT DO NOTHING",
-            sale_id,
+            sale_id.as_str(),
             entry_id,
             fields,
         )

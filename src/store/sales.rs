@@ -7,7 +7,7 @@ use std::time::Duration;
 use time::OffsetDateTime;
 
 use super::{StoreError, StoreResult};
-use crate::domain::{SaleDef, WaitingRoomDef};
+use crate::domain::{SaleDef, SaleId, WaitingRoomDef};
 
 /// The outcome of scheduling a sale in Postgres.
 #[derive(Debug)]
@@ -28,7 +28,7 @@ pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
                             per_customer_limit, hold_seconds, queue)
          VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)
          ON CONFLICT (id) DO NOTHING",
-        def.id,
+        def.id.as_str(),
         def.sku,
         def.name,
         def.price_cents,
@@ -47,7 +47,7 @@ pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
         if let Some(queue) = queue {
             sqlx::query!(
                 "INSERT INTO sale_queues (sale_id, config) VALUES ($1, $2)",
-                def.id,
+                def.id.as_str(),
                 queue as _,
             )
             .execute(&mut *tx)
@@ -59,7 +59,7 @@ pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
     tx.rollback().await?;
     let existing = sale(db, &def.id)
         .await?
-        .ok_or_else(|| StoreError::SaleVanished(def.id.clone()))?;
+        .ok_or_else(|| StoreError::SaleVanished(def.id.to_string()))?;
     Ok(Scheduled::Existing(existing))
 }
 
@@ -80,10 +80,11 @@ struct SaleRow {
     queue: Option<Json<WaitingRoomDef>>,
 }
 
-impl From<SaleRow> for SaleDef {
-    fn from(row: SaleRow) -> SaleDef {
-        SaleDef {
-            id: row.id,
+impl TryFrom<SaleRow> for SaleDef {
+    type Error = StoreError;
+    fn try_from(row: SaleRow) -> StoreResult<SaleDef> {
+        Ok(SaleDef {
+            id: SaleId::try_from(row.id).map_err(|id| StoreError::bad_id("sales", id))?,
             sku: row.sku,
             name: row.name,
             price_cents: row.price_cents,
@@ -94,7 +95,7 @@ impl From<SaleRow> for SaleDef {
             per_customer_limit: row.per_customer_limit as u32,
             hold_seconds: row.hold_seconds as u32,
             queue: row.queue.map(|q| q.0),
-        }
+        })
     }
 }
 
@@ -118,17 +119,17 @@ macro_rules! sale_row {
     };
 }
 
-pub async fn sale(db: &PgPool, id: &str) -> StoreResult<Option<SaleDef>> {
+pub async fn sale(db: &PgPool, id: &SaleId) -> StoreResult<Option<SaleDef>> {
     let row = sqlx::query_as!(
         SaleRow,
         r#"SELECT id, sku, name, price_cents, currency, stock, starts_at, ends_at,
                   per_customer_limit, hold_seconds, queue AS "queue: Json<WaitingRoomDef>"
            FROM sales WHERE id = $1"#,
-        id,
+        id.as_str(),
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(SaleDef::from))
+    row.map(SaleDef::try_from).transpose()
 }
 
 /// Sales written to Postgres that no gateway has confirmed loaded into Redis,
@@ -144,16 +145,15 @@ pub async fn sales_not_loaded(db: &PgPool) -> StoreResult<Vec<(SaleDef, Option<S
     )
     .fetch_all(db)
     .await?;
-    Ok(rows
-        .into_iter()
-        .map(|row| (SaleDef::from(sale_row!(row)), row.load_error))
-        .collect())
+    rows.into_iter()
+        .map(|row| Ok((SaleDef::try_from(sale_row!(row))?, row.load_error)))
+        .collect()
 }
 
-pub async fn mark_loaded(db: &PgPool, id: &str) -> StoreResult<()> {
+pub async fn mark_loaded(db: &PgPool, id: &SaleId) -> StoreResult<()> {
     sqlx::query!(
         "UPDATE sales SET loaded_at = now(), load_error = NULL WHERE id = $1 AND loaded_at IS NULL",
-        id,
+        id.as_str(),
     )
     .execute(db)
     .await?;
@@ -161,10 +161,10 @@ pub async fn mark_loaded(db: &PgPool, id: &str) -> StoreResult<()> {
 }
 
 /// Records why a sale could not be loaded (shown by reconcile).
-pub async fn mark_load_failed(db: &PgPool, id: &str, why: &str) -> StoreResult<()> {
+pub async fn mark_load_failed(db: &PgPool, id: &SaleId, why: &str) -> StoreResult<()> {
     sqlx::query!(
         "UPDATE sales SET load_error = $2 WHERE id = $1 AND loaded_at IS NULL",
-        id,
+        id.as_str(),
         why,
     )
     .execute(db)
@@ -173,10 +173,10 @@ pub async fn mark_load_failed(db: &PgPool, id: &str, why: &str) -> StoreResult<(
 }
 
 /// Why the sale's load failed, while it is not loaded.
-pub async fn load_error(db: &PgPool, id: &str) -> StoreResult<Option<String>> {
+pub async fn load_error(db: &PgPool, id: &SaleId) -> StoreResult<Option<String>> {
     let row = sqlx::query_scalar!(
         "SELECT load_error FROM sales WHERE id = $1 AND loaded_at IS NULL",
-        id,
+        id.as_str(),
     )
     .fetch_optional(db)
     .await?;
@@ -193,7 +193,7 @@ pub async fn sales(db: &PgPool) -> StoreResult<Vec<SaleDef>> {
     )
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(SaleDef::from).collect())
+    rows.into_iter().map(SaleDef::try_from).collect()
 }
 
 /// A sale as Postgres knows it: the scheduled stock plus applied
@@ -221,14 +221,14 @@ pub async fn ledger(db: &PgPool, sale: &SaleDef) -> StoreResult<Ledger> {
                   WHERE sale_id = $1 AND state = 'applied' AND paused IS NOT NULL
                   ORDER BY at DESC, id DESC LIMIT 1) AS "paused?"
          FROM sale_adjustments WHERE sale_id = $1 AND state = 'applied'"#,
-        sale.id,
+        sale.id.as_str(),
     )
     .fetch_one(db)
     .await?;
     let ordered = sqlx::query!(
         r#"SELECT count(*) AS "orders!", coalesce(sum(quantity), 0)::bigint AS "units!"
            FROM orders WHERE sale_id = $1"#,
-        sale.id,
+        sale.id.as_str(),
     )
     .fetch_one(db)
     .await?;
@@ -255,14 +255,14 @@ pub async fn sales_to_archive(db: &PgPool, retention: Duration) -> StoreResult<V
     )
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(SaleDef::from).collect())
+    rows.into_iter().map(SaleDef::try_from).collect()
 }
 
 /// Keeps a closed sale's final figures, before its Redis keys go.
-pub async fn keep_final(db: &PgPool, id: &str, total: i64, sold: i64) -> StoreResult<()> {
+pub async fn keep_final(db: &PgPool, id: &SaleId, total: i64, sold: i64) -> StoreResult<()> {
     sqlx::query!(
         "UPDATE sales SET final_total = $2, final_sold = $3 WHERE id = $1",
-        id,
+        id.as_str(),
         total,
         sold,
     )
@@ -272,10 +272,10 @@ pub async fn keep_final(db: &PgPool, id: &str, total: i64, sold: i64) -> StoreRe
 }
 
 /// Marks a sale archived: its Redis keys are gone.
-pub async fn mark_archived(db: &PgPool, id: &str) -> StoreResult<()> {
+pub async fn mark_archived(db: &PgPool, id: &SaleId) -> StoreResult<()> {
     sqlx::query!(
         "UPDATE sales SET archived_at = now() WHERE id = $1 AND archived_at IS NULL",
-        id,
+        id.as_str(),
     )
     .execute(db)
     .await?;
@@ -283,18 +283,23 @@ pub async fn mark_archived(db: &PgPool, id: &str) -> StoreResult<()> {
 }
 
 /// Which of `ids` are archived.
-pub async fn archived_among(db: &PgPool, ids: &[String]) -> StoreResult<Vec<String>> {
-    Ok(sqlx::query_scalar!(
+pub async fn archived_among(db: &PgPool, ids: &[SaleId]) -> StoreResult<Vec<SaleId>> {
+    let ids: Vec<&str> = ids.iter().map(SaleId::as_str).collect();
+    let archived = sqlx::query_scalar!(
         "SELECT id FROM sales WHERE id = ANY($1) AND archived_at IS NOT NULL",
-        ids,
+        &ids as &[&str],
     )
     .fetch_all(db)
-    .await?)
+    .await?;
+    archived
+        .into_iter()
+        .map(|id| SaleId::try_from(id).map_err(|id| StoreError::bad_id("sales", id)))
+        .collect()
 }
 
 /// A sale closed for archiving (final figures kept): its definition, final
 /// total and sold, and its end as last moved.
-pub async fn closed_sale(db: &PgPool, id: &str) -> StoreResult<Option<(SaleDef, i64, i64)>> {
+pub async fn closed_sale(db: &PgPool, id: &SaleId) -> StoreResult<Option<(SaleDef, i64, i64)>> {
     // `!`: both figures are kept together (keep_final); a row with one
     // missing fails to decode, as it did when read by name.
     let row = sqlx::query!(
@@ -302,9 +307,13 @@ pub async fn closed_sale(db: &PgPool, id: &str) -> StoreResult<Option<(SaleDef, 
                   per_customer_limit, hold_seconds, queue AS "queue: Json<WaitingRoomDef>",
                   final_total AS "final_total!", final_sold AS "final_sold!"
            FROM sales WHERE id = $1 AND final_total IS NOT NULL"#,
-        id,
+        id.as_str(),
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(|row| (sale_row!(row).into(), row.final_total, row.final_sold)))
+    row.map(|row| {
+        let (total, sold) = (row.final_total, row.final_sold);
+        Ok((SaleDef::try_from(sale_row!(row))?, total, sold))
+    })
+    .transpose()
 }

@@ -4,13 +4,13 @@
 use sqlx::postgres::PgPool;
 use sqlx::types::Json;
 
-use super::StoreResult;
-use crate::domain::WaitingRoomDef;
+use super::{StoreError, StoreResult};
+use crate::domain::{SaleId, WaitingRoomDef};
 
 /// A waiting room as Postgres keeps it.
 #[derive(Debug, Clone)]
 pub struct WaitingRoom {
-    pub sale_id: String,
+    pub sale_id: SaleId,
     pub config: WaitingRoomDef,
     /// With its SHA-256 (hex); committed when the room opened.
     pub seed: Option<(String, String)>,
@@ -30,29 +30,31 @@ struct RoomRow {
     admitted: Option<i64>,
 }
 
-impl From<RoomRow> for WaitingRoom {
-    fn from(row: RoomRow) -> WaitingRoom {
-        WaitingRoom {
-            sale_id: row.sale_id,
+impl TryFrom<RoomRow> for WaitingRoom {
+    type Error = StoreError;
+    fn try_from(row: RoomRow) -> StoreResult<WaitingRoom> {
+        Ok(WaitingRoom {
+            sale_id: SaleId::try_from(row.sale_id)
+                .map_err(|id| StoreError::bad_id("sale_queues", id))?,
             config: row.config.0,
             seed: row.seed.zip(row.seed_sha256),
             members: row.members.and_then(|m| u64::try_from(m).ok()),
             admitted: row.admitted.and_then(|m| u64::try_from(m).ok()),
-        }
+        })
     }
 }
 
-pub async fn waiting_room(db: &PgPool, sale_id: &str) -> StoreResult<Option<WaitingRoom>> {
+pub async fn waiting_room(db: &PgPool, sale_id: &SaleId) -> StoreResult<Option<WaitingRoom>> {
     let row = sqlx::query_as!(
         RoomRow,
         r#"SELECT sale_id, config AS "config: Json<WaitingRoomDef>", seed, seed_sha256,
                   members, admitted
            FROM sale_queues WHERE sale_id = $1"#,
-        sale_id,
+        sale_id.as_str(),
     )
     .fetch_optional(db)
     .await?;
-    Ok(row.map(WaitingRoom::from))
+    row.map(WaitingRoom::try_from).transpose()
 }
 
 /// The rooms the worker tends: those of sales not archived that have not
@@ -68,21 +70,21 @@ pub async fn waiting_rooms_to_tend(db: &PgPool) -> StoreResult<Vec<WaitingRoom>>
     )
     .fetch_all(db)
     .await?;
-    Ok(rows.into_iter().map(WaitingRoom::from).collect())
+    rows.into_iter().map(WaitingRoom::try_from).collect()
 }
 
 /// Commits a seed for the room if it has none; returns the room as kept
 /// (with whichever seed won).
 pub async fn commit_seed(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     seed: &str,
     sha: &str,
 ) -> StoreResult<Option<WaitingRoom>> {
     sqlx::query!(
         "UPDATE sale_queues SET seed = $2, seed_sha256 = $3, opened_at = now()
          WHERE sale_id = $1 AND seed IS NULL",
-        sale_id,
+        sale_id.as_str(),
         seed,
         sha,
     )
@@ -95,14 +97,14 @@ pub async fn commit_seed(
 /// kept (with whichever count won).
 pub async fn keep_members(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     members: u64,
 ) -> StoreResult<Option<WaitingRoom>> {
     let members = i64::try_from(members).unwrap_or(i64::MAX);
     sqlx::query!(
         "UPDATE sale_queues SET members = $2, sealed_at = now()
          WHERE sale_id = $1 AND members IS NULL AND seed IS NOT NULL",
-        sale_id,
+        sale_id.as_str(),
         members,
     )
     .execute(db)
@@ -115,7 +117,7 @@ pub async fn keep_members(
 /// configuration again is a success, so a retried PATCH passes.
 pub async fn set_waiting_room(
     db: &PgPool,
-    sale_id: &str,
+    sale_id: &SaleId,
     config: &WaitingRoomDef,
 ) -> StoreResult<bool> {
     // `as _`: the room goes in through its own `Json` encoding, where the
@@ -124,7 +126,7 @@ pub async fn set_waiting_room(
         "INSERT INTO sale_queues (sale_id, config) VALUES ($1, $2)
          ON CONFLICT (sale_id) DO UPDATE SET config = EXCLUDED.config
          WHERE sale_queues.seed IS NULL OR sale_queues.config = EXCLUDED.config",
-        sale_id,
+        sale_id.as_str(),
         Json(config) as _,
     )
     .execute(db)
@@ -134,10 +136,10 @@ pub async fn set_waiting_room(
 }
 
 /// Keeps how many positions a room admitted, before Redis forgets it.
-pub async fn keep_admitted(db: &PgPool, sale_id: &str, admitted: u64) -> StoreResult<()> {
+pub async fn keep_admitted(db: &PgPool, sale_id: &SaleId, admitted: u64) -> StoreResult<()> {
     sqlx::query!(
         "UPDATE sale_queues SET admitted = $2 WHERE sale_id = $1",
-        sale_id,
+        sale_id.as_str(),
         i64::try_from(admitted).unwrap_or(i64::MAX),
     )
     .execute(db)

@@ -68,7 +68,7 @@ impl Request<'_> {
     fn adjustment(&self) -> Adjustment {
         Adjustment {
             id: Uuid::now_v7(),
-            sale_id: self.sale_id.to_string(),
+            sale_id: self.sale_id.clone(),
             actor: self.actor.to_string(),
             stock_delta: self.stock_delta,
             ends_at: self.ends_at,

@@ -45,8 +45,8 @@ pub async fn archive_due(
             continue;
         }
         let report = reconcile::inspect(engine, db, &def, Duration::ZERO).await?;
-        let id = reconcile::sale_id(&def)?;
-        let closed_before = store::closed_sale(db, &id).await?.is_some();
+        let id = &def.id;
+        let closed_before = store::closed_sale(db, id).await?.is_some();
         if report.redis.is_none() && !closed_before {
             continue; // lost, not archived: reconcile names it
         }
@@ -60,21 +60,21 @@ pub async fn archive_due(
             {
                 continue;
             }
-            let copied = copy_dead_letters(engine, db, &id).await?;
-            let Some(last) = engine.archive(&id, copied).await? else {
+            let copied = copy_dead_letters(engine, db, id).await?;
+            let Some(last) = engine.archive(id, copied).await? else {
                 continue; // not over (held units, orders waiting)
             };
-            store::keep_final(db, &id, last.total, last.sold).await?;
+            store::keep_final(db, id, last.total, last.sold).await?;
             if def.queue.is_some() {
                 // The room's public view answers from Postgres after this.
-                match engine.waiting_room(&id, None).await {
-                    Ok(room) => store::keep_admitted(db, &id, room.admitted).await?,
+                match engine.waiting_room(id, None).await {
+                    Ok(room) => store::keep_admitted(db, id, room.admitted).await?,
                     // A room Redis lost (reconcile names it): nothing to keep.
                     Err(e) if crate::engine::ops::waiting_room::is_missing(&e) => {}
                     Err(e) => return Err(e.into()),
                 }
             }
-            engine.remove_sale(&id).await?;
+            engine.remove_sale(id).await?;
         }
         store::mark_archived(db, &def.id).await?;
         crate::metrics::archived();
@@ -93,6 +93,8 @@ async fn forget_archived(db: &PgPool) -> Result<(), StoreError> {
     if held.is_empty() {
         return Ok(());
     }
+    // Series are labelled only from sale ids: text that is not one names no sale.
+    let held: Vec<SaleId> = held.into_iter().filter_map(SaleId::parse).collect();
     for id in store::archived_among(db, &held).await? {
         crate::metrics::forget_sale(&id);
     }

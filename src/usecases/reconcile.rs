@@ -112,8 +112,6 @@ pub enum ReconcileError {
     Adjust(#[from] AdjustError),
     #[error("no sale `{0}` in Postgres")]
     UnknownSale(String),
-    #[error("Postgres holds `{0}` as a sale id, which is not one")]
-    CorruptId(String),
     #[error("{0}")]
     Refused(String),
 }
@@ -138,18 +136,18 @@ pub async fn inspect(
     def: &SaleDef,
     settle_age: Duration,
 ) -> Result<SaleReport, ReconcileError> {
-    let id = sale_id(def)?;
-    adjust::settle_pending(engine, db, &id, settle_age).await?;
-    let in_flight = !store::pending_adjustments(db, &id, Duration::ZERO)
+    let id = &def.id;
+    adjust::settle_pending(engine, db, id, settle_age).await?;
+    let in_flight = !store::pending_adjustments(db, id, Duration::ZERO)
         .await?
         .is_empty();
-    let redis = engine.inspect(&id, GRACE_MS).await?;
+    let redis = engine.inspect(id, GRACE_MS).await?;
     let pg = store::ledger(db, def).await?;
     let mut drift = Vec::new();
-    if let Some(reason) = store::load_error(db, &id).await? {
+    if let Some(reason) = store::load_error(db, id).await? {
         drift.push(Drift::LoadFailed { reason });
     }
-    let archived = redis.is_none() && store::closed_sale(db, &id).await?.is_some();
+    let archived = redis.is_none() && store::closed_sale(db, id).await?.is_some();
     match &redis {
         None if archived => {}
         None => drift.push(Drift::MissingInRedis),
@@ -177,7 +175,7 @@ pub async fn inspect(
             }
             let sold_after = if pg.order_units > r.sold {
                 engine
-                    .inspect(&id, GRACE_MS)
+                    .inspect(id, GRACE_MS)
                     .await?
                     .map_or(0, |later| later.sold)
             } else {
@@ -200,7 +198,7 @@ pub async fn inspect(
         }
     }
     Ok(SaleReport {
-        sale_id: def.id.clone(),
+        sale_id: def.id.to_string(),
         redis,
         postgres: pg,
         drift,
@@ -218,7 +216,7 @@ pub async fn apply(
     def: &SaleDef,
     report: SaleReport,
 ) -> Result<SaleReport, ReconcileError> {
-    let id = sale_id(def)?;
+    let id = &def.id;
     let mut repairs = Vec::new();
     for d in &report.drift {
         match d {
@@ -233,7 +231,7 @@ pub async fn apply(
             Drift::HoldsNotReaped { .. } => {
                 let mut n = 0;
                 loop {
-                    let step = engine.expire_due(&id, 1000).await?;
+                    let step = engine.expire_due(id, 1000).await?;
                     n += step.holds;
                     if !step.more_due {
                         break;
@@ -242,7 +240,7 @@ pub async fn apply(
                 repairs.push(format!("returned {n} overdue holds to stock"));
             }
             Drift::OrdersNotInPostgres { .. } => {
-                let done = outbox.flush_sale(&id, true).await?;
+                let done = outbox.flush_sale(id, true).await?;
                 repairs.push(format!("flushed {} orders to Postgres", done.orders));
             }
             _ => {}
@@ -300,10 +298,10 @@ const ROUNDS: usize = 5;
 /// Recounts the sale's counters (see `lua/recount.lua`): never below any
 /// figure Postgres or Redis knows. Returns what it did, in words.
 async fn recount(engine: &Engine, db: &PgPool, def: &SaleDef) -> Result<String, ReconcileError> {
-    let id = sale_id(def)?;
+    let id = &def.id;
     for _ in 0..ROUNDS {
         let facts = Facts::read(db, def).await?;
-        match engine.recount(&id, &facts.known()).await? {
+        match engine.recount(id, &facts.known()).await? {
             Recounted::Done(s) => {
                 tracing::warn!(sale_id = %def.id, stock = ?s, "sale recounted");
                 return Ok(format!(
@@ -318,7 +316,7 @@ async fn recount(engine: &Engine, db: &PgPool, def: &SaleDef) -> Result<String, 
                 ))
             }
             Recounted::AdjustmentUnsettled(_) => {
-                adjust::settle_pending(engine, db, &id, Duration::ZERO).await?;
+                adjust::settle_pending(engine, db, id, Duration::ZERO).await?;
             }
         }
     }
@@ -336,9 +334,8 @@ pub async fn rebuild(
     outbox: &Flusher,
     def: &SaleDef,
 ) -> Result<Stock, ReconcileError> {
-    let id = sale_id(def)?;
-    if engine.inspect(&id, GRACE_MS).await?.is_none()
-        && store::closed_sale(db, &id).await?.is_some()
+    let id = &def.id;
+    if engine.inspect(id, GRACE_MS).await?.is_none() && store::closed_sale(db, id).await?.is_some()
     {
         return Err(ReconcileError::Refused(format!(
             "sale {} is closed and archived (or being archived): it answers from Postgres and is not rebuilt",
@@ -346,8 +343,8 @@ pub async fn rebuild(
         )));
     }
     for _ in 0..20 {
-        adjust::settle_pending(engine, db, &id, Duration::ZERO).await?;
-        outbox.flush_sale(&id, true).await?;
+        adjust::settle_pending(engine, db, id, Duration::ZERO).await?;
+        outbox.flush_sale(id, true).await?;
         let facts = Facts::read(db, def).await?;
         let restore = Restore {
             def,
@@ -399,20 +396,20 @@ pub async fn watch_live(
     let now = time::OffsetDateTime::now_utc();
     for def in store::sales(db).await? {
         let live = def.starts_at <= now && def.ends_at >= now - time::Duration::hours(1);
-        if !live && !drifting.contains(&def.id) {
+        if !live && !drifting.contains(def.id.as_str()) {
             continue;
         }
         let report = inspect(engine, db, &def, SETTLE_AGE).await?;
         if report.archived {
             // Its series are gone with it (crate::usecases::archive): none again.
-            drifting.remove(&def.id);
+            drifting.remove(def.id.as_str());
             continue;
         }
         report.export();
         if report.drift.is_empty() {
-            drifting.remove(&def.id);
+            drifting.remove(def.id.as_str());
         } else {
-            drifting.insert(def.id.clone());
+            drifting.insert(def.id.to_string());
         }
         if let Some(r) = &report.redis {
             let stock = crate::domain::Stock {
@@ -439,11 +436,6 @@ pub async fn sales(db: &PgPool, only: Option<&SaleId>) -> Result<Vec<SaleDef>, R
             .ok_or_else(|| ReconcileError::UnknownSale(id.to_string()))?]),
         None => Ok(store::sales(db).await?),
     }
-}
-
-/// A definition's id, parsed where it leaves Postgres for the engine.
-pub fn sale_id(def: &SaleDef) -> Result<SaleId, ReconcileError> {
-    SaleId::try_from(def.id.clone()).map_err(ReconcileError::CorruptId)
 }
 
 /// The human-readable table.

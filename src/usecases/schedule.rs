@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use sqlx::PgPool;
 
-use crate::domain::{SaleDef, SaleInput};
+use crate::domain::{SaleDef, SaleId, SaleInput};
 use crate::engine::{Engine, EngineError, Refusal};
 use crate::store::{self, Scheduled, StoreError};
 
@@ -144,7 +144,7 @@ pub async fn load(
     db: &PgPool,
     defs: &[SaleDef],
     dry_run: bool,
-) -> Result<Vec<(String, &'static str)>, Vec<String>> {
+) -> Result<Vec<(SaleId, &'static str)>, Vec<String>> {
     // Check every sale against what is scheduled before changing anything.
     let mut problems = Vec::new();
     let mut plan = Vec::with_capacity(defs.len());

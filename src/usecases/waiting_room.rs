@@ -124,17 +124,10 @@ pub async fn open(engine: &Engine, db: &PgPool, sale_id: &SaleId) -> Result<(), 
 async fn restore(engine: &Engine, room: &store::WaitingRoom) -> Result<(), WaitingRoomError> {
     if let Some((seed, sha)) = &room.seed {
         engine
-            .open_waiting_room(&sale_of(room)?, &room.config, seed, sha, room.members)
+            .open_waiting_room(&room.sale_id, &room.config, seed, sha, room.members)
             .await?;
     }
     Ok(())
-}
-
-/// The room's sale, parsed where its row leaves Postgres for the engine.
-fn sale_of(room: &store::WaitingRoom) -> Result<SaleId, WaitingRoomError> {
-    SaleId::try_from(room.sale_id.clone()).map_err(|id| {
-        EngineError::Corrupt(format!("Postgres holds {id:?} as a waiting room's sale")).into()
-    })
 }
 
 /// What one pass did for one room.
@@ -151,7 +144,7 @@ pub async fn tend(
     db: &PgPool,
     room: &store::WaitingRoom,
 ) -> Result<Tended, WaitingRoomError> {
-    let id = &sale_of(room)?;
+    let id = &room.sale_id;
     let state = match engine.waiting_room(id, None).await {
         Ok(s) => s,
         // The sale is not (or no longer) in Redis: the loader or a rebuild

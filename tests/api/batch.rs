@@ -31,7 +31,7 @@ const GROUPS: usize = 36;
 fn sale_def(id: &str, stock: i64, limit: u32) -> SaleDef {
     let now = OffsetDateTime::now_utc();
     SaleDef {
-        id: id.to_string(),
+        id: sale_id(id),
         sku: "SKU-1".into(),
         name: "batch test".into(),
         price_cents: 1000,

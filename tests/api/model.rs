@@ -345,7 +345,7 @@ proptest! {
             let (engine, _scratch) = test_engine(|_| {});
             let now = OffsetDateTime::now_utc();
             let def = SaleDef {
-                id: unique("m-"),
+                id: sale_id(&unique("m-")),
                 sku: "SKU".into(),
                 name: "model".into(),
                 price_cents: 100,
@@ -359,7 +359,7 @@ proptest! {
             };
             engine.create_sale(&def).await.unwrap();
             let mut model = Model { total: STOCK, available: STOCK, ..Model::default() };
-            let sale = sale_id(&def.id);
+            let sale = def.id.clone();
             for op in &ops {
                 step(&engine, &sale, &mut model, op).await;
                 compare(&engine, &sale, &model, op).await;

@@ -637,7 +637,7 @@ async fn walk(app: &TestApp, seed: u64) -> Result<(), String> {
     let stock = rng.gen_range(3..=8);
     let limit = rng.gen_range(1..=3);
     let sale = app.live_sale(stock, limit, 1).await;
-    let def = flashsale::store::sale(&app.db, &sale)
+    let def = flashsale::store::sale(&app.db, &sale_id(&sale))
         .await
         .unwrap()
         .unwrap();

@@ -34,7 +34,7 @@ async fn storm(app: &TestApp, sale: &str, n: usize) -> usize {
 fn stock_change(sale: &str, delta: i64) -> Adjustment {
     Adjustment {
         id: uuid::Uuid::now_v7(),
-        sale_id: sale.to_string(),
+        sale_id: sale_id(sale),
         actor: "ops".into(),
         stock_delta: delta,
         ends_at: None,
@@ -347,7 +347,7 @@ async fn the_loader_skips_a_sale_it_cannot_load() {
     }))
     .unwrap();
     let mut good = bad.clone();
-    good.id = unique("good-");
+    good.id = sale_id(&unique("good-"));
     let mut squatter = bad.clone();
     squatter.stock = 99;
     app.engine.create_sale(&squatter).await.unwrap();

@@ -17,10 +17,10 @@ pub fn runtime(threads: Option<usize>) -> anyhow::Result<tokio::runtime::Runtime
 }
 
 /// A sale open from a minute ago for a day, with room for every call.
-pub fn sale_def(id: &str, stock: usize, what: &str) -> SaleDef {
+pub fn sale_def(id: &SaleId, stock: usize, what: &str) -> SaleDef {
     let now = from_ms(to_ms(OffsetDateTime::now_utc()));
     SaleDef {
-        id: id.to_string(),
+        id: id.clone(),
         sku: "BENCH".into(),
         name: what.into(),
         price_cents: 100,
