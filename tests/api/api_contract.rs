@@ -624,3 +624,29 @@ async fn an_interrupted_sale_creation_is_finished_by_the_worker() {
     assert_eq!(retry.status, 200);
     assert_eq!(retry.body["stock"]["held"], 1);
 }
+
+/// Sale ids are read back from Postgres as typed ids: a row edited by hand
+/// into another shape would stop every list read that meets it, so the
+/// database itself refuses one (migration `sale_id_format`), whatever its
+/// locale's idea of `a-z`.
+#[tokio::test]
+async fn postgres_refuses_a_sale_id_the_gateway_could_not_parse() {
+    let app = spawn_app().await;
+    let sale = app.live_sale(1, 1, 60).await;
+    for bad in ["Bad", "with space", "é", "", &"a".repeat(65), "a{b}"] {
+        let refused = sqlx::query("UPDATE sales SET id = $1 WHERE id = $2")
+            .bind(bad)
+            .bind(&sale)
+            .execute(&app.db)
+            .await
+            .expect_err(bad);
+        assert!(
+            refused.to_string().contains("sales_id_format"),
+            "{bad:?}: {refused}"
+        );
+    }
+    assert_eq!(
+        app.get(&format!("/v1/sales/{sale}"), None).await.status,
+        200
+    );
+}
