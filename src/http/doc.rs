@@ -109,6 +109,7 @@ pub fn finish(api: &mut OpenApi, settings: &Settings) {
     for (path, item) in api.paths.paths.iter_mut() {
         for op in operations(item) {
             shared_answers(path, op);
+            object_only(op);
         }
     }
     let quantity = api
@@ -120,6 +121,29 @@ pub fn finish(api: &mut OpenApi, settings: &Settings) {
             body.properties.get_mut("quantity")
         {
             q.maximum = Some(settings.engine.max_quantity.into());
+        }
+    }
+}
+
+/// A body whose fields are all optional may be left out (it reads as `{}`),
+/// but when sent it is an object: utoipa writes `Option<Body>` as "the body
+/// or null", and a null body is a 422 (the contract's hardening block). The
+/// body stays optional; the null goes.
+fn object_only(op: &mut Operation) {
+    use utoipa::openapi::schema::{Schema, SchemaType, Type};
+    let Some(RefOr::T(body)) = op.request_body.as_mut() else {
+        return;
+    };
+    for content in body.content.values_mut() {
+        let RefOr::T(content) = content else {
+            continue;
+        };
+        let Some(RefOr::T(Schema::OneOf(one))) = &content.schema else {
+            continue;
+        };
+        let is_null = |s: &&RefOr<Schema>| matches!(s, RefOr::T(Schema::Object(o)) if o.schema_type == SchemaType::Type(Type::Null));
+        if one.items.iter().any(|s| is_null(&s)) {
+            content.schema = one.items.iter().find(|s| !is_null(s)).cloned();
         }
     }
 }

@@ -175,3 +175,25 @@ async fn pages_off_are_neither_routed_nor_documented() {
     }
     assert!(doc["paths"]["/v1/sales"].is_object());
 }
+
+/// A body is an object (the contract's hardening block): one whose fields
+/// are all optional may be left out, but the document never offers `null`.
+#[tokio::test]
+async fn request_bodies_are_objects_never_null() {
+    let app = spawn_app().await;
+    let doc = document(&app).await;
+    let mut bodies = 0;
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for method in METHODS {
+            let Some(body) = item.get(method).and_then(|op| op.get("requestBody")) else {
+                continue;
+            };
+            let schema = &body["content"]["application/json"]["schema"];
+            assert!(schema.get("$ref").is_some(), "{method} {path}: {schema}");
+            bodies += 1;
+        }
+    }
+    assert!(bodies >= 5, "{bodies} bodies");
+    let confirm = &doc["paths"]["/v1/reservations/{id}/confirm"]["post"]["requestBody"];
+    assert_ne!(confirm["required"], true, "an empty confirm reads as {{}}");
+}
