@@ -68,9 +68,12 @@ missing=()
 cc_links || missing+=(gcc libc6-dev)
 have redis-server && have redis-cli || missing+=(redis-server)
 _fs_pg_bindir >/dev/null || missing+=(postgresql)
-# The browser tests drive Debian's Chromium (test.sh asks for it; the demo does not).
+# What only test.sh needs (it asks for it; the demo does not): Debian's
+# Chromium for the browser tests, and python3 for the link check
+# (scripts/check-docs.sh), which a minimal Debian does not have.
 if [ "${FLASHSALE_WITH_BROWSER:-0}" = 1 ]; then
   have chromium && have chromedriver || missing+=(chromium chromium-driver)
+  have python3 || missing+=(python3)
 fi
 
 if ((${#missing[@]})); then
