@@ -266,33 +266,6 @@ async fn the_assets_go_with_the_pages() {
         .assert_problem(404, "not_found");
 }
 
-/// `serve` with `env`, run to its end: it must refuse to start.
-fn serve_refuses(app: &TestApp, env: &[(&str, &str)], config: Option<&std::path::Path>) {
-    let mut cmd = app.command();
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    if let Some(file) = config {
-        cmd.arg("--config").arg(file);
-    }
-    let out = cmd
-        .args(["serve", "--no-worker"])
-        .env(
-            "FLASHSALE__HTTP__ADDR",
-            format!("127.0.0.1:{}", free_port()),
-        )
-        .stderr(std::process::Stdio::piped())
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{env:?} {config:?}: {err}");
-    assert_eq!(err.trim().lines().count(), 1, "{env:?} {config:?}: {err}");
-    assert!(
-        err.contains("`http.frame_ancestors`"),
-        "{env:?} {config:?}: {err}"
-    );
-}
-
 #[tokio::test]
 async fn frame_ancestors_that_could_rewrite_the_policy_exit_2() {
     let app = spawn_app().await;
@@ -306,7 +279,11 @@ async fn frame_ancestors_that_could_rewrite_the_policy_exit_2() {
         "'self','none'",
         "",
     ] {
-        serve_refuses(&app, &[("FLASHSALE__HTTP__FRAME_ANCESTORS", value)], None);
+        app.serve_refuses(
+            &[],
+            &[("FLASHSALE__HTTP__FRAME_ANCESTORS", value)],
+            "http.frame_ancestors",
+        );
     }
     // A comma inside one value of a TOML list, and a line break.
     let dir = std::env::temp_dir().join(unique("fs-frame-"));
@@ -318,7 +295,11 @@ async fn frame_ancestors_that_could_rewrite_the_policy_exit_2() {
     ] {
         let file = dir.join("c.toml");
         std::fs::write(&file, format!("[http]\nframe_ancestors = {list}\n")).unwrap();
-        serve_refuses(&app, &[], Some(&file));
+        app.serve_refuses(
+            &["--config", file.to_str().unwrap()],
+            &[],
+            "http.frame_ancestors",
+        );
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -895,23 +895,8 @@ async fn bad_identity_configuration_exits_2_naming_the_key() {
         ),
     ];
     for (env, key) in cases {
-        let mut cmd = app.command();
-        for (k, v) in &env {
-            cmd.env(k, v);
-        }
-        let out = cmd
-            .args(["serve", "--no-worker"])
-            .env(
-                "FLASHSALE__HTTP__ADDR",
-                format!("127.0.0.1:{}", free_port()),
-            )
-            .stderr(std::process::Stdio::piped())
-            .output()
-            .unwrap();
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{env:?}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{env:?}: {err}");
-        assert!(err.contains(&format!("`{key}`")), "{env:?}: {err}");
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        app.serve_refuses(&[], &env, key);
     }
     let _ = std::fs::remove_file(&private);
 }

@@ -670,6 +670,28 @@ impl TestApp {
         cmd
     }
 
+    /// Runs `flashsale [args] serve --no-worker` with `env`: it must refuse
+    /// to start, exit 2 and say one line that names `key` (bad configuration).
+    pub fn serve_refuses(&self, args: &[&str], env: &[(&str, &str)], key: &str) {
+        let out = self
+            .command()
+            .envs(env.iter().copied())
+            .args(args)
+            .args(["serve", "--no-worker"])
+            .env(
+                "FLASHSALE__HTTP__ADDR",
+                format!("127.0.0.1:{}", free_port()),
+            )
+            .stderr(std::process::Stdio::piped())
+            .output()
+            .expect("flashsale runs");
+        let err = String::from_utf8_lossy(&out.stderr);
+        let case = format!("{args:?} {env:?}: {err}");
+        assert_eq!(out.status.code(), Some(2), "{case}");
+        assert_eq!(err.trim().lines().count(), 1, "{case}");
+        assert!(err.contains(&format!("`{key}`")), "{case}");
+    }
+
     /// Runs the real binary with `args` to the end, capturing its output.
     pub fn run(&self, args: &[&str]) -> std::process::Output {
         self.command()
