@@ -29,6 +29,7 @@ pub struct Settings {
     pub limits: LimitSettings,
     pub engine: EngineSettings,
     pub worker: WorkerSettings,
+    pub webhooks: WebhookSettings,
     pub log: LogSettings,
 }
 
@@ -189,6 +190,28 @@ pub struct WorkerSettings {
     pub reconcile_interval_ms: u64,
 }
 
+/// Deliveries of events to the store's endpoints (Standard Webhooks).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookSettings {
+    /// Endpoints may be plain `http://` (tests, a receiver on a private
+    /// network the operator trusts).
+    pub allow_http: bool,
+    /// Endpoints may resolve to loopback, private, link-local, unique-local
+    /// or unspecified addresses.
+    pub allow_private_networks: bool,
+    /// One attempt's whole budget: connect, send, read the status.
+    pub timeout_ms: u64,
+    /// The waits between attempts; attempts = 1 + its length.
+    pub retry_schedule_seconds: Vec<u64>,
+    /// How long the previous secret still signs after a rotation.
+    pub rotation_grace_seconds: u64,
+    /// Events and deliveries older than this are deleted.
+    pub retention_days: u32,
+    /// 32 bytes, base64: endpoint secrets are stored encrypted with it.
+    pub secret_key: Option<SecretString>,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogSettings {
@@ -228,6 +251,40 @@ impl Settings {
         Ok(settings)
     }
 
+    fn validate_webhooks(&self) -> Result<(), ConfigError> {
+        let bad = |key: &str, why: &str| Err(ConfigError(format!("`{key}`: {why}")));
+        let w = &self.webhooks;
+        if !(100..=120_000).contains(&w.timeout_ms) {
+            return bad("webhooks.timeout_ms", "must be 100 to 120000");
+        }
+        if w.retry_schedule_seconds.len() > 20
+            || w.retry_schedule_seconds.iter().any(|s| *s > 7 * 86_400)
+        {
+            return bad(
+                "webhooks.retry_schedule_seconds",
+                "at most 20 waits, each at most 604800",
+            );
+        }
+        if w.retention_days == 0 {
+            return bad("webhooks.retention_days", "must be above 0");
+        }
+        self.webhook_secret_key().map(|_| ())
+    }
+
+    /// `webhooks.secret_key` decoded: 32 bytes, or `None` when unset.
+    pub fn webhook_secret_key(&self) -> Result<Option<[u8; 32]>, ConfigError> {
+        use base64::Engine as _;
+        let Some(key) = &self.webhooks.secret_key else {
+            return Ok(None);
+        };
+        base64::engine::general_purpose::STANDARD
+            .decode(key.expose_secret().trim())
+            .ok()
+            .and_then(|b| <[u8; 32]>::try_from(b).ok())
+            .map(Some)
+            .ok_or_else(|| ConfigError("`webhooks.secret_key`: must be 32 bytes in base64".into()))
+    }
+
     fn validate(&self) -> Result<(), ConfigError> {
         let bad = |key: &str, why: &str| Err(ConfigError(format!("`{key}`: {why}")));
         let prefix = &self.redis.key_prefix;
@@ -256,6 +313,7 @@ impl Settings {
             return bad("database.url", "must start with postgres://");
         }
         self.validate_auth()?;
+        self.validate_webhooks()?;
         if self.http.body_limit_bytes < 256 {
             return bad("http.body_limit_bytes", "must be at least 256");
         }

@@ -9,6 +9,7 @@ mod reservation;
 mod sale;
 pub mod time;
 mod waiting_room;
+pub mod webhook;
 
 pub use self::time::{from_ms, rfc3339_ms, to_ms, truncate_ms};
 pub use ids::{
