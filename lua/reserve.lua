@@ -3,7 +3,8 @@
 -- KEYS[1] sale hash          KEYS[2] reservations hash
 -- KEYS[3] customers hash (customer -> units held + confirmed)
 -- KEYS[4] deadline index (zset: reservation id -> expires_ms)
--- KEYS[5] idempotency key of this customer and Idempotency-Key header
+-- KEYS[5] idempotency key of this customer and Idempotency-Key header (with
+--         no header, any key of the sale: it is never read)
 -- KEYS[6] set of the sale's idempotency keys (so retention finds them
 --         without scanning the keyspace)
 -- KEYS[7] the waiting room's tickets (read only when the sale has a room)

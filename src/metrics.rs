@@ -308,13 +308,68 @@ pub fn forget_sale(sale_id: &str) {
 /// labels are `'static` so that recording allocates nothing: this runs on
 /// every request of the hot path.
 pub fn request(route: &'static str, method: &'static str, status: &'static str, took: Duration) {
-    histogram!(
-        "flashsale_http_request_seconds",
-        "route" => route,
-        "method" => method,
-        "status" => status
-    )
-    .record(took.as_secs_f64());
+    static RESOLVED: Resolved<[At; 3], metrics::Histogram> = Resolved::new();
+    let key = [at(route), at(method), at(status)];
+    RESOLVED
+        .get(key, || {
+            histogram!(
+                "flashsale_http_request_seconds",
+                "route" => route,
+                "method" => method,
+                "status" => status
+            )
+        })
+        .record(took.as_secs_f64());
+}
+
+/// Where a `'static` label lives: its address and length.
+type At = (usize, usize);
+
+fn at(label: &'static str) -> At {
+    (label.as_ptr() as usize, label.len())
+}
+
+/// Handles of series whose labels come from sets the code fixes (route
+/// patterns, methods, status codes, outcomes, operations) and that are never
+/// removed, resolved once: the hot path then skips building a key and
+/// looking it up in the registry. Keyed by the labels' places (they are
+/// `'static`; two copies of one word at two addresses are two keys for one
+/// series, which is harmless). Never for a sale's series, which
+/// [`forget_sale`] removes: a kept handle would write to a series no
+/// longer rendered.
+struct Resolved<K, H> {
+    handles: std::sync::RwLock<Option<std::collections::HashMap<K, H>>>,
+}
+
+impl<K: std::hash::Hash + Eq + Copy, H: Clone> Resolved<K, H> {
+    const fn new() -> Resolved<K, H> {
+        Resolved {
+            handles: std::sync::RwLock::new(None),
+        }
+    }
+
+    fn get(&self, key: K, make: impl FnOnce() -> H) -> H {
+        // Before the recorder is installed a handle is a no-op one: keeping
+        // it would lose the series for good.
+        if HANDLE.get().is_none() {
+            return make();
+        }
+        if let Some(h) = self
+            .handles
+            .read()
+            .ok()
+            .and_then(|m| m.as_ref().and_then(|m| m.get(&key).cloned()))
+        {
+            return h;
+        }
+        let h = make();
+        if let Ok(mut m) = self.handles.write() {
+            m.get_or_insert_with(Default::default)
+                .entry(key)
+                .or_insert_with(|| h.clone());
+        }
+        h
+    }
 }
 
 /// A `'static` copy of a label from a small, fixed set (route patterns,
@@ -340,13 +395,22 @@ pub fn label(value: &str) -> &'static str {
 
 /// One reserve's outcome: `held` or the contract code it was refused with.
 pub fn reserved(outcome: &'static str) {
-    counter!("flashsale_reservations_total", "outcome" => outcome).increment(1);
+    static RESOLVED: Resolved<At, metrics::Counter> = Resolved::new();
+    RESOLVED
+        .get(
+            at(outcome),
+            || counter!("flashsale_reservations_total", "outcome" => outcome),
+        )
+        .increment(1);
 }
 
 /// One script call of the hot path carried `n` requests of operation `op`
 /// (reserve, confirm, release).
 pub fn batch_size(op: &'static str, n: u64) {
-    histogram!("flashsale_batch_size", "op" => op).record(n as f64);
+    static RESOLVED: Resolved<At, metrics::Histogram> = Resolved::new();
+    RESOLVED
+        .get(at(op), || histogram!("flashsale_batch_size", "op" => op))
+        .record(n as f64);
 }
 
 /// A batch of the outbox flush committed (and was acknowledged).

@@ -139,7 +139,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         }
         let confirm = longest(&mut conn).await?;
 
-        let due = engine.keys(&sale).due;
+        let due = engine.keys(&sale).due.clone();
         for (rid, _) in holds.iter().skip(args.sample).take(args.sample) {
             redis::cmd("ZADD")
                 .arg(&due)
@@ -167,7 +167,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         let recount = longest(&mut conn).await?;
 
         redis::cmd("HSET")
-            .arg(engine.keys(&sale).sale)
+            .arg(&engine.keys(&sale).sale)
             .arg("tallied")
             .arg(0)
             .query_async::<()>(&mut conn)

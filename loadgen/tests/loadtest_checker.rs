@@ -211,7 +211,7 @@ async fn flags_a_gateway_whose_counters_were_corrupted() {
                 if engine.sale(id).await.is_ok() {
                     let mut conn = engine.connection();
                     let _: i64 = redis::cmd("HINCRBY")
-                        .arg(engine.keys(id).sale)
+                        .arg(&engine.keys(id).sale)
                         .arg("available")
                         .arg(1)
                         .query_async(&mut conn)

@@ -265,7 +265,17 @@ pub struct Engine {
     idempotency_ttl: u64,
     soldout: Arc<soldout::SoldOut>,
     batches: Arc<ops::hold_jobs::Batches>,
+    keys: Arc<KeyCache>,
 }
+
+/// Each sale's key names, built once: a hot sale's requests would otherwise
+/// format the same dozen strings per call. Bounded, since a sale id in a
+/// request need not name a sale: when full it starts over.
+#[derive(Default)]
+struct KeyCache(std::sync::RwLock<std::collections::HashMap<Arc<str>, Arc<SaleKeys>>>);
+
+/// Sales whose keys [`KeyCache`] keeps at most.
+const KEY_CACHE: usize = 4096;
 
 impl Engine {
     /// Connects lazily: a gateway starts while Redis is down and answers 503
@@ -281,11 +291,28 @@ impl Engine {
             idempotency_ttl: settings.engine.idempotency_ttl_seconds,
             soldout: Arc::default(),
             batches: Arc::new(ops::hold_jobs::Batches::new(settings.engine.max_batch)),
+            keys: Arc::default(),
         })
     }
 
-    pub fn keys(&self, sale_id: &str) -> SaleKeys {
-        SaleKeys::new(&self.prefix, sale_id)
+    pub fn keys(&self, sale_id: &str) -> Arc<SaleKeys> {
+        if let Some(k) = self
+            .keys
+            .0
+            .read()
+            .ok()
+            .and_then(|m| m.get(sale_id).cloned())
+        {
+            return k;
+        }
+        let k = Arc::new(SaleKeys::new(&self.prefix, sale_id));
+        if let Ok(mut m) = self.keys.0.write() {
+            if m.len() >= KEY_CACHE {
+                m.clear();
+            }
+            m.insert(Arc::from(sale_id), k.clone());
+        }
+        k
     }
 
     /// A connection handle for commands outside the scripts (tests, tools).
@@ -319,7 +346,7 @@ impl Engine {
         let Some(replication) = &self.replication else {
             return Ok(());
         };
-        let fence = self.keys(sale_id).fence;
+        let fence = self.keys(sale_id).fence.clone();
         match self.bounded(replication.wait(&fence)).await? {
             Ok(()) => Ok(()),
             Err(reached) => {

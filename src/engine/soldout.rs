@@ -103,7 +103,7 @@ async fn read(engine: &Engine, sales: &[String]) -> Option<Vec<Option<Refusal>>>
     let mut pipe = redis::pipe();
     pipe.cmd("TIME");
     for id in sales {
-        pipe.cmd("HMGET").arg(engine.keys(id).sale).arg(&[
+        pipe.cmd("HMGET").arg(&engine.keys(id).sale).arg(&[
             "available",
             "starts_ms",
             "ends_ms",

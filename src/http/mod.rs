@@ -44,9 +44,22 @@ pub use error::ApiError;
 use extract::BodyLimit;
 pub use health::watch_services;
 
-/// Cheap handles shared by every request.
+/// What every request shares, behind one `Arc`: axum clones the state into
+/// each route and middleware per request, and one reference count is all
+/// that clone should cost (the handles inside have counts of their own,
+/// which a per-request clone of each would touch one by one).
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+pub struct Shared {
     pub engine: Engine,
     pub db: PgPool,
     pub auth: Arc<Auth>,
@@ -70,7 +83,7 @@ impl AppState {
         limits: Arc<Limits>,
         stop: tokio_util::sync::CancellationToken,
     ) -> AppState {
-        AppState {
+        AppState(Arc::new(Shared {
             auth,
             engine,
             db,
@@ -80,7 +93,7 @@ impl AppState {
             stop,
             settings,
             ready: Default::default(),
-        }
+        }))
     }
 }
 
@@ -99,12 +112,14 @@ pub(crate) async fn db_call<T, E: Into<ApiError>>(
 pub fn router(state: AppState) -> Router {
     let limit = state.settings.http.body_limit_bytes;
     let cors = cors(&state.settings.http.cors_allowed_origins);
-    let (routes, document) = routes(&state.settings);
-    routes
-        .route_layer(middleware::from_fn_with_state(state.clone(), read_view::note_writes))
+    let (api, probes, document) = routes(&state.settings);
+    // The API's routes get the whole stack: read-your-writes, latency by
+    // route, the body limit and a span per request. The probes need none of
+    // it, and a load balancer's or Prometheus's poll should cost what axum
+    // costs: they join after those layers, beside the fallbacks, and share
+    // only what every answer carries (the request id, `nosniff`).
+    api.route_layer(middleware::from_fn_with_state(state.clone(), read_view::note_writes))
         .route_layer(middleware::from_fn(time_request))
-        .fallback(|| async { ApiError::RouteNotFound })
-        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(DefaultBodyLimit::max(limit))
         .layer(middleware::from_fn(
             move |mut req: Request, next: Next| async move {
@@ -122,6 +137,9 @@ pub fn router(state: AppState) -> Router {
                 tracing::info_span!("request", request_id = %id, method = %req.method(), path = %req.uri().path())
             }),
         )
+        .merge(probes)
+        .fallback(|| async { ApiError::RouteNotFound })
+        .method_not_allowed_fallback(|| async { ApiError::MethodNotAllowed })
         .layer(tower::util::option_layer(cors))
         .layer(headers::answers())
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
@@ -131,9 +149,9 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// Every route, each from its handler's `#[utoipa::path]`, and the document
-/// they make.
-fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
+/// Every route, each from its handler's `#[utoipa::path]`: the API's, the
+/// probes' (`/healthz`, `/readyz`, `/metrics`), and the document they make.
+fn routes(settings: &Settings) -> (Router<AppState>, Router<AppState>, pages::Document) {
     use utoipa::OpenApi as _;
     use utoipa_axum::{router::OpenApiRouter, routes};
     let (schemas, paths, reserve) = routes!(reservations::reserve);
@@ -148,9 +166,6 @@ fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
         .routes(routes!(reservations::get, reservations::release))
         .routes(routes!(reservations::confirm))
         .routes(routes!(reservations::extend))
-        .routes(routes!(health::healthz))
-        .routes(routes!(health::readyz))
-        .routes(routes!(health::metrics))
         .routes(routes!(pages::openapi));
     if settings.http.pages {
         let (schemas, paths, sale) = routes!(pages::sale);
@@ -165,11 +180,17 @@ fn routes(settings: &Settings) -> (Router<AppState>, pages::Document) {
     if settings.http.pages {
         router = router.merge(assets::routes());
     }
+    let (probes, probe_paths) = OpenApiRouter::new()
+        .routes(routes!(health::healthz))
+        .routes(routes!(health::readyz))
+        .routes(routes!(health::metrics))
+        .split_for_parts();
+    api.merge(probe_paths);
     doc::finish(&mut api, settings);
     let json = api
         .to_pretty_json()
         .unwrap_or_else(|e| format!("{{\"error\": \"the document did not serialize: {e}\"}}"));
-    (router, pages::Document(json.into()))
+    (router, probes, pages::Document(json.into()))
 }
 
 /// Browsers on the configured origins may call every path with the headers

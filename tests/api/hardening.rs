@@ -349,3 +349,50 @@ async fn a_burst_of_readyz_asks_redis_at_most_once_a_second() {
     assert!(asked >= 100, "the burst was a burst: {asked}");
     app.shutdown().await.unwrap();
 }
+
+/// The verified-token cache keys on every byte of the token: a token that
+/// reuses a cached token's header and signature over another payload, or
+/// differs from it in one byte, is verified afresh and refused.
+#[tokio::test]
+async fn a_cached_signature_on_another_payload_is_401() {
+    let app = spawn_app().await;
+    let status = |token: String| {
+        let req = app
+            .http
+            .post(app.url("/v1/sales/no-such-sale/reservations"))
+            .bearer_auth(token);
+        async move { req.send().await.unwrap().status().as_u16() }
+    };
+    let alice = app.token("alice");
+    // Verified, then answered from the cache.
+    assert_eq!(status(alice.clone()).await, 404);
+    assert_eq!(status(alice.clone()).await, 404);
+    let part = |t: &str, i: usize| t.split('.').nth(i).unwrap().to_string();
+    let mallory = app.token("mallory");
+    let forged = format!(
+        "{}.{}.{}",
+        part(&alice, 0),
+        part(&mallory, 1),
+        part(&alice, 2)
+    );
+    assert_eq!(
+        status(forged).await,
+        401,
+        "alice's signature on mallory's claims"
+    );
+    let sig_start = alice.rfind('.').unwrap() + 1;
+    // The signature's last character carries padding bits; the one before
+    // it does not.
+    for i in [0, alice.len() / 2, sig_start, alice.len() - 2] {
+        let mut b = alice.clone().into_bytes();
+        b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+        let changed = String::from_utf8(b).unwrap();
+        assert_eq!(status(changed).await, 401, "byte {i} changed");
+    }
+    assert_eq!(
+        status(alice).await,
+        404,
+        "the cached token itself still works"
+    );
+    app.shutdown().await.unwrap();
+}

@@ -314,7 +314,7 @@ async fn compare(engine: &Engine, sale: &SaleId, m: &Model, after: &Op) {
     assert_eq!(s.available + s.held + s.sold, s.total);
     let mut conn = engine.connection();
     let per: HashMap<String, i64> =
-        redis::AsyncCommands::hgetall(&mut conn, engine.keys(sale).customers)
+        redis::AsyncCommands::hgetall(&mut conn, engine.keys(sale).customers.clone())
             .await
             .unwrap();
     assert_eq!(per, m.per_customer(), "per-customer counts after {after:?}");

@@ -72,7 +72,7 @@ async fn reservation_ids_in_postgres(app: &TestApp, sale: &str) -> HashSet<Strin
 async fn pending(app: &TestApp, sale: &str) -> i64 {
     let mut conn = app.engine.connection();
     let summary: redis::Value = redis::cmd("XPENDING")
-        .arg(app.engine.keys(sale).outbox)
+        .arg(app.engine.keys(sale).outbox.clone())
         .arg(flashsale::engine::ops::outbox::GROUP)
         .query_async(&mut conn)
         .await

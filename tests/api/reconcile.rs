@@ -42,7 +42,7 @@ async fn each_kind_of_drift_is_named_and_repaired() {
     // A corrupted counter.
     let mut conn = app.engine.connection();
     let _: () = conn
-        .hset(app.engine.keys(&sale).sale, "available", 999)
+        .hset(app.engine.keys(&sale).sale.clone(), "available", 999)
         .await
         .unwrap();
     let (code, kinds) = app.drift(&sale);

@@ -282,7 +282,7 @@ async fn pending_adjustments_are_settled_and_never_reversed() {
     // A counter off by one makes --apply recount to the Postgres total.
     let mut conn = app.engine.connection();
     let _: () = conn
-        .hincr(app.engine.keys(&sale).sale, "available", 1)
+        .hincr(app.engine.keys(&sale).sale.clone(), "available", 1)
         .await
         .unwrap();
     let out = app.run(&["reconcile", "--sale", &sale, "--apply"]);
@@ -444,7 +444,7 @@ async fn repairs_leave_no_consumer_in_the_outbox_group() {
         assert_eq!(app.orders(&sale).await.0, i as i64 + 1, "flushed");
         let consumers: Vec<redis::Value> = redis::cmd("XINFO")
             .arg("CONSUMERS")
-            .arg(app.engine.keys(&sale).outbox)
+            .arg(app.engine.keys(&sale).outbox.clone())
             .arg("flushers")
             .query_async(&mut conn)
             .await
@@ -460,7 +460,7 @@ async fn a_stopped_workers_consumer_is_pruned_once_it_holds_nothing() {
     let app = TestApp::builder().without_worker().spawn().await;
     let sale = app.live_sale(10, 5, 600).await;
     buy(&app, &sale, "a", 1).await;
-    let outbox = app.engine.keys(&sale).outbox;
+    let outbox = app.engine.keys(&sale).outbox.clone();
     let mut conn = app.engine.connection();
     let group = flashsale::engine::ops::outbox::GROUP;
     let _: () = redis::cmd("XGROUP")
@@ -543,7 +543,7 @@ async fn an_archived_sale_leaves_redis_and_answers_from_postgres() {
     // An order Postgres refused for good: it must outlive the sale's keys.
     let mut conn = app.engine.connection();
     let _: String = redis::cmd("XADD")
-        .arg(app.engine.keys(&sale).dead_letters)
+        .arg(app.engine.keys(&sale).dead_letters.clone())
         .arg("*")
         .arg("reason")
         .arg("bad row")

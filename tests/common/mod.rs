@@ -533,7 +533,7 @@ impl TestApp {
     /// Units held + confirmed per customer, as the engine counts them.
     pub async fn per_customer(&self, sale: &str) -> std::collections::HashMap<String, i64> {
         let mut conn = self.engine.connection();
-        conn.hgetall(self.engine.keys(sale).customers)
+        conn.hgetall(self.engine.keys(sale).customers.clone())
             .await
             .unwrap()
     }
@@ -541,7 +541,9 @@ impl TestApp {
     /// Entries in the sale's outbox not yet flushed to Postgres.
     pub async fn outbox_len(&self, sale: &str) -> usize {
         let mut conn = self.engine.connection();
-        conn.xlen(self.engine.keys(sale).outbox).await.unwrap()
+        conn.xlen(self.engine.keys(sale).outbox.clone())
+            .await
+            .unwrap()
     }
 
     /// The sale's orders in Postgres: (rows, distinct reservation ids, units).
@@ -797,7 +799,7 @@ pub fn customer_id(id: &str) -> CustomerId {
 pub async fn read_stock(engine: &Engine, sale: &str) -> Stock {
     let mut conn = engine.connection();
     let v: (i64, i64, i64, i64) = redis::cmd("HMGET")
-        .arg(engine.keys(sale).sale)
+        .arg(engine.keys(sale).sale.clone())
         .arg(&["total", "available", "held", "sold"])
         .query_async(&mut conn)
         .await

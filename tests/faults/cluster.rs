@@ -102,7 +102,7 @@ async fn a_primary_killed_mid_sale_loses_no_order() {
 async fn a_live_sales_slot_moved_mid_storm_answers_only_retries() {
     let cluster = Arc::new(PrivateCluster::start());
     let (apps, sales) = gateways(&cluster).await;
-    let key = apps[0].engine.keys("c0").sale;
+    let key = apps[0].engine.keys("c0").sale.clone();
     let slot = cluster.keyslot(&key);
     let home = cluster.primary_of(&key).expect("c0 has a primary");
     let away = cluster

@@ -227,7 +227,7 @@ async fn busy_gateway(app: &TestApp) -> String {
     // A Redis fault: a sale key of the wrong type is a 500 counted by op.
     let broken = unique("s-");
     let _: () = conn
-        .set(app.engine.keys(&broken).sale, "x")
+        .set(app.engine.keys(&broken).sale.clone(), "x")
         .await
         .expect("SET");
     app.get(&format!("/v1/sales/{broken}"), None)
@@ -458,7 +458,7 @@ fn names_are_read_out_of_promql() {
 async fn a_sale_that_ended_with_drift_stays_watched_until_it_clears() {
     let app = spawn_app_with(|s| s.worker.reconcile_interval_ms = 200).await;
     let sale = app.live_sale(10, 5, 600).await;
-    let dead = app.engine.keys(&sale).dead_letters;
+    let dead = app.engine.keys(&sale).dead_letters.clone();
     let mut conn = app.engine.connection();
     let _: String = redis::cmd("XADD")
         .arg(&dead)

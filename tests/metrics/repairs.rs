@@ -18,7 +18,11 @@ async fn a_script_error_is_a_500_without_retry_after() {
     let rid = a.body["id"].as_str().unwrap().to_string();
     let mut conn = app.engine.connection();
     let _: () = conn
-        .hset(app.engine.keys(&sale).reservations, &rid, "{not json")
+        .hset(
+            app.engine.keys(&sale).reservations.clone(),
+            &rid,
+            "{not json",
+        )
         .await
         .unwrap();
     let c = app.confirm(&rid, &t).await;
@@ -35,7 +39,10 @@ async fn a_script_error_is_a_500_without_retry_after() {
     );
     // A sale key of the wrong type: also a fault, also 500.
     let broken = unique("s-");
-    let _: () = conn.set(app.engine.keys(&broken).sale, "x").await.unwrap();
+    let _: () = conn
+        .set(app.engine.keys(&broken).sale.clone(), "x")
+        .await
+        .unwrap();
     app.get(&format!("/v1/sales/{broken}"), None)
         .await
         .assert_problem(500, "internal");

@@ -63,12 +63,13 @@ impl ReserveJob {
     }
 
     /// The idempotency key and fingerprint the scripts take. Without a
-    /// header the key is never read (the fingerprint is empty), but it is
-    /// passed so that the key list is fixed.
-    fn idempotency(&self, k: &SaleKeys) -> (String, &str) {
+    /// header the key is never read (the fingerprint is empty), but a key
+    /// is passed so that the key list is fixed: the sale's index of them,
+    /// which is in the sale's slot and costs no string to build.
+    fn idempotency<'k>(&'k self, k: &'k SaleKeys) -> (std::borrow::Cow<'k, str>, &'k str) {
         match &self.idempotency {
-            Some((key, fp)) => (k.idempotency(&self.customer, key), fp.as_str()),
-            None => (k.idempotency(&self.customer, ""), ""),
+            Some((key, fp)) => (k.idempotency(&self.customer, key).into(), fp.as_str()),
+            None => (k.idempotency_index.as_str().into(), ""),
         }
     }
 }
@@ -90,7 +91,7 @@ impl Job for ReserveJob {
         let replies = if let [job] = jobs.as_slice() {
             let (idem, fp) = job.idempotency(&k);
             let mut call = Engine::hold_call(&engine.scripts.reserve, &k);
-            call.key(idem)
+            call.key(idem.as_ref())
                 .key(&k.idempotency_index)
                 .key(&k.tickets)
                 .arg(&job.rid)
@@ -104,7 +105,7 @@ impl Job for ReserveJob {
             let mut call = Engine::hold_call(&engine.scripts.reserve_batch, &k);
             call.key(&k.idempotency_index).key(&k.tickets);
             for job in &jobs {
-                call.key(job.idempotency(&k).0);
+                call.key(job.idempotency(&k).0.as_ref());
             }
             call.arg(engine.idempotency_ttl);
             for job in &jobs {

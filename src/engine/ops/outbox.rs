@@ -55,7 +55,7 @@ impl Engine {
         from: Delivery,
         count: usize,
     ) -> EngineResult<Vec<Entry>> {
-        let outbox = self.keys(sale_id).outbox;
+        let outbox = self.keys(sale_id).outbox.clone();
         let cmd = match from {
             Delivery::Claimed { min_idle } => {
                 let mut c = redis::cmd("XAUTOCLAIM");
@@ -178,7 +178,7 @@ impl Engine {
     /// acknowledged, and no longer anyone's to re-read). Returns whether it
     /// was removed.
     pub async fn outbox_leave(&self, sale_id: &SaleId, consumer: &str) -> EngineResult<bool> {
-        let outbox = self.keys(sale_id).outbox;
+        let outbox = self.keys(sale_id).outbox.clone();
         let mut conn = self.connection();
         let mut pending = redis::cmd("XPENDING");
         pending
@@ -210,7 +210,7 @@ impl Engine {
     /// again, and with nothing pending nothing is lost. Returns how many
     /// were removed.
     pub async fn outbox_prune(&self, sale_id: &SaleId, idle: Duration) -> EngineResult<usize> {
-        let outbox = self.keys(sale_id).outbox;
+        let outbox = self.keys(sale_id).outbox.clone();
         let mut conn = self.connection();
         let mut info = redis::cmd("XINFO");
         info.arg("CONSUMERS").arg(&outbox).arg(GROUP);
@@ -246,7 +246,7 @@ impl Engine {
         after: &str,
         count: usize,
     ) -> EngineResult<Vec<Entry>> {
-        let dead = self.keys(sale_id).dead_letters;
+        let dead = self.keys(sale_id).dead_letters.clone();
         let start = if after == "-" {
             "-".to_string()
         } else {
