@@ -111,6 +111,9 @@ pub async fn serve(
             "HS256 tokens are refused: public keys are configured and auth.jwt_secret is not set"
         );
     }
+    if settings.webhooks.secret_key.is_none() {
+        tracing::warn!("webhooks.secret_key is not set: endpoint secrets are stored as they are; set FLASHSALE__WEBHOOKS__SECRET_KEY (32 bytes, base64) to store them encrypted");
+    }
     let customer_confirm = settings.auth.customer_confirm();
     let explicit = settings.auth.customer_confirm.is_some();
     if customer_confirm && settings.auth.has_public_keys() {
