@@ -196,11 +196,9 @@ pub async fn create(
     Admin(admin): Admin,
     Body(input): Body<WebhookInput>,
 ) -> Result<(StatusCode, Json<WebhookWithSecret>), ApiError> {
-    let made = db_call(
-        &state,
-        webhooks::create(&state.db, &state.settings, &input.url, input.events),
-    )
-    .await?;
+    // The name resolves outside the database's time bound (it has its own).
+    let new = webhooks::check_new(&state.settings, &input.url, input.events).await?;
+    let made = db_call(&state, webhooks::create(&state.db, &state.settings, new)).await?;
     tracing::info!(admin = %admin.subject, webhook = %made.0.id, url = %made.0.url, "webhook endpoint registered");
     Ok((StatusCode::CREATED, Json(with_secret(made))))
 }
@@ -289,11 +287,8 @@ pub async fn patch(
         events: patch.events,
         enabled: patch.enabled,
     };
-    let endpoint = db_call(
-        &state,
-        webhooks::update(&state.db, &state.settings, id, patch),
-    )
-    .await?;
+    let patch = webhooks::check_patch(&state.settings, patch).await?;
+    let endpoint = db_call(&state, webhooks::update(&state.db, id, &patch)).await?;
     tracing::info!(admin = %admin.subject, webhook = %id, enabled = endpoint.enabled, "webhook endpoint changed");
     Ok(Json(endpoint.into()))
 }

@@ -136,21 +136,43 @@ fn secret_key(settings: &Settings) -> WebhookResult<Option<[u8; 32]>> {
         .map_err(|e| WebhookError::Config(e.to_string()))
 }
 
+/// A new endpoint's input, checked ([`check_new`]).
+#[derive(Debug, Clone)]
+pub struct NewEndpoint {
+    url: String,
+    events: Option<Vec<String>>,
+}
+
+/// Checks a new endpoint's URL and types. Apart from the database: the
+/// name's resolution has its own time bound.
+pub async fn check_new(
+    settings: &Settings,
+    url: &str,
+    events: Option<Vec<String>>,
+) -> WebhookResult<NewEndpoint> {
+    let events = check_events(events)?;
+    let url = check_url(url, &settings.webhooks).await?;
+    Ok(NewEndpoint { url, events })
+}
+
 /// Registers an endpoint; returns it with its new secret (shown only now).
 pub async fn create(
     db: &PgPool,
     settings: &Settings,
-    url: &str,
-    events: Option<Vec<String>>,
+    new: NewEndpoint,
 ) -> WebhookResult<(Endpoint, Secret)> {
-    let events = check_events(events)?;
-    let url = check_url(url, &settings.webhooks).await?;
     let key = secret_key(settings)?;
     let secret = Secret::generate();
     let (stored, sealed) = secret.seal(key.as_ref());
-    let endpoint =
-        store::insert_endpoint(db, Uuid::now_v7(), &url, events.as_deref(), &stored, sealed)
-            .await?;
+    let endpoint = store::insert_endpoint(
+        db,
+        Uuid::now_v7(),
+        &new.url,
+        new.events.as_deref(),
+        &stored,
+        sealed,
+    )
+    .await?;
     Ok((endpoint, secret))
 }
 
@@ -167,25 +189,34 @@ pub struct Patch {
     pub enabled: Option<bool>,
 }
 
-pub async fn update(
-    db: &PgPool,
-    settings: &Settings,
-    id: Uuid,
-    patch: Patch,
-) -> WebhookResult<Endpoint> {
+/// A PATCH, checked ([`check_patch`]).
+#[derive(Debug)]
+pub struct CheckedPatch(Patch);
+
+/// Checks a PATCH: at least one field, and each as on registration.
+pub async fn check_patch(settings: &Settings, patch: Patch) -> WebhookResult<CheckedPatch> {
     if patch.url.is_none() && patch.events.is_none() && patch.enabled.is_none() {
         return Err(WebhookError::Invalid(
             "give at least one of `url`, `events`, `enabled`".into(),
         ));
     }
     let events = patch.events.map(check_events).transpose()?;
-    let url = match &patch.url {
-        Some(u) => Some(check_url(u, &settings.webhooks).await?),
+    let url = match patch.url {
+        Some(u) => Some(check_url(&u, &settings.webhooks).await?),
         None => None,
     };
+    Ok(CheckedPatch(Patch {
+        url,
+        events,
+        enabled: patch.enabled,
+    }))
+}
+
+pub async fn update(db: &PgPool, id: Uuid, patch: &CheckedPatch) -> WebhookResult<Endpoint> {
+    let patch = &patch.0;
     let change = EndpointChange {
-        url: url.as_deref(),
-        events: events.as_ref().map(|e| e.as_deref()),
+        url: patch.url.as_deref(),
+        events: patch.events.as_ref().map(|e| e.as_deref()),
         enabled: patch.enabled,
     };
     if !store::update_endpoint(db, id, &change).await? {
