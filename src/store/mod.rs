@@ -38,8 +38,7 @@ pub use waiting_room::{
 };
 pub use webhooks::{
     delete_endpoint, deliveries, endpoint, endpoints, insert_endpoint, replay, rotate_secret,
-    stored_secret, update_endpoint, Delivery, Endpoint, EndpointChange, DISABLED_BY_ADMIN,
-    ENDPOINT_DELETED,
+    update_endpoint, Delivery, Endpoint, EndpointChange, DISABLED_BY_ADMIN, ENDPOINT_DELETED,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -201,17 +201,6 @@ pub async fn rotate_secret(
     Ok(done.rows_affected() == 1)
 }
 
-/// An endpoint's current secret in stored form: (bytes, sealed).
-pub async fn stored_secret(db: &PgPool, id: Uuid) -> StoreResult<Option<(Vec<u8>, bool)>> {
-    let row = sqlx::query!(
-        "SELECT secret, secret_sealed FROM webhook_endpoints WHERE id = $1",
-        id,
-    )
-    .fetch_optional(db)
-    .await?;
-    Ok(row.map(|r| (r.secret, r.secret_sealed)))
-}
-
 /// One line of the deliveries log.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Delivery {
