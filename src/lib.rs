@@ -15,8 +15,9 @@
 //!   sale's outbox to Postgres, exactly once, by a `Flusher`), `reap` (holds
 //!   past their deadline back to stock), `reconcile` (inspect, `--apply`,
 //!   `--rebuild`), `archive` (a finished sale's keys out of Redis, its
-//!   figures kept in Postgres) and `waiting_room` (who may reserve a sale
-//!   behind one, and when).
+//!   figures kept in Postgres), `waiting_room` (who may reserve a sale
+//!   behind one, and when) and `webhooks` (the store's endpoints: their URL
+//!   rules, secrets and replays).
 //! - [`engine`]: the only code that speaks Redis. `engine/ops/<family>.rs`
 //!   sits beside the `lua/` scripts it calls (sale, hold, adjust, repair,
 //!   archive, waiting room, outbox), each with its keys, arguments and typed
@@ -110,6 +111,9 @@ pub async fn serve(
         tracing::info!(
             "HS256 tokens are refused: public keys are configured and auth.jwt_secret is not set"
         );
+    }
+    if settings.webhooks.secret_key.is_none() {
+        tracing::warn!("webhooks.secret_key is not set: endpoint secrets are stored as they are; set FLASHSALE__WEBHOOKS__SECRET_KEY (32 bytes, base64) to store them encrypted");
     }
     let customer_confirm = settings.auth.customer_confirm();
     let explicit = settings.auth.customer_confirm.is_some();

@@ -12,11 +12,13 @@ mod reconcile;
 mod sales;
 mod serve;
 mod token;
+mod webhooks;
 
 use reconcile::reconcile;
 use sales::{sales_list, sales_load};
 use serve::{migrate, serve, worker};
 use token::token;
+use webhooks::{webhooks_list, webhooks_replay};
 
 #[derive(Debug, Parser)]
 #[command(name = "flashsale", version, about = "Flash-sale reservation gateway")]
@@ -78,6 +80,29 @@ pub enum Command {
         #[arg(long, requires = "sale", conflicts_with = "apply")]
         rebuild: bool,
     },
+    /// The store's webhook endpoints: list them, or deliver events again.
+    #[command(subcommand)]
+    Webhooks(WebhooksCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum WebhooksCommand {
+    /// One line per endpoint: id, status, pending and failed deliveries,
+    /// types (`*`: every type), url.
+    List,
+    /// Deliver again the endpoint's events since TIME (with their original
+    /// ids); prints `queued N`. Exit 2 on an unknown endpoint or a bad time.
+    Replay {
+        /// The endpoint's id (`webhooks list`).
+        #[arg(long, value_name = "ID")]
+        endpoint: String,
+        /// RFC 3339, e.g. 2026-12-06T09:00:00Z.
+        #[arg(long, value_name = "TIME")]
+        since: String,
+        /// RFC 3339; absent: until now.
+        #[arg(long, value_name = "TIME")]
+        until: Option<String>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -131,6 +156,12 @@ pub async fn run(cli: Cli) -> i32 {
             json,
             rebuild,
         } => reconcile(&settings, sale.as_deref(), apply, json, rebuild).await,
+        Command::Webhooks(WebhooksCommand::List) => webhooks_list(&settings).await,
+        Command::Webhooks(WebhooksCommand::Replay {
+            endpoint,
+            since,
+            until,
+        }) => webhooks_replay(&settings, &endpoint, &since, until.as_deref()).await,
     }
 }
 

@@ -79,6 +79,7 @@ pub struct AdmissionTokenHeader {
         (name = "sales", description = "Sales: scheduled by an admin, read by anyone"),
         (name = "reservations", description = "Holds, confirms and releases of a customer"),
         (name = "queue", description = "A sale's waiting room: its verifiable order, joining, a buyer's place"),
+        (name = "webhooks", description = "The store's endpoints for events (admin): secrets, deliveries, replays"),
         (name = "probes", description = "Health, readiness, metrics, this document"),
         (name = "pages", description = "HTML for people, when `http.pages` is on"),
     )

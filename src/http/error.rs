@@ -37,6 +37,10 @@ pub enum ApiError {
     Overloaded,
     #[error("internal error")]
     Internal(String),
+    #[error("no such webhook endpoint")]
+    WebhookNotFound,
+    #[error("the endpoint is disabled: enable it (PATCH {{\"enabled\": true}}) to replay")]
+    WebhookDisabled,
     /// A confirm with another payment reference than the order's: the
     /// store took a second payment for an order that already exists.
     #[error("the reservation is already confirmed, with another payment_ref")]
@@ -104,6 +108,19 @@ impl From<crate::usecases::adjust::AdjustError> for ApiError {
     }
 }
 
+impl From<crate::usecases::webhooks::WebhookError> for ApiError {
+    fn from(e: crate::usecases::webhooks::WebhookError) -> Self {
+        use crate::usecases::webhooks::WebhookError as W;
+        match e {
+            W::NotFound => ApiError::WebhookNotFound,
+            W::Disabled => ApiError::WebhookDisabled,
+            W::Invalid(why) => ApiError::InvalidRequest(why),
+            W::Store(e) => e.into(),
+            W::Config(why) => ApiError::Internal(why),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -142,7 +159,8 @@ impl ApiError {
             Forbidden(_) => StatusCode::FORBIDDEN,
             Refused(r) => refusal_status(*r),
             AlreadyConfirmed(_) => StatusCode::CONFLICT,
-            RouteNotFound => StatusCode::NOT_FOUND,
+            RouteNotFound | WebhookNotFound => StatusCode::NOT_FOUND,
+            WebhookDisabled => StatusCode::CONFLICT,
             MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             InvalidRequest(_) => StatusCode::UNPROCESSABLE_ENTITY,
             PayloadTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
@@ -161,6 +179,8 @@ impl ApiError {
             Refused(r) => r.code(),
             AlreadyConfirmed(_) => "already_confirmed",
             RouteNotFound => "not_found",
+            WebhookNotFound => "webhook_not_found",
+            WebhookDisabled => "webhook_disabled",
             MethodNotAllowed => "method_not_allowed",
             // An oversized body is an out-of-range body: the contract's code,
             // with the status HTTP clients expect.

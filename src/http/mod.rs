@@ -23,6 +23,7 @@ mod sales;
 pub(crate) mod server;
 mod stream;
 mod waiting_room;
+mod webhooks;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -166,6 +167,11 @@ fn routes(settings: &Settings) -> (Router<AppState>, Router<AppState>, pages::Do
         .routes(routes!(reservations::get, reservations::release))
         .routes(routes!(reservations::confirm))
         .routes(routes!(reservations::extend))
+        .routes(routes!(webhooks::create, webhooks::list))
+        .routes(routes!(webhooks::get, webhooks::patch, webhooks::delete))
+        .routes(routes!(webhooks::rotate))
+        .routes(routes!(webhooks::deliveries))
+        .routes(routes!(webhooks::replay))
         .routes(routes!(pages::openapi));
     if settings.http.pages {
         let (schemas, paths, sale) = routes!(pages::sale);

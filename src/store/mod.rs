@@ -18,6 +18,7 @@ mod adjustments;
 mod orders;
 mod sales;
 mod waiting_room;
+mod webhooks;
 
 pub use crate::domain::NewOrder;
 pub use adjustments::{
@@ -34,6 +35,10 @@ pub use sales::{
 pub use waiting_room::{
     commit_seed, keep_admitted, keep_members, set_waiting_room, waiting_room,
     waiting_rooms_to_tend, WaitingRoom,
+};
+pub use webhooks::{
+    delete_endpoint, deliveries, endpoint, endpoints, insert_endpoint, replay, rotate_secret,
+    update_endpoint, Delivery, Endpoint, EndpointChange, DISABLED_BY_ADMIN, ENDPOINT_DELETED,
 };
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");

@@ -9,3 +9,4 @@ pub mod reap;
 pub mod reconcile;
 pub mod schedule;
 pub mod waiting_room;
+pub mod webhooks;

@@ -10,7 +10,7 @@ use crate::common::{spawn_app, spawn_app_with, TestApp};
 use serde_json::Value;
 
 /// The contract's table of paths (CONTRACT.md, "HTTP API").
-const CONTRACT_PATHS: [&str; 15] = [
+const CONTRACT_PATHS: [&str; 20] = [
     "/v1/sales",
     "/v1/sales/{sale_id}",
     "/v1/sales/{sale_id}/stream",
@@ -20,6 +20,11 @@ const CONTRACT_PATHS: [&str; 15] = [
     "/v1/reservations/{id}/extend",
     "/v1/sales/{sale_id}/queue",
     "/v1/sales/{sale_id}/queue/me",
+    "/v1/webhooks",
+    "/v1/webhooks/{id}",
+    "/v1/webhooks/{id}/rotate",
+    "/v1/webhooks/{id}/deliveries",
+    "/v1/webhooks/{id}/replay",
     "/healthz",
     "/readyz",
     "/metrics",

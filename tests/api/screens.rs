@@ -528,3 +528,35 @@ async fn on_call_pauses_a_sale_from_the_ops_page() {
     browser.wait_text("#sales", |t| t.contains("paused")).await;
     browser.assert_no_csp_violations().await;
 }
+
+/// The ops page's endpoints panel: each endpoint's URL and state, once an
+/// admin token is pasted (the list is admin-only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn on_call_sees_the_webhook_endpoints() {
+    let app = TestApp::builder().without_worker().spawn().await;
+    let url = "https://93.184.216.34/hooks/ops-page";
+    let made = app
+        .http
+        .post(app.url("/v1/webhooks"))
+        .bearer_auth(app.admin())
+        .json(&json!({"url": url, "events": ["sale.sold_out"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(made.status(), 201);
+    let browser = Browser::start().await;
+    browser.open(&app.url("/ops")).await;
+    browser
+        .wait_text("#webhooks", |t| t.contains("admin token"))
+        .await;
+    let set_token = format!(
+        "document.getElementById('token').value = {}; document.getElementById('token').dispatchEvent(new Event('change'));",
+        json!(app.admin())
+    );
+    browser.execute(&set_token).await;
+    let text = browser
+        .wait_text("#webhooks", |t| t.contains(url) && t.contains("enabled"))
+        .await;
+    assert!(text.contains("sale.sold_out"), "{text}");
+    browser.assert_no_csp_violations().await;
+}

@@ -12,7 +12,7 @@ for (const [k, c] of Object.entries(OUTCOMES)) {
   $("legend").append(item);
 }
 $("token").value = sessionStorage.getItem("flashsale-admin") || "";
-$("token").addEventListener("change", () => sessionStorage.setItem("flashsale-admin", $("token").value.trim()));
+$("token").addEventListener("change", () => { sessionStorage.setItem("flashsale-admin", $("token").value.trim()); webhooks(); });
 
 function esc(s) { return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" }[c])); }
 
@@ -30,7 +30,7 @@ function parseMetrics(text) {
   return out;
 }
 
-let last = null; const history = [];
+let last = null, rounds = 0; const history = [];
 async function refresh() {
   let sales = [], metrics = [];
   try {
@@ -54,6 +54,8 @@ async function refresh() {
           <button data-sale="${esc(s.id)}" data-act="add">Add stock</button></td></tr>`;
   });
   $("sales").innerHTML = rows.join("") || '<tr><td colspan="10" class="left muted">No sales yet.</td></tr>';
+  // Every fifth round: a Postgres read per viewer, not the live figures.
+  if (rounds++ % 5 === 0) webhooks();
 
   const counts = {};
   for (const m of metrics) if (m.name === "flashsale_reservations_total") counts[m.labels.outcome] = m.value;
@@ -65,6 +67,35 @@ async function refresh() {
   }
   last = { t, counts };
   draw();
+}
+
+// "3 s", "4 min", "2 h": how long the oldest pending delivery has waited.
+function age(iso) {
+  if (!iso) return "–";
+  const s = Math.max(0, (Date.now() - Date.parse(iso)) / 1000);
+  return s < 120 ? `${Math.round(s)} s` : s < 7200 ? `${Math.round(s / 60)} min` : `${Math.round(s / 3600)} h`;
+}
+
+async function webhooks() {
+  const token = $("token").value.trim();
+  const none = (text) => `<tr><td colspan="6" class="left muted">${esc(text)}</td></tr>`;
+  if (!token) { $("webhooks").innerHTML = none("Paste an admin token to see the endpoints."); return; }
+  let list;
+  try {
+    const res = await fetch("/v1/webhooks", { headers: { Authorization: "Bearer " + token } });
+    const data = await res.json().catch(() => ({}));
+    if (!res.ok) { $("webhooks").innerHTML = none(`Cannot list the endpoints: ${data.detail || res.status}`); return; }
+    list = data.webhooks || [];
+  } catch (e) { $("webhooks").innerHTML = none("Cannot reach the gateway: " + e.message); return; }
+  $("webhooks").innerHTML = list.map((w) => {
+    const d = w.deliveries || {};
+    const state = w.status === "enabled" ? '<span class="ok">enabled</span>'
+      : `<span class="bad">disabled${w.disabled_reason ? " (" + esc(w.disabled_reason) + ")" : ""}</span>`;
+    return `<tr><td>${esc(w.url)}<div class="muted">${esc(w.id)}</div></td><td class="left">${state}</td>
+      <td class="left">${w.events ? esc(w.events.join(", ")) : "every type"}</td>
+      <td>${d.pending ?? "–"}</td><td class="${d.failed > 0 ? "bad" : ""}">${d.failed ?? "–"}</td>
+      <td>${age(d.oldest_pending_at)}</td></tr>`;
+  }).join("") || none("No endpoints registered.");
 }
 
 function draw() {
