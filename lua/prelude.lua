@@ -149,11 +149,37 @@ local function admission(tickets, token, cust, now)
   return t, rec
 end
 
--- One reserve at the clock reading `now` (keys, arguments and reply as in
--- reserve.lua). reserve.lua is one call of it and reserve_batch.lua one call
--- per member, so a member of a batch gets exactly the answer it would have
--- got alone at that point of the sequence.
-local function reserve_one(now, sale, reservations, customers, due, idem, idem_index,
+-- The sale's fields a reserve reads, read once per call: the members of a
+-- batch share them (and the stock they take, in `available`), so a member
+-- costs only what is its own (its customer's count, its record, its
+-- deadline). nil when the sale does not exist.
+local function reserve_view(sale)
+  local s = redis.call('HMGET', sale, 'available', 'starts_ms', 'ends_ms', 'paused',
+    'limit', 'hold_ms', 'price_cents', 'currency', 'room', 'tallied')
+  if not s[1] then return nil end
+  return {available = tonumber(s[1]), starts_ms = s[2], ends_ms = s[3], paused = s[4],
+    limit = s[5], hold_ms = s[6], pc = tonumber(s[7]), cu = s[8], room = s[9] == '1',
+    tallied = s[10] == '1', taken = 0, holds = 0}
+end
+
+-- Writes what a call's reserves took to the sale's counters, once per call.
+-- Safe to defer to the end: Redis refuses a script's writes (out of
+-- memory, a replica) only at its first write, so once a member has written
+-- its hold, this write happens too.
+local function reserve_commit(sale, view)
+  if not view or view.holds == 0 then return end
+  redis.call('HINCRBY', sale, 'available', -view.taken)
+  redis.call('HINCRBY', sale, 'held', view.taken)
+  redis.call('HINCRBY', sale, 'version', view.holds)
+  if view.tallied then redis.call('HINCRBY', sale, 'th', view.taken) end
+end
+
+-- One reserve at the clock reading `now` against the sale's `view` (keys,
+-- arguments and reply as in reserve.lua). reserve.lua is one call of it and
+-- reserve_batch.lua one call per member on one view, so a member of a batch
+-- gets exactly the answer it would have got alone at that point of the
+-- sequence. The sale's counters move in `reserve_commit`.
+local function reserve_one(now, view, reservations, customers, due, idem, idem_index,
                            tickets, rid, cust, qty, fp, ttl, token)
   if fp ~= '' then
     local prev = redis.call('GET', idem)
@@ -170,33 +196,30 @@ local function reserve_one(now, sale, reservations, customers, due, idem, idem_i
   local existing = redis.call('HGET', reservations, rid)
   if existing then return {'held', now, rid, existing} end
 
-  local s = redis.call('HMGET', sale, 'available', 'starts_ms', 'ends_ms', 'paused',
-    'limit', 'hold_ms', 'price_cents', 'currency', 'room')
-  if not s[1] then return {'sale_not_found', now} end
-  local available = tonumber(s[1])
-  if not is_live(s[2], s[3], s[4], now) then return {'sale_not_live', now} end
+  if not view then return {'sale_not_found', now} end
+  if not is_live(view.starts_ms, view.ends_ms, view.paused, now) then return {'sale_not_live', now} end
   -- Behind a waiting room only an admitted buyer reserves, and the token is
   -- used up below, with the hold: one hold per token, none without.
   local ticket, trec
-  if s[9] == '1' then
+  if view.room then
     if token == '' then return {'admission_required', now} end
     ticket, trec = admission(tickets, token, cust, now)
     if not ticket then return {'admission_invalid', now} end
   end
-  -- A count that is not a number (tampered) faults here, before any write.
+  -- A count or a limit that is not a number (tampered) faults here, before
+  -- any write.
   local mine = tonumber(redis.call('HGET', customers, cust) or '0')
-  if mine + qty > tonumber(s[5]) then return {'limit_exceeded', now} end
-  if available == 0 then return {'sold_out', now} end
-  if available < qty then return {'insufficient_stock', now} end
+  if mine + qty > tonumber(view.limit) then return {'limit_exceeded', now} end
+  local expires = now + tonumber(view.hold_ms)
+  if view.available == 0 then return {'sold_out', now} end
+  if view.available < qty then return {'insufficient_stock', now} end
 
-  redis.call('HINCRBY', sale, 'available', -qty)
-  redis.call('HINCRBY', sale, 'held', qty)
-  redis.call('HINCRBY', sale, 'version', 1)
   redis.call('HINCRBY', customers, cust, qty)
-  tally(sale, 'th', qty)
-  local expires = now + tonumber(s[6])
+  view.available = view.available - qty
+  view.taken = view.taken + qty
+  view.holds = view.holds + 1
   local rec = cjson.encode({c = cust, q = qty, s = 'held', e = expires, t = now,
-    pc = tonumber(s[7]), cu = s[8]})
+    pc = view.pc, cu = view.cu})
   redis.call('HSET', reservations, rid, rec)
   redis.call('ZADD', due, expires, rid)
   if ticket then

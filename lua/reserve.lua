@@ -26,5 +26,8 @@
 -- same step: a token makes at most one hold, and a refused reserve leaves
 -- it usable.
 -- The logic is `reserve_one` in prelude.lua, shared with reserve_batch.lua.
-return reserve_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+local view = reserve_view(KEYS[1])
+local reply = reserve_one(now_ms(), view, KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6])
+reserve_commit(KEYS[1], view)
+return reply

@@ -19,12 +19,16 @@
 -- for the whole batch. A member sees every write of the members before it
 -- (the stock they took, the idempotency keys they set), so the answers are
 -- those of the same requests sent one by one in this order.
+-- The sale's fields are read once, and its counters written once, for the
+-- whole batch (`reserve_view`, `reserve_commit`).
 local now = now_ms()
 local ttl = tonumber(ARGV[1])
+local view = reserve_view(KEYS[1])
 local out = {}
 for i = 1, #KEYS - 6 do
   local a = 2 + 5 * (i - 1)
-  out[i] = member(now, reserve_one, KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[6 + i], KEYS[5],
+  out[i] = member(now, reserve_one, view, KEYS[2], KEYS[3], KEYS[4], KEYS[6 + i], KEYS[5],
     KEYS[6], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ttl, ARGV[a + 4])
 end
+reserve_commit(KEYS[1], view)
 return out

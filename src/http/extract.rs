@@ -7,6 +7,7 @@ use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
+use super::AppState;
 use crate::domain::{ReservationId, SaleId};
 use crate::engine::Refusal;
 
@@ -20,15 +21,11 @@ use crate::engine::Refusal;
 /// problem.
 pub struct Body<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for Body<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        let limit = req
-            .extensions()
-            .get::<BodyLimit>()
-            .map(|l| l.0)
-            .unwrap_or(0);
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, Self::Rejection> {
+        let limit = state.settings.http.body_limit_bytes;
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
             if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
                 ApiError::PayloadTooLarge(limit)
@@ -50,11 +47,6 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
             .map_err(|e| ApiError::InvalidRequest(format!("invalid JSON body: {e}")))
     }
 }
-
-/// The configured body limit, put in the request extensions so rejections can
-/// say it.
-#[derive(Clone, Copy)]
-pub struct BodyLimit(pub usize);
 
 /// A path segment, as a string; validation is the handler's.
 pub struct PathId(pub String);

@@ -42,7 +42,6 @@ use crate::config::Settings;
 use crate::engine::Engine;
 use crate::http::limits::Limits;
 pub use error::ApiError;
-use extract::BodyLimit;
 pub use health::watch_services;
 
 /// What every request shares, behind one `Arc`: axum clones the state into
@@ -73,6 +72,8 @@ pub struct Shared {
     pub stop: tokio_util::sync::CancellationToken,
     /// `/readyz`'s last probe.
     ready: Arc<health::ReadyCache>,
+    /// `/openapi.json`, made once when the router is built.
+    document: std::sync::OnceLock<pages::Document>,
 }
 
 impl AppState {
@@ -94,6 +95,7 @@ impl AppState {
             stop,
             settings,
             ready: Default::default(),
+            document: Default::default(),
         }))
     }
 }
@@ -114,6 +116,8 @@ pub fn router(state: AppState) -> Router {
     let limit = state.settings.http.body_limit_bytes;
     let cors = cors(&state.settings.http.cors_allowed_origins);
     let (api, probes, document) = routes(&state.settings);
+    // Made with the routes, after the state: set once here.
+    let _ = state.document.set(document);
     // The API's routes get the whole stack: read-your-writes, latency by
     // route, the body limit and a span per request. The probes need none of
     // it, and a load balancer's or Prometheus's poll should cost what axum
@@ -122,12 +126,6 @@ pub fn router(state: AppState) -> Router {
     api.route_layer(middleware::from_fn_with_state(state.clone(), read_view::note_writes))
         .route_layer(middleware::from_fn(time_request))
         .layer(DefaultBodyLimit::max(limit))
-        .layer(middleware::from_fn(
-            move |mut req: Request, next: Next| async move {
-                req.extensions_mut().insert(BodyLimit(limit));
-                next.run(req).await
-            },
-        ))
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request| {
                 let id = req
@@ -146,7 +144,6 @@ pub fn router(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::new(REQUEST_ID))
         .layer(SetRequestIdLayer::new(REQUEST_ID, RequestIds))
         .layer(tower::util::MapRequestLayer::new(drop_foreign_request_id))
-        .layer(axum::Extension(document))
         .with_state(state)
 }
 

@@ -5,9 +5,11 @@
 
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{Html, IntoResponse};
-use axum::Extension;
+
+use super::AppState;
 
 use super::doc::{Problem, PROBLEM};
 use crate::domain::SaleId;
@@ -41,9 +43,10 @@ pub(super) struct Document(pub Arc<str>);
 /// This document: OpenAPI 3.1, generated from the handlers and their types.
 #[utoipa::path(get, path = "/openapi.json", operation_id = "openapi", tag = "probes",
     responses((status = 200, description = "The OpenAPI 3.1 document", body = serde_json::Value)))]
-pub async fn openapi(Extension(doc): Extension<Document>) -> impl IntoResponse {
+pub async fn openapi(State(state): State<AppState>) -> impl IntoResponse {
+    let doc = state.document.get().map_or("{}", |d| &d.0);
     (
         [(header::CONTENT_TYPE, "application/json")],
-        doc.0.to_string(),
+        doc.to_string(),
     )
 }
