@@ -7,6 +7,7 @@
 -- KEYS[6] set of the sale's idempotency keys (so retention finds them
 --         without scanning the keyspace)
 -- KEYS[7] the waiting room's tickets (read only when the sale has a room)
+-- KEYS[8] events stream (`sale.sold_out` when this reserve empties the sale)
 -- ARGV[1] reservation id (made by the gateway; retrying the same id is safe)
 -- ARGV[2] customer id        ARGV[3] quantity (>= 1)
 -- ARGV[4] idempotency fingerprint of the request, '' when no header was sent
@@ -25,5 +26,5 @@
 -- same step: a token makes at most one hold, and a refused reserve leaves
 -- it usable.
 -- The logic is `reserve_one` in prelude.lua, shared with reserve_batch.lua.
-return reserve_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+return reserve_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7], KEYS[8],
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6])

@@ -64,7 +64,7 @@ async fn flush_loop(
                 if !done.is_idle() {
                     tracing::debug!(?done, "outbox flushed");
                 }
-                delay = if done.orders + done.dead > 0 {
+                delay = if done.orders + done.events + done.dead > 0 {
                     Duration::ZERO
                 } else {
                     interval

@@ -131,6 +131,7 @@ impl Engine {
         let mut call = self.scripts.recount.key(&k.sale);
         call.key(&k.reservations)
             .key(&k.adjustments)
+            .key(&k.events)
             .arg(known.total)
             .arg(known.sold);
         for id in known.applied {
