@@ -213,12 +213,20 @@ async fn orders_wait_out_a_postgres_outage_and_all_land() {
     assert_eq!(ready.body["redis"], "up");
     tokio::time::sleep(Duration::from_millis(1500)).await; // several failed flushes
     assert_eq!(app.outbox_len(&sale).await, 300, "the orders wait in Redis");
+    assert_eq!(app.events_len(&sale).await, 1, "so does the sell-out");
 
     proxy.restore();
     let (rows, distinct, _) = app.wait_for_orders(&sale, 300, 30).await;
     assert_eq!((rows, distinct), (300, 300));
     assert_eq!(reservation_ids_in_postgres(&app, &sale).await, confirmed);
     assert_eq!(pending(&app, &sale).await, 0);
+    // The events waited with the orders: a confirm each, and the sell-out.
+    let events = app.wait_for_events(&sale, 301, 30).await;
+    assert_eq!(events.len(), 301);
+    assert_eq!(
+        events_of(&app, &sale, "reservation.confirmed").await,
+        confirmed
+    );
     assert_eq!(app.get("/readyz", None).await.body["postgres"], "up");
 }
 
