@@ -7,6 +7,7 @@ use time::OffsetDateTime;
 
 use super::StoreResult;
 use crate::domain::event::Event;
+use crate::domain::SaleId;
 
 /// Writes a batch of events in one round trip. An event already there (its
 /// id is fixed by the script that made the change: a batch flushed twice)
@@ -64,6 +65,20 @@ pub async fn insert_deliveries<'e>(
     .execute(db)
     .await?;
     Ok(result.rows_affected())
+}
+
+/// The largest `n` of the sale's `<sale>.sale.sold_out.<n>` events (0 for
+/// none): a rebuild keeps the sale's count of sell-outs at least this.
+pub async fn sold_outs(db: &PgPool, sale_id: &SaleId) -> StoreResult<i64> {
+    let n = sqlx::query_scalar!(
+        r#"SELECT coalesce(max(substring(id FROM '\.sale\.sold_out\.([0-9]{1,18})$')::bigint), 0)
+                  AS "n!"
+           FROM events WHERE sale_id = $1 AND type = 'sale.sold_out'"#,
+        sale_id.as_str(),
+    )
+    .fetch_one(db)
+    .await?;
+    Ok(n)
 }
 
 /// Deletes up to `batch` events created before `before` (their deliveries
