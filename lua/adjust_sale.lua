@@ -2,6 +2,7 @@
 --
 -- KEYS[1] sale hash          KEYS[2] set of applied adjustment ids
 -- KEYS[3] set of voided adjustment ids (a repair settled them as never applied)
+-- KEYS[4] events stream (`sale.sold_out` when the change empties the sale)
 -- ARGV[1] adjustment id (from the Postgres audit row; applying it twice is a no-op)
 -- ARGV[2] stock delta (integer, may be negative)
 -- ARGV[3] new ends_at ms, '' to keep    ARGV[4] '1' pause, '0' resume, '' to keep
@@ -15,7 +16,7 @@
 -- once, and never once a repair voided it (settle_adjustment.lua). Any
 -- applied change clears `retired`: the worker's loops take the sale back.
 local now = now_ms()
-local sale, applied, voided = KEYS[1], KEYS[2], KEYS[3]
+local sale, applied, voided, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local function figures()
   local s = redis.call('HMGET', sale, 'total', 'available', 'held', 'sold', 'ends_ms', 'paused')
   return {total = tonumber(s[1]), available = tonumber(s[2]), held = tonumber(s[3]),
@@ -41,4 +42,5 @@ if ARGV[4] ~= '' then redis.call('HSET', sale, 'paused', ARGV[4]) end
 redis.call('HINCRBY', sale, 'version', 1)
 redis.call('HSET', sale, 'retired', 0)
 redis.call('SADD', applied, ARGV[1])
+if before.available > 0 and before.available + delta == 0 then sold_out(sale, events, now) end
 return {'applied', now, cjson.encode(before), cjson.encode(figures())}

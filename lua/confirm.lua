@@ -3,6 +3,8 @@
 -- KEYS[1] sale hash          KEYS[2] reservations hash
 -- KEYS[3] customers hash     KEYS[4] deadline index
 -- KEYS[5] outbox stream (read by the worker, flushed to Postgres `orders`)
+-- KEYS[6] events stream (a late confirm that finds the hold expired records
+--         `reservation.expired` there)
 -- ARGV[1] reservation id     ARGV[2] customer id (must own the hold), or ''
 --                            when a service confirms any customer's hold
 -- ARGV[3] order id for a first confirm   ARGV[4] payment reference
@@ -20,5 +22,5 @@
 -- stock was sold but the order could be lost. Confirming twice returns the
 -- first order.
 -- The logic is `confirm_one` in prelude.lua, shared with confirm_batch.lua.
-return confirm_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[5],
+return confirm_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[5],
   ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[6])

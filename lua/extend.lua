@@ -3,6 +3,7 @@
 --
 -- KEYS[1] sale hash          KEYS[2] reservations hash
 -- KEYS[3] customers hash     KEYS[4] deadline index
+-- KEYS[5] events stream (a hold found expired records `reservation.expired`)
 -- ARGV[1] reservation id     ARGV[2] milliseconds to add to the deadline
 -- Returns {'extended', now_ms, reservation_id, record}
 --      or {'too_long', now_ms, latest_deadline_ms}: nothing changed
@@ -18,14 +19,14 @@
 -- new deadline and nothing else. A hold's whole life (creation to deadline)
 -- stays within twice the sale's hold_seconds.
 local now = now_ms()
-local sale, reservations, customers, due = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local sale, reservations, customers, due, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
 local rid = ARGV[1]
 local enc, rec = load_hold(reservations, rid, '')
 if not enc then return {'reservation_not_found', now} end
 if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
 if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
 if now >= rec.e then
-  return {'hold_expired', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'expired')}
+  return {'hold_expired', now, rid, end_hold(now, sale, reservations, customers, due, events, rid, rec, 'expired')}
 end
 
 local hold_ms = tonumber(redis.call('HGET', sale, 'hold_ms'))

@@ -11,6 +11,7 @@
 -- Sale hash fields: total available held sold starts_ms ends_ms paused limit
 -- hold_ms price_cents currency def version, sold_base (units sold whose
 -- records a rebuild dropped), retired (1 once the worker's loops let go),
+-- sold_outs (how many times `available` went from above 0 to 0),
 -- and the record tallies th and ts (units of held and of confirmed records),
 -- kept up to date by every script that writes a record once `tallied` is 1,
 -- so that no repair needs to read every record.
@@ -37,13 +38,40 @@ local function tally(sale, field, q)
   if redis.call('HGET', sale, 'tallied') == '1' then redis.call('HINCRBY', sale, field, q) end
 end
 
+-- The events for the store go to their own stream per sale (KEYS `events`),
+-- not to the orders' outbox: a worker of the version before reads only the
+-- outbox and dead-letters anything there that is not an order. The entry is
+-- written in the step that makes the change, with the event's id fixed here,
+-- so no crash falls between the two and a flush replayed after a crash
+-- writes no second row. Fields: id, type, ms (Redis TIME of the change),
+-- version (the sale's, after it), then rid and rec (the record as stored) or
+-- the sale's stock figures.
+local function hold_event(events, now, version, rid, enc, status)
+  redis.call('XADD', events, '*', 'id', rid .. '.reservation.' .. status,
+    'type', 'reservation.' .. status, 'ms', now, 'version', version, 'rid', rid, 'rec', enc)
+end
+
+-- Records `sale.sold_out`: the caller has just taken `available` from above
+-- 0 to 0. The id counts the sale's sell-outs (`sold_outs`), not its version
+-- alone: a hold that expires and is taken again empties the sale once more,
+-- and that is another occurrence. The sale id is the keys' hash tag.
+local function sold_out(sale, events, now)
+  local n = redis.call('HINCRBY', sale, 'sold_outs', 1)
+  local s = redis.call('HMGET', sale, 'total', 'available', 'held', 'sold', 'version')
+  local sale_id = string.match(sale, '{(.*)}')
+  redis.call('XADD', events, '*', 'id', sale_id .. '.sale.sold_out.' .. n,
+    'type', 'sale.sold_out', 'ms', now, 'version', s[5],
+    'total', s[1], 'available', s[2], 'held', s[3], 'sold', s[4])
+end
+
 -- Ends a hold that is still `held`: its units go back to `available`, the
--- customer's count drops, and it leaves the deadline index. `status` is
--- 'released' or 'expired'. Returns the record as stored.
-local function end_hold(sale, reservations, customers, due, rid, rec, status)
+-- customer's count drops, it leaves the deadline index, and its event is
+-- recorded. `status` is 'released' or 'expired'. Returns the record as
+-- stored.
+local function end_hold(now, sale, reservations, customers, due, events, rid, rec, status)
   redis.call('HINCRBY', sale, 'held', -rec.q)
   redis.call('HINCRBY', sale, 'available', rec.q)
-  redis.call('HINCRBY', sale, 'version', 1)
+  local version = redis.call('HINCRBY', sale, 'version', 1)
   tally(sale, 'th', -rec.q)
   if redis.call('HINCRBY', customers, rec.c, -rec.q) <= 0 then
     redis.call('HDEL', customers, rec.c)
@@ -52,6 +80,7 @@ local function end_hold(sale, reservations, customers, due, rid, rec, status)
   rec.s = status
   local enc = cjson.encode(rec)
   redis.call('HSET', reservations, rid, enc)
+  hold_event(events, now, version, rid, enc, status)
   return enc
 end
 
@@ -162,16 +191,18 @@ local function reserve_view(sale)
     tallied = s[10] == '1', taken = 0, holds = 0}
 end
 
--- Writes what a call's reserves took to the sale's counters, once per call.
--- Safe to defer to the end: Redis refuses a script's writes (out of
--- memory, a replica) only at its first write, so once a member has written
--- its hold, this write happens too.
-local function reserve_commit(sale, view)
+-- Writes what a call's reserves took to the sale's counters, once per call,
+-- and records `sale.sold_out` if they emptied it (reserves only take, so a
+-- call empties a sale at most once). Safe to defer to the end: Redis
+-- refuses a script's writes (out of memory, a replica) only at its first
+-- write, so once a member has written its hold, this write happens too.
+local function reserve_commit(now, sale, events, view)
   if not view or view.holds == 0 then return end
   redis.call('HINCRBY', sale, 'available', -view.taken)
   redis.call('HINCRBY', sale, 'held', view.taken)
   redis.call('HINCRBY', sale, 'version', view.holds)
   if view.tallied then redis.call('HINCRBY', sale, 'th', view.taken) end
+  if view.available == 0 then sold_out(sale, events, now) end
 end
 
 -- One reserve at the clock reading `now` against the sale's `view` (keys,
@@ -235,7 +266,7 @@ local function reserve_one(now, view, reservations, customers, due, idem, idem_i
 end
 
 -- One confirm at `now` (keys, arguments and reply as in confirm.lua).
-local function confirm_one(now, sale, reservations, customers, due, outbox, sale_id,
+local function confirm_one(now, sale, reservations, customers, due, outbox, events, sale_id,
                            rid, cust, order_id, payment_ref, confirmed_by)
   local enc, rec = load_hold(reservations, rid, cust)
   if not enc then return {'reservation_not_found', now} end
@@ -243,12 +274,13 @@ local function confirm_one(now, sale, reservations, customers, due, outbox, sale
   if rec.s == 'expired' then return {'hold_expired', now, rid, enc} end
   if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
   if now >= rec.e then
-    return {'hold_expired', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'expired')}
+    return {'hold_expired', now, rid,
+      end_hold(now, sale, reservations, customers, due, events, rid, rec, 'expired')}
   end
 
   redis.call('HINCRBY', sale, 'held', -rec.q)
   redis.call('HINCRBY', sale, 'sold', rec.q)
-  redis.call('HINCRBY', sale, 'version', 1)
+  local version = redis.call('HINCRBY', sale, 'version', 1)
   tally(sale, 'th', -rec.q)
   tally(sale, 'ts', rec.q)
   redis.call('ZREM', due, rid)
@@ -259,25 +291,29 @@ local function confirm_one(now, sale, reservations, customers, due, outbox, sale
   if confirmed_by ~= '' then rec.cb = confirmed_by end
   enc = cjson.encode(rec)
   redis.call('HSET', reservations, rid, enc)
+  -- The order entry is also the record of `reservation.confirmed` (the flush
+  -- derives the event from it), so it carries the sale's version.
   redis.call('XADD', outbox, '*',
     'order_id', rec.o, 'reservation_id', rid, 'sale_id', sale_id, 'customer_id', rec.c,
     'quantity', rec.q, 'price_cents', rec.pc, 'currency', rec.cu,
     'payment_ref', rec.pr, 'confirmed_ms', now, 'expires_ms', rec.e,
-    'confirmed_by', confirmed_by)
+    'confirmed_by', confirmed_by, 'version', version)
   return {'confirmed', now, rid, enc}
 end
 
 -- One release at `now` (keys, arguments and reply as in release.lua); `cust`
 -- is '' when an admin releases.
-local function release_one(now, sale, reservations, customers, due, rid, cust)
+local function release_one(now, sale, reservations, customers, due, events, rid, cust)
   local enc, rec = load_hold(reservations, rid, cust)
   if not enc then return {'reservation_not_found', now} end
   if rec.s == 'released' then return {'released', now, rid, enc} end
   if rec.s ~= 'held' then return {'reservation_not_held', now, rid, enc} end
   if now >= rec.e then
-    return {'reservation_not_held', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'expired')}
+    return {'reservation_not_held', now, rid,
+      end_hold(now, sale, reservations, customers, due, events, rid, rec, 'expired')}
   end
-  return {'released', now, rid, end_hold(sale, reservations, customers, due, rid, rec, 'released')}
+  return {'released', now, rid,
+    end_hold(now, sale, reservations, customers, due, events, rid, rec, 'released')}
 end
 
 -- Errors that pass by themselves (Redis out of memory, a replica gone):

@@ -1,6 +1,7 @@
 -- recount.lua: repair a sale's counters from everything that knows them.
 --
 -- KEYS[1] sale hash   KEYS[2] reservations hash   KEYS[3] applied adjustment ids
+-- KEYS[4] events stream (`sale.sold_out` when the repair empties the sale)
 -- ARGV[1] the scheduled total (from Postgres: stock plus applied adjustments)
 -- ARGV[2] units of the sale's orders in Postgres
 -- ARGV[3..] ids of the adjustments Postgres settled as applied
@@ -23,7 +24,7 @@
 -- customer's count is raised to their orders in Postgres beforehand, in
 -- chunks (floor_customers.lua).
 local now = now_ms()
-local sale, reservations, applied = KEYS[1], KEYS[2], KEYS[3]
+local sale, reservations, applied, events = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 if redis.call('EXISTS', sale) == 0 then return {'sale_not_found', now} end
 local total, pg_sold = tonumber(ARGV[1]), tonumber(ARGV[2])
 local known = {}
@@ -36,7 +37,9 @@ local counted = tonumber(redis.call('HGET', sale, 'sold') or '0')
 local sold_base = tonumber(redis.call('HGET', sale, 'sold_base') or '0')
 local sold = math.max(counted, sold_base + confirmed, pg_sold)
 if held + sold > total then return {'overcommitted', now, held, sold} end
+local was = tonumber(redis.call('HGET', sale, 'available') or '0')
 redis.call('HSET', sale, 'total', total, 'held', held, 'sold', sold,
   'available', total - held - sold)
 redis.call('HINCRBY', sale, 'version', 1)
+if was > 0 and total - held - sold == 0 then sold_out(sale, events, now) end
 return {'recounted', now, total, total - held - sold, held, sold}

@@ -2,6 +2,7 @@
 --
 -- KEYS[1] sale hash          KEYS[2] reservations hash
 -- KEYS[3] customers hash     KEYS[4] deadline index
+-- KEYS[5] events stream (`reservation.released` or `.expired`)
 -- ARGV[1] reservation id     ARGV[2] customer id, '' when an admin releases
 -- Returns {'released', now_ms, reservation_id, record}
 --      or {'reservation_not_held', now_ms, reservation_id, record}
@@ -11,4 +12,4 @@
 -- it is released here, released again, or expired. A hold found past its
 -- deadline is expired, not released, so the reaper agrees with us.
 -- The logic is `release_one` in prelude.lua, shared with release_batch.lua.
-return release_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2])
+return release_one(now_ms(), KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], ARGV[1], ARGV[2])

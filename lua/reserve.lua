@@ -8,6 +8,7 @@
 -- KEYS[6] set of the sale's idempotency keys (so retention finds them
 --         without scanning the keyspace)
 -- KEYS[7] the waiting room's tickets (read only when the sale has a room)
+-- KEYS[8] events stream (`sale.sold_out` when this reserve empties the sale)
 -- ARGV[1] reservation id (made by the gateway; retrying the same id is safe)
 -- ARGV[2] customer id        ARGV[3] quantity (>= 1)
 -- ARGV[4] idempotency fingerprint of the request, '' when no header was sent
@@ -26,8 +27,9 @@
 -- same step: a token makes at most one hold, and a refused reserve leaves
 -- it usable.
 -- The logic is `reserve_one` in prelude.lua, shared with reserve_batch.lua.
+local now = now_ms()
 local view = reserve_view(KEYS[1])
-local reply = reserve_one(now_ms(), view, KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
+local reply = reserve_one(now, view, KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], KEYS[7],
   ARGV[1], ARGV[2], tonumber(ARGV[3]), ARGV[4], tonumber(ARGV[5]), ARGV[6])
-reserve_commit(KEYS[1], view)
+reserve_commit(now, KEYS[1], KEYS[8], view)
 return reply

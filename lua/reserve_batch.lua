@@ -5,7 +5,8 @@
 -- KEYS[3] customers hash     KEYS[4] deadline index
 -- KEYS[5] set of the sale's idempotency keys
 -- KEYS[6] the waiting room's tickets
--- KEYS[6 + i] idempotency key of member i (as KEYS[5] of reserve.lua)
+-- KEYS[7] events stream (`sale.sold_out`)
+-- KEYS[7 + i] idempotency key of member i (as KEYS[5] of reserve.lua)
 -- ARGV[1] idempotency key lifetime, seconds
 -- ARGV[2 + 5(i-1)] .. ARGV[6 + 5(i-1)]: member i's reservation id, customer
 --         id, quantity, idempotency fingerprint and admission token (as in
@@ -25,10 +26,10 @@ local now = now_ms()
 local ttl = tonumber(ARGV[1])
 local view = reserve_view(KEYS[1])
 local out = {}
-for i = 1, #KEYS - 6 do
+for i = 1, #KEYS - 7 do
   local a = 2 + 5 * (i - 1)
-  out[i] = member(now, reserve_one, view, KEYS[2], KEYS[3], KEYS[4], KEYS[6 + i], KEYS[5],
+  out[i] = member(now, reserve_one, view, KEYS[2], KEYS[3], KEYS[4], KEYS[7 + i], KEYS[5],
     KEYS[6], ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], ttl, ARGV[a + 4])
 end
-reserve_commit(KEYS[1], view)
+reserve_commit(now, KEYS[1], KEYS[7], view)
 return out

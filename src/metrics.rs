@@ -83,6 +83,11 @@ fn describe() {
         "Confirmed orders written from a sale's outbox to Postgres and acknowledged."
     );
     describe_counter!(
+        "flashsale_events_flushed_total",
+        Unit::Count,
+        "Events for the store (confirms, expiries, releases, sell-outs) written to Postgres `events` for the first time, by type."
+    );
+    describe_counter!(
         "flashsale_dead_letters_total",
         Unit::Count,
         "Outbox entries Postgres rejected for good, moved to the sale's dead-letter stream."
@@ -422,6 +427,12 @@ pub fn flushed(sale_id: &str, orders: usize, dead: usize, took: Duration) {
     }
     histogram!("flashsale_flush_batch_size").record((orders + dead) as f64);
     histogram!("flashsale_flush_seconds").record(took.as_secs_f64());
+}
+
+/// Events for the store written to Postgres for the first time, by type
+/// (a batch flushed again counts nothing).
+pub fn events_flushed(kind: &str, n: u64) {
+    counter!("flashsale_events_flushed_total", "type" => kind.to_string()).increment(n);
 }
 
 /// Entries taken over from a consumer that stopped acknowledging them.

@@ -184,6 +184,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
                 ends_ms: flashsale::domain::to_ms(def.ends_at),
                 paused: false,
                 rejected: &[],
+                sold_outs: 0,
             })
             .await?;
         let rebuild = longest(&mut conn).await?;

@@ -2,6 +2,7 @@
 //! live view, a reservation, an order. Validation of client input lives here,
 //! so the engine and the store only ever see well-formed values.
 
+pub mod event;
 mod ids;
 mod input;
 pub mod permutation;

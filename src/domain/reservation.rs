@@ -3,7 +3,7 @@
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
-use super::ReservationId;
+use super::{rfc3339_ms, ReservationId};
 
 /// A confirmed order on its way from the outbox to the `orders` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -21,6 +21,36 @@ pub struct NewOrder {
     pub expires_at: Option<OffsetDateTime>,
     /// The service that confirmed it; `None` when the customer did.
     pub confirmed_by: Option<String>,
+}
+
+impl NewOrder {
+    /// The confirmed reservation and its order as the API shows them. An
+    /// order kept without its hold's deadline (written before it was kept)
+    /// shows its confirmation time there.
+    pub fn views(&self) -> (Reservation, Order) {
+        let quantity = u32::try_from(self.quantity).unwrap_or(0);
+        let reservation = Reservation {
+            id: self.reservation_id.clone(),
+            sale_id: self.sale_id.clone(),
+            customer_id: self.customer_id.clone(),
+            quantity,
+            status: ReservationStatus::Confirmed,
+            expires_at: rfc3339_ms(self.expires_at.unwrap_or(self.confirmed_at)),
+        };
+        let order = Order {
+            order_id: self.order_id.to_string(),
+            reservation_id: self.reservation_id.clone(),
+            sale_id: self.sale_id.clone(),
+            customer_id: self.customer_id.clone(),
+            quantity,
+            price_cents: self.price_cents,
+            currency: self.currency.clone(),
+            confirmed_at: rfc3339_ms(self.confirmed_at),
+            confirmed_by: self.confirmed_by.clone(),
+            payment_ref: self.payment_ref.clone(),
+        };
+        (reservation, order)
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

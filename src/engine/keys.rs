@@ -2,7 +2,9 @@
 //!
 //! A sale's keys share one hash tag, `{sale_id}` today, so each script's keys
 //! live in one Redis Cluster slot. When a hot sale is split into buckets the
-//! tag becomes `{sale_id:bucket}`: only [`SaleKeys::new`]'s caller changes.
+//! tag becomes `{sale_id:bucket}`: only [`SaleKeys::new`]'s caller changes
+//! (and the scripts that name a `sale.sold_out` event, which read the sale
+//! id from the tag: `sold_out` in `lua/prelude.lua`).
 
 /// The keys of one sale (or, later, one bucket of a sale).
 #[derive(Debug, Clone)]
@@ -17,6 +19,10 @@ pub struct SaleKeys {
     pub due: String,
     /// Stream: confirmed orders waiting for the worker to flush them to Postgres.
     pub outbox: String,
+    /// Stream: the events for the store (expiries, releases, sell-outs), kept
+    /// apart from the orders' outbox, whose readers of an earlier version
+    /// dead-letter anything that is not an order. Flushed with the outbox.
+    pub events: String,
     /// Stream: outbox entries Postgres rejected for good, with the reason.
     pub dead_letters: String,
     /// Set: ids of admin adjustments already applied (makes PATCH idempotent).
@@ -49,6 +55,7 @@ impl SaleKeys {
             customers: key("cust"),
             due: key("due"),
             outbox: key("outbox"),
+            events: key("events"),
             dead_letters: key("dead"),
             adjustments: key("adj"),
             voided: key("adjx"),
@@ -74,13 +81,14 @@ impl SaleKeys {
 
     /// Every key of the sale except the idempotency keys (which expire, and
     /// which the index names).
-    pub fn all(&self) -> [&str; 13] {
+    pub fn all(&self) -> [&str; 14] {
         [
             &self.sale,
             &self.reservations,
             &self.customers,
             &self.due,
             &self.outbox,
+            &self.events,
             &self.dead_letters,
             &self.adjustments,
             &self.voided,

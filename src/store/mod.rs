@@ -15,6 +15,7 @@ use sqlx::Postgres;
 use crate::config::Settings;
 
 mod adjustments;
+mod events;
 mod orders;
 mod sales;
 mod waiting_room;
@@ -26,6 +27,7 @@ pub use adjustments::{
     settle_adjustment, settled_adjustments, Adjustment, AdjustmentKey, AdjustmentState,
     KeyedAdjustment, Settlement, VOIDED,
 };
+pub use events::{delete_old_events, insert_deliveries, insert_events, sold_outs};
 pub use orders::{insert_orders, keep_dead_letters, order_of, units_per_customer};
 pub use sales::{
     archived_among, closed_sale, insert_sale, keep_final, ledger, load_error, mark_archived,

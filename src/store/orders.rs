@@ -9,7 +9,10 @@ use crate::domain::{NewOrder, ReservationId, SaleId};
 /// Writes a batch of orders in one round trip. An order already there (same
 /// reservation id: a batch flushed twice after a crash) is skipped, so a
 /// retry never writes a second row. Returns the rows actually inserted.
-pub async fn insert_orders(db: &PgPool, orders: &[NewOrder]) -> Result<u64, sqlx::Error> {
+pub async fn insert_orders<'e>(
+    db: impl sqlx::PgExecutor<'e>,
+    orders: &[NewOrder],
+) -> Result<u64, sqlx::Error> {
     let col = |f: fn(&NewOrder) -> String| orders.iter().map(f).collect::<Vec<_>>();
     let result = sqlx::query!(
         "INSERT INTO orders (order_id, reservation_id, sale_id, customer_id, quantity,

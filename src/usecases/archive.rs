@@ -21,10 +21,7 @@ use std::time::Duration;
 use sqlx::PgPool;
 use time::OffsetDateTime;
 
-use crate::domain::{
-    rfc3339_ms, CustomerId, Order, Reservation, ReservationId, ReservationStatus, Sale, SaleId,
-    Stock,
-};
+use crate::domain::{CustomerId, Order, Reservation, ReservationId, Sale, SaleId, Stock};
 use crate::engine::{Engine, EngineError};
 use crate::store::{self, StoreError};
 use crate::usecases::reconcile::{self, ReconcileError};
@@ -172,28 +169,7 @@ pub async fn reservation(
     if o.sale_id != sale_id.as_str() || owner.is_some_and(|c| c.as_str() != o.customer_id) {
         return Ok(None);
     }
-    let quantity = u32::try_from(o.quantity).unwrap_or(0);
-    let reservation = Reservation {
-        id: o.reservation_id.clone(),
-        sale_id: o.sale_id.clone(),
-        customer_id: o.customer_id.clone(),
-        quantity,
-        status: ReservationStatus::Confirmed,
-        expires_at: rfc3339_ms(o.expires_at.unwrap_or(o.confirmed_at)),
-    };
-    let order = Order {
-        order_id: o.order_id.to_string(),
-        reservation_id: o.reservation_id,
-        sale_id: o.sale_id,
-        customer_id: o.customer_id,
-        quantity,
-        price_cents: o.price_cents,
-        currency: o.currency,
-        confirmed_at: rfc3339_ms(o.confirmed_at),
-        confirmed_by: o.confirmed_by,
-        payment_ref: o.payment_ref,
-    };
-    Ok(Some((reservation, order)))
+    Ok(Some(o.views()))
 }
 
 /// Whether an engine error means "not in Redis", which an archived sale

@@ -352,6 +352,7 @@ pub async fn rebuild(
             ends_ms: to_ms(facts.ledger.ends_at),
             paused: facts.ledger.paused,
             rejected: &facts.rejected,
+            sold_outs: store::sold_outs(db, id).await?,
         };
         match engine.rebuild(&restore).await? {
             Rebuilt::Done(stock) => {

@@ -3,7 +3,8 @@
 //! reaper (`usecases::reap`), the loader of sales not yet in Redis
 //! (`usecases::schedule::load_pending`), the archiver (`usecases::archive`),
 //! the waiting rooms (`usecases::waiting_room::tend`), the live reconcile
-//! (`usecases::reconcile::watch_live`) and the backlog gauges.
+//! (`usecases::reconcile::watch_live`), the retention of the events for the
+//! store (`usecases::events::prune`) and the backlog gauges.
 //!
 //! Each step is a use case: idempotent, returning what it did, so tests
 //! drive it one step at a time; the loops here only repeat the steps, back
@@ -64,7 +65,7 @@ async fn flush_loop(
                 if !done.is_idle() {
                     tracing::debug!(?done, "outbox flushed");
                 }
-                delay = if done.orders + done.dead > 0 {
+                delay = if done.orders + done.events + done.dead > 0 {
                     Duration::ZERO
                 } else {
                     interval
@@ -145,6 +146,25 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             }
         })
     };
+    let events_retention = {
+        let keep = Duration::from_secs(u64::from(settings.webhooks.retention_days) * 86_400);
+        let db = db.clone();
+        every_tick(
+            "events retention",
+            EVENTS_RETENTION_INTERVAL,
+            stop.clone(),
+            move || {
+                let db = db.clone();
+                async move {
+                    let n = crate::usecases::events::prune(&db, keep).await?;
+                    if n > 0 {
+                        tracing::info!(deleted = n, "events past their retention deleted");
+                    }
+                    Ok::<(), crate::store::StoreError>(())
+                }
+            },
+        )
+    };
     let rooms = waiting_rooms_loop(engine.clone(), db.clone(), stop.clone());
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
@@ -157,7 +177,15 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             }
         })
     };
-    tokio::join!(flush, reaper, loader, archiver, reconciler, rooms);
+    tokio::join!(
+        flush,
+        reaper,
+        loader,
+        archiver,
+        reconciler,
+        rooms,
+        events_retention
+    );
 }
 
 /// One pass of the backlog gauges; returns the sales it reported (None:
@@ -199,6 +227,10 @@ async fn backlog_gauges(engine: &Engine, reported: &HashSet<SaleId>) -> Option<H
     crate::metrics::active_sales(active.len());
     Some(now)
 }
+
+/// How often the worker deletes the events past `webhooks.retention_days`:
+/// a retention counted in days needs no finer step.
+const EVENTS_RETENTION_INTERVAL: Duration = Duration::from_secs(300);
 
 /// How often the worker tends the waiting rooms: the granularity of their
 /// pace (admissions come in steps of at most this long).

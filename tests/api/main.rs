@@ -16,6 +16,7 @@ mod helpers;
 mod api_contract;
 mod batch;
 mod edge;
+mod events;
 mod expiry;
 mod hardening;
 mod hardening_headers;

@@ -3,6 +3,10 @@
 //! against a plain in-memory model of a sale. After every step the Redis state
 //! must equal the model's.
 //!
+//! After the sequence the outbox is flushed, and every confirm, release and
+//! expiry the model saw has exactly one row of Postgres `events`, as has every
+//! time `available` went from above 0 to 0 (invariant 8).
+//!
 //! Time is real (holds last 1 s, "advance" sleeps past the next deadline), so
 //! an operation within a few milliseconds of a deadline may go either way; the
 //! model accepts either outcome there and adopts the one Redis chose.
@@ -62,6 +66,8 @@ struct Model {
     held: i64,
     sold: i64,
     holds: Vec<Hold>,
+    /// Times `available` went from above 0 to 0.
+    sold_outs: u32,
 }
 
 impl Model {
@@ -303,6 +309,47 @@ async fn step(engine: &Engine, sale: &SaleId, m: &mut Model, op: &Op) {
     }
 }
 
+/// Postgres `events` after a flush: one per hold that left `held` (its id
+/// `<hold>.reservation.<status>`) and one per sell-out, nothing else.
+async fn compare_events(app: &TestApp, sale: &SaleId, m: &Model) {
+    let flusher = flashsale::usecases::flush::Flusher::new(
+        app.engine.clone(),
+        app.db.clone(),
+        100,
+        Duration::from_millis(50),
+        tokio_util::sync::CancellationToken::new(),
+    )
+    .with_consumer("model");
+    // The first call makes the consumer groups.
+    for _ in 0..2 {
+        flusher.flush_sale(sale, false).await.unwrap();
+    }
+    let mut want: Vec<String> = m
+        .holds
+        .iter()
+        .filter_map(|h| {
+            let kind = match h.status {
+                ReservationStatus::Held => return None,
+                ReservationStatus::Confirmed => "confirmed",
+                ReservationStatus::Released => "released",
+                ReservationStatus::Expired => "expired",
+            };
+            Some(format!("{}.reservation.{kind}", h.id))
+        })
+        .chain((1..=m.sold_outs).map(|n| format!("{sale}.sale.sold_out.{n}")))
+        .collect();
+    want.sort();
+    let got: Vec<String> = app.events(sale).await.into_iter().map(|e| e.id).collect();
+    assert_eq!(got, want, "events after the flush");
+    let dead: usize = redis::AsyncCommands::xlen(
+        &mut app.engine.connection(),
+        &app.engine.keys(sale).dead_letters,
+    )
+    .await
+    .unwrap();
+    assert_eq!(dead, 0, "no dead letters");
+}
+
 /// Redis and the model agree on every figure and every hold.
 async fn compare(engine: &Engine, sale: &SaleId, m: &Model, after: &Op) {
     let s = engine.sale(sale).await.unwrap().stock;
@@ -342,7 +389,8 @@ proptest! {
     fn engine_matches_the_model(ops in proptest::collection::vec(op(), 1..40)) {
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         rt.block_on(async {
-            let (engine, _scratch) = test_engine(|_| {});
+            let app = TestApp::builder().without_worker().spawn().await;
+            let engine = app.engine.clone();
             let now = OffsetDateTime::now_utc();
             let def = SaleDef {
                 id: sale_id(&unique("m-")),
@@ -357,13 +405,20 @@ proptest! {
                 hold_seconds: (HOLD_MS / 1000) as u32,
                 queue: None,
             };
+            // Postgres keeps the sale too: the flush's orders refer to it.
+            flashsale::store::insert_sale(&app.db, &def).await.unwrap();
             engine.create_sale(&def).await.unwrap();
             let mut model = Model { total: STOCK, available: STOCK, ..Model::default() };
             let sale = def.id.clone();
             for op in &ops {
+                let before = model.available;
                 step(&engine, &sale, &mut model, op).await;
+                if before > 0 && model.available == 0 {
+                    model.sold_outs += 1;
+                }
                 compare(&engine, &sale, &model, op).await;
             }
+            compare_events(&app, &sale, &model).await;
         });
     }
 }

@@ -32,6 +32,36 @@ async fn confirm_orders(app: &TestApp, sale: &str, n: usize) -> HashSet<String> 
         .await
 }
 
+/// Reserves and releases `n` holds (one unit each, one customer each) over
+/// HTTP, 100 at a time. Returns the released reservation ids.
+async fn release_holds(app: &TestApp, sale: &str, n: usize) -> HashSet<String> {
+    let crowd = unique("r");
+    let crowd = &crowd;
+    stream::iter(0..n)
+        .map(|i| async move {
+            let t = app.token(&format!("{crowd}-{i}"));
+            let held = app.reserve(sale, &t, 1).await;
+            assert_eq!(held.status, 201, "{}", held.body);
+            let rid = held.body["id"].as_str().unwrap().to_string();
+            let released = app.release(&rid, &t).await;
+            assert_eq!(released.status, 200, "{}", released.body);
+            rid
+        })
+        .buffer_unordered(100)
+        .collect()
+        .await
+}
+
+/// The ids of the sale's events of one type in Postgres, by reservation.
+async fn events_of(app: &TestApp, sale: &str, kind: &str) -> HashSet<String> {
+    app.events(sale)
+        .await
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .map(|e| e.aggregateid)
+        .collect()
+}
+
 /// A standalone `flashsale worker` with small batches and a short claim time,
 /// so kills land mid-flush and a successor takes over quickly.
 fn start_worker(app: &TestApp) -> Child {
@@ -89,9 +119,13 @@ async fn pending(app: &TestApp, sale: &str) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkilled_workers_still_flush_each_order_exactly_once() {
     let app = TestApp::builder().without_worker().spawn().await;
-    let sale = app.live_sale(2000, 1, 3600).await;
+    let sale = app.live_sale(2300, 1, 3600).await;
     let confirmed = confirm_orders(&app, &sale, 2000).await;
+    // Releases too: their events ride the events stream, flushed with the
+    // orders (invariant 8).
+    let released = release_holds(&app, &sale, 300).await;
     assert_eq!(app.outbox_len(&sale).await, 2000);
+    assert_eq!(app.events_len(&sale).await, 300);
     assert_eq!(app.orders(&sale).await.0, 0, "no worker ran yet");
 
     // Kill workers at random moments, several times over: each one once it
@@ -115,11 +149,23 @@ async fn sigkilled_workers_still_flush_each_order_exactly_once() {
     assert!(kills_mid_flush >= 2, "the kills landed mid-flush");
     let last = start_worker(&app);
     let (rows, distinct, _) = app.wait_for_orders(&sale, 2000, 60).await;
+    let events = app.wait_for_events(&sale, 2300, 60).await;
     assert_eq!(stop(last).code(), Some(0), "SIGTERM exits 0");
     assert_eq!((rows, distinct), (2000, 2000));
     assert_eq!(reservation_ids_in_postgres(&app, &sale).await, confirmed);
     assert_eq!(app.outbox_len(&sale).await, 0);
     assert_eq!(pending(&app, &sale).await, 0, "nothing left pending");
+    // Every answered confirm and release has its one event.
+    assert_eq!(events.len(), 2300, "one row per event");
+    assert_eq!(
+        events_of(&app, &sale, "reservation.confirmed").await,
+        confirmed
+    );
+    assert_eq!(
+        events_of(&app, &sale, "reservation.released").await,
+        released
+    );
+    assert_eq!(app.events_len(&sale).await, 0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -167,12 +213,20 @@ async fn orders_wait_out_a_postgres_outage_and_all_land() {
     assert_eq!(ready.body["redis"], "up");
     tokio::time::sleep(Duration::from_millis(1500)).await; // several failed flushes
     assert_eq!(app.outbox_len(&sale).await, 300, "the orders wait in Redis");
+    assert_eq!(app.events_len(&sale).await, 1, "so does the sell-out");
 
     proxy.restore();
     let (rows, distinct, _) = app.wait_for_orders(&sale, 300, 30).await;
     assert_eq!((rows, distinct), (300, 300));
     assert_eq!(reservation_ids_in_postgres(&app, &sale).await, confirmed);
     assert_eq!(pending(&app, &sale).await, 0);
+    // The events waited with the orders: a confirm each, and the sell-out.
+    let events = app.wait_for_events(&sale, 301, 30).await;
+    assert_eq!(events.len(), 301);
+    assert_eq!(
+        events_of(&app, &sale, "reservation.confirmed").await,
+        confirmed
+    );
     assert_eq!(app.get("/readyz", None).await.body["postgres"], "up");
 }
 

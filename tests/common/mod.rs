@@ -390,6 +390,16 @@ pub fn live_sale(id: &str, stock: i64, limit: u32, hold_seconds: u32) -> Value {
     })
 }
 
+/// One row of the Postgres `events` table.
+#[derive(Debug, Clone)]
+pub struct EventRow {
+    pub id: String,
+    pub kind: String,
+    pub aggregatetype: String,
+    pub aggregateid: String,
+    pub payload: Value,
+}
+
 /// A response's status and JSON body (Null when the body is not JSON).
 pub struct Answer {
     pub status: u16,
@@ -565,6 +575,50 @@ impl TestApp {
         loop {
             let got = self.orders(sale).await;
             if (got.0 >= rows && self.outbox_len(sale).await == 0)
+                || std::time::Instant::now() > deadline
+            {
+                return got;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// The sale's rows of `events`, by id.
+    pub async fn events(&self, sale: &str) -> Vec<EventRow> {
+        let rows: Vec<(String, String, String, String, Value)> = sqlx::query_as(
+            "SELECT id, type, aggregatetype, aggregateid, payload FROM events
+             WHERE sale_id = $1 ORDER BY id",
+        )
+        .bind(sale)
+        .fetch_all(&self.db)
+        .await
+        .unwrap();
+        rows.into_iter()
+            .map(|(id, kind, aggregatetype, aggregateid, payload)| EventRow {
+                id,
+                kind,
+                aggregatetype,
+                aggregateid,
+                payload,
+            })
+            .collect()
+    }
+
+    /// Entries in the sale's events stream not yet flushed to Postgres.
+    pub async fn events_len(&self, sale: &str) -> usize {
+        let mut conn = self.engine.connection();
+        conn.xlen(&self.engine.keys(sale).events).await.unwrap()
+    }
+
+    /// Waits (up to `secs`) until the sale has at least `n` events in
+    /// Postgres and both streams are empty, then returns the rows.
+    pub async fn wait_for_events(&self, sale: &str, n: usize, secs: u64) -> Vec<EventRow> {
+        let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+        loop {
+            let got = self.events(sale).await;
+            if (got.len() >= n
+                && self.events_len(sale).await == 0
+                && self.outbox_len(sale).await == 0)
                 || std::time::Instant::now() > deadline
             {
                 return got;

@@ -140,8 +140,9 @@ async fn a_live_sales_slot_moved_mid_storm_answers_only_retries() {
     assert!(confirmed > 100, "the storm confirmed only {confirmed}");
 }
 
-/// A replica killed instead: no wrong answer; confirms on its primary are
-/// 503 while `confirm_replicas` cannot be reached, and come back with it.
+/// A replica killed instead: no wrong answer; confirms and releases on its
+/// primary are 503 while `confirm_replicas` cannot be reached, and come back
+/// with it; their events reach Postgres once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_replica_holds_confirms_back_until_it_returns() {
     let cluster = PrivateCluster::start();
@@ -156,12 +157,18 @@ async fn a_killed_replica_holds_confirms_back_until_it_returns() {
     let held = app.reserve("r0", &token, 1).await;
     assert_eq!(held.status, 201);
     let rid = held.body["id"].as_str().unwrap().to_string();
+    let other = app.reserve("r0", &token, 1).await;
+    assert_eq!(other.status, 201);
+    let other = other.body["id"].as_str().unwrap().to_string();
     cluster.kill(replica);
     // The primary notices the replica gone once its link drops; from then on
     // no WAIT is satisfied.
     let confirmed = app.confirm(&rid, &token).await;
     assert_eq!(confirmed.status, 503, "{}", confirmed.body);
     assert!(confirmed.retry_after.is_some());
+    // A release answered 200 must be on the replica as well.
+    let released = app.release(&other, &token).await;
+    assert_eq!(released.status, 503, "{}", released.body);
     // Nothing is written to Postgres that the replica does not have.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(app.orders("r0").await.0, 0);
@@ -177,6 +184,15 @@ async fn a_killed_replica_holds_confirms_back_until_it_returns() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(app.wait_for_orders("r0", 1, 30).await.0, 1);
+    assert_eq!(app.release(&other, &token).await.status, 200);
+    let events = app.wait_for_events("r0", 2, 30).await;
+    let ids: Vec<&str> = events.iter().map(|e| e.id.as_str()).collect();
+    let mut want = vec![
+        format!("{rid}.reservation.confirmed"),
+        format!("{other}.reservation.released"),
+    ];
+    want.sort();
+    assert_eq!(ids, want);
 }
 
 /// On-call's tools on a cluster: a sales file loads, reconcile finds the

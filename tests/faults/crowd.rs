@@ -150,6 +150,29 @@ pub async fn assert_no_order_lost(
             );
         }
         assert_eq!(rows, distinct, "{sale}: an order written twice");
+        // Invariant 8: each answered confirm has its event (written with the
+        // order), and no hold has two endings.
+        let events: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregateid, type FROM events
+             WHERE sale_id = $1 AND aggregatetype = 'reservation'",
+        )
+        .bind(sale)
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        let mut ended: HashMap<&str, &str> = HashMap::new();
+        for (rid, kind) in &events {
+            if let Some(before) = ended.insert(rid, kind) {
+                panic!("{sale}: {rid} ended twice: {before} and {kind}");
+            }
+        }
+        for rid in &confirmed {
+            assert_eq!(
+                ended.get(rid.as_str()).copied(),
+                Some("reservation.confirmed"),
+                "{sale}: {rid} answered 200 but has no reservation.confirmed"
+            );
+        }
         let stock = read_stock(&app.engine, sale).await;
         assert_eq!(
             stock.available + stock.held + stock.sold,

@@ -62,6 +62,7 @@ impl Engine {
                     .key(&k.sale)
                     .key(&k.adjustments)
                     .key(&k.voided)
+                    .key(&k.events)
                     .arg(change.id)
                     .arg(change.stock_delta)
                     .arg(change.ends_ms.map(|v| v.to_string()).unwrap_or_default())

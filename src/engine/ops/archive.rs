@@ -42,6 +42,7 @@ impl Engine {
                     .key(&k.sale)
                     .key(&k.outbox)
                     .key(&k.dead_letters)
+                    .key(&k.events)
                     .arg(dead_copied),
             )
             .await?;

@@ -202,10 +202,16 @@ impl Engine {
         let r = self
             .run(
                 Self::hold_call(&self.scripts.extend, &k)
+                    .key(&k.events)
                     .arg(reservation_id.as_str())
                     .arg(i64::from(seconds) * 1000),
             )
             .await?;
+        // An extension, or an expiry found here, is on the replicas before
+        // it is answered, as a confirm is.
+        if matches!(r.word.as_str(), "extended" | "hold_expired") {
+            self.replicated(sale_id).await?;
+        }
         if r.word == "too_long" {
             return Ok(Extension::PastLimit {
                 latest: from_ms(r.fields().int()?),
@@ -263,6 +269,7 @@ impl Engine {
             .run(
                 Self::hold_call(&self.scripts.expire, &k)
                     .key(&k.outbox)
+                    .key(&k.events)
                     .arg(batch),
             )
             .await?

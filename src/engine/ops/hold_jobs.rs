@@ -94,6 +94,7 @@ impl Job for ReserveJob {
             call.key(idem.as_ref())
                 .key(&k.idempotency_index)
                 .key(&k.tickets)
+                .key(&k.events)
                 .arg(&job.rid)
                 .arg(&job.customer)
                 .arg(job.quantity)
@@ -103,7 +104,9 @@ impl Job for ReserveJob {
             vec![engine.run(&call).await]
         } else {
             let mut call = Engine::hold_call(&engine.scripts.reserve_batch, &k);
-            call.key(&k.idempotency_index).key(&k.tickets);
+            call.key(&k.idempotency_index)
+                .key(&k.tickets)
+                .key(&k.events);
             for job in &jobs {
                 call.key(job.idempotency(&k).0.as_ref());
             }
@@ -194,6 +197,7 @@ impl Job for ConfirmJob {
         let replies = if let [job] = jobs.as_slice() {
             let mut call = Engine::hold_call(&engine.scripts.confirm, &k);
             call.key(&k.outbox)
+                .key(&k.events)
                 .arg(&job.rid)
                 .arg(&job.customer)
                 .arg(&job.order_id)
@@ -203,7 +207,7 @@ impl Job for ConfirmJob {
             vec![engine.run(&call).await]
         } else {
             let mut call = Engine::hold_call(&engine.scripts.confirm_batch, &k);
-            call.key(&k.outbox).arg(sale_id);
+            call.key(&k.outbox).key(&k.events).arg(sale_id);
             for job in &jobs {
                 call.arg(&job.rid)
                     .arg(&job.customer)
@@ -219,14 +223,31 @@ impl Job for ConfirmJob {
             .collect();
         // One wait for the whole batch (`redis.confirm_replicas`): the fence
         // is written after every member, replays included, so a reached
-        // fence covers each member's order.
-        if answers.iter().any(Result::is_ok) {
-            if let Err(e) = engine.replicated(sale_id).await {
-                return answers.into_iter().map(|a| a.and(Err(e.clone()))).collect();
-            }
-        }
-        answers
+        // fence covers each member's order, and each late confirm's
+        // `reservation.expired`.
+        replicated(engine, sale_id, answers).await
     }
+}
+
+/// Holds the batch's answers until `redis.confirm_replicas` replicas have
+/// what the scripts wrote, when any member wrote something an answer makes
+/// known: an order, a release, an expiry found late (refused, but recorded
+/// with its event). A refusal that changed nothing waits too: rare, and not
+/// worth telling apart here.
+async fn replicated<T>(
+    engine: &Engine,
+    sale_id: &str,
+    answers: Vec<EngineResult<T>>,
+) -> Vec<EngineResult<T>> {
+    let wrote = answers
+        .iter()
+        .any(|a| matches!(a, Ok(_) | Err(EngineError::Refused(_))));
+    if wrote {
+        if let Err(e) = engine.replicated(sale_id).await {
+            return answers.into_iter().map(|a| a.and(Err(e.clone()))).collect();
+        }
+    }
+    answers
 }
 
 fn confirmed(reply: EngineResult<Reply>, sale_id: &str) -> EngineResult<Confirmed> {
@@ -277,6 +298,7 @@ impl Job for ReleaseJob {
         };
         // The single script's arguments are one member's: the same layout.
         let mut call = Engine::hold_call(script, &k);
+        call.key(&k.events);
         for job in &jobs {
             call.arg(&job.rid)
                 .arg(job.customer.as_deref().unwrap_or(""));
@@ -286,12 +308,15 @@ impl Job for ReleaseJob {
         } else {
             batch::members("release_batch", jobs.len(), engine.invoke(&call).await)
         };
-        replies
+        let answers = replies
             .into_iter()
             .map(|reply| {
                 let (rid, rec) = reply?.expect(&["released"])?.record()?;
                 Ok(rec.reservation(&rid, sale_id))
             })
-            .collect()
+            .collect();
+        // A release answered 200 is as durable as a confirm: its event, and
+        // the units back in stock, are on the replicas first.
+        replicated(engine, sale_id, answers).await
     }
 }

@@ -4,6 +4,7 @@
 
 pub mod adjust;
 pub mod archive;
+pub mod events;
 pub mod hold;
 pub(super) mod hold_jobs;
 pub mod outbox;

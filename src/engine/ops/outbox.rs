@@ -1,9 +1,10 @@
 //! The outbox streams, on Redis's side: each sale's confirmed orders, as
-//! `lua/confirm.lua` appends them, read through one consumer group so that
-//! several flushers share the work and none loses an entry.
+//! `lua/confirm.lua` appends them, and its events for the store (expiries,
+//! releases, sell-outs: `lua/prelude.lua`), each read through one consumer
+//! group so that several flushers share the work and none loses an entry.
 //!
-//! The format of an entry is written by `confirm.lua` and read here, and
-//! nowhere else. The flush itself (Postgres, retries, dead letters) is the
+//! The format of an order entry is written by `confirm.lua` and read here,
+//! and nowhere else; that of an event entry in `super::events`. The flush itself (Postgres, retries, dead letters) is the
 //! use case in `crate::usecases::flush`.
 
 use std::time::Duration;
@@ -11,10 +12,47 @@ use std::time::Duration;
 use redis::Value;
 
 use crate::domain::{from_ms, NewOrder, SaleId};
-use crate::engine::{int, text, Engine, EngineResult};
+use crate::engine::{int, text, Engine, EngineResult, SaleKeys};
 
 /// The consumer group every flusher joins on every outbox stream.
 pub const GROUP: &str = "flushers";
+
+/// The streams a sale's flush reads, both through [`GROUP`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    /// The orders (`SaleKeys::outbox`).
+    Orders,
+    /// The events for the store (`SaleKeys::events`).
+    Events,
+}
+
+impl Stream {
+    pub const ALL: [Stream; 2] = [Stream::Orders, Stream::Events];
+
+    fn key(self, k: &SaleKeys) -> &str {
+        match self {
+            Stream::Orders => &k.outbox,
+            Stream::Events => &k.events,
+        }
+    }
+
+    /// Its name in dead letters (`stream` field) and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            Stream::Orders => "outbox",
+            Stream::Events => "events",
+        }
+    }
+}
+
+/// What a flush hands back for one stream after its commit: entries to
+/// acknowledge, and entries to move to the dead letters with their reason.
+#[derive(Debug)]
+pub struct Settle<'a> {
+    pub stream: Stream,
+    pub done: Vec<&'a str>,
+    pub dead: Vec<(&'a Entry, String)>,
+}
 
 /// Where a read takes entries from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,23 +81,35 @@ impl Entry {
     pub fn order(&self) -> Option<Result<NewOrder, String>> {
         self.fields.as_deref().map(parse)
     }
+
+    /// A field's value, if the entry has it.
+    pub fn field(&self, name: &str) -> Option<&str> {
+        self.fields
+            .iter()
+            .flatten()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
 }
 
 impl Engine {
-    /// Takes up to `count` entries of the sale's outbox for `consumer`. The
-    /// group is created on first use (then nothing is returned yet).
+    /// Takes up to `count` entries of one of the sale's streams for
+    /// `consumer`. The group is created on first use (then nothing is
+    /// returned yet).
     pub async fn outbox_take(
         &self,
         sale_id: &SaleId,
+        stream: Stream,
         consumer: &str,
         from: Delivery,
         count: usize,
     ) -> EngineResult<Vec<Entry>> {
-        let outbox = self.keys(sale_id).outbox.clone();
+        let keys = self.keys(sale_id);
+        let outbox = stream.key(&keys);
         let cmd = match from {
             Delivery::Claimed { min_idle } => {
                 let mut c = redis::cmd("XAUTOCLAIM");
-                c.arg(&outbox)
+                c.arg(outbox)
                     .arg(GROUP)
                     .arg(consumer)
                     .arg(min_idle.as_millis() as u64)
@@ -76,7 +126,7 @@ impl Engine {
                     .arg("COUNT")
                     .arg(count)
                     .arg("STREAMS")
-                    .arg(&outbox)
+                    .arg(outbox)
                     .arg(if from == Delivery::New { ">" } else { "0" });
                 c
             }
@@ -84,7 +134,7 @@ impl Engine {
         let mut conn = self.connection();
         let reply: Value = match self.bounded(cmd.query_async(&mut conn)).await {
             Err(e) if e.redis_code() == Some("NOGROUP") => {
-                self.create_group(&outbox).await?;
+                self.create_group(outbox).await?;
                 return Ok(Vec::new());
             }
             other => other?,
@@ -123,45 +173,51 @@ impl Engine {
         }
     }
 
-    /// One MULTI: dead letters are copied with their reason, then every
-    /// handled entry (`done` and the dead) is acknowledged and deleted, so
-    /// an entry is never both dead-lettered and pending, nor lost between
-    /// the two.
-    pub async fn outbox_settle(
-        &self,
-        sale_id: &SaleId,
-        done: &[&str],
-        dead: &[(&Entry, String)],
-    ) -> EngineResult<()> {
+    /// One MULTI over every stream of the flush: dead letters are copied
+    /// with their reason (and, for events, the stream they came from), then
+    /// every handled entry (`done` and the dead) is acknowledged and
+    /// deleted, so an entry is never both dead-lettered and pending, nor
+    /// lost between the two.
+    pub async fn outbox_settle(&self, sale_id: &SaleId, settle: &[Settle<'_>]) -> EngineResult<()> {
         let keys = self.keys(sale_id);
         let mut pipe = redis::pipe();
         pipe.atomic();
-        for (entry, why) in dead {
-            let cmd = pipe.cmd("XADD").arg(&keys.dead_letters).arg("*");
-            cmd.arg("reason").arg(why).arg("entry_id").arg(&entry.id);
-            for (k, v) in entry.fields.iter().flatten() {
-                cmd.arg(k).arg(v);
+        let mut any = false;
+        for s in settle {
+            for (entry, why) in &s.dead {
+                let cmd = pipe.cmd("XADD").arg(&keys.dead_letters).arg("*");
+                cmd.arg("reason").arg(why).arg("entry_id").arg(&entry.id);
+                // Order dead letters keep today's shape, which tools read.
+                if s.stream != Stream::Orders {
+                    cmd.arg("stream").arg(s.stream.name());
+                }
+                for (k, v) in entry.fields.iter().flatten() {
+                    cmd.arg(k).arg(v);
+                }
+                cmd.ignore();
             }
-            cmd.ignore();
+            let ids: Vec<&str> = s
+                .done
+                .iter()
+                .copied()
+                .chain(s.dead.iter().map(|(e, _)| e.id.as_str()))
+                .collect();
+            if !ids.is_empty() {
+                any = true;
+                let key = s.stream.key(&keys);
+                pipe.cmd("XACK").arg(key).arg(GROUP).arg(&ids).ignore();
+                pipe.cmd("XDEL").arg(key).arg(&ids).ignore();
+            }
         }
-        let ids: Vec<&str> = done
-            .iter()
-            .copied()
-            .chain(dead.iter().map(|(e, _)| e.id.as_str()))
-            .collect();
-        if !ids.is_empty() {
-            pipe.cmd("XACK")
-                .arg(&keys.outbox)
-                .arg(GROUP)
-                .arg(&ids)
-                .ignore();
-            pipe.cmd("XDEL").arg(&keys.outbox).arg(&ids).ignore();
+        if !any {
+            return Ok(());
         }
         let mut conn = self.connection();
         self.bounded(pipe.query_async::<()>(&mut conn)).await
     }
 
-    /// Entries not yet in Postgres (delivered or not) and dead letters.
+    /// Entries not yet in Postgres (delivered or not: orders and events)
+    /// and dead letters.
     pub async fn outbox_backlog(&self, sale_id: &SaleId) -> EngineResult<(u64, u64)> {
         let keys = self.keys(sale_id);
         let mut conn = self.connection();
@@ -169,20 +225,41 @@ impl Engine {
         pipe.cmd("XLEN")
             .arg(&keys.outbox)
             .cmd("XLEN")
+            .arg(&keys.events)
+            .cmd("XLEN")
             .arg(&keys.dead_letters);
-        self.bounded(pipe.query_async(&mut conn)).await
+        let (orders, events, dead): (u64, u64, u64) =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok((orders + events, dead))
     }
 
-    /// Removes `consumer` from the sale's group once it holds no pending
-    /// entry (removing it with some would strand them: delivered, never
-    /// acknowledged, and no longer anyone's to re-read). Returns whether it
-    /// was removed.
+    /// Removes `consumer` from the sale's groups (every stream) once it
+    /// holds no pending entry in them. Returns whether it was removed from
+    /// every one.
     pub async fn outbox_leave(&self, sale_id: &SaleId, consumer: &str) -> EngineResult<bool> {
-        let outbox = self.keys(sale_id).outbox.clone();
+        let mut all = true;
+        for stream in Stream::ALL {
+            all &= self.stream_leave(sale_id, stream, consumer).await?;
+        }
+        Ok(all)
+    }
+
+    /// Removes `consumer` from one stream's group once it holds no pending
+    /// entry (removing it with some would strand them: delivered, never
+    /// acknowledged, and no longer anyone's to re-read). A stream without
+    /// the group has nothing of it: removed.
+    async fn stream_leave(
+        &self,
+        sale_id: &SaleId,
+        stream: Stream,
+        consumer: &str,
+    ) -> EngineResult<bool> {
+        let keys = self.keys(sale_id);
+        let outbox = stream.key(&keys);
         let mut conn = self.connection();
         let mut pending = redis::cmd("XPENDING");
         pending
-            .arg(&outbox)
+            .arg(outbox)
             .arg(GROUP)
             .arg("-")
             .arg("+")
@@ -190,14 +267,14 @@ impl Engine {
             .arg(consumer);
         let held: Vec<Value> = match self.bounded(pending.query_async(&mut conn)).await {
             Ok(v) => v,
-            Err(e) if e.redis_code() == Some("NOGROUP") => return Ok(false),
+            Err(e) if e.redis_code() == Some("NOGROUP") => return Ok(stream != Stream::Orders),
             Err(e) => return Err(e),
         };
         if !held.is_empty() {
             return Ok(false);
         }
         let mut del = redis::cmd("XGROUP");
-        del.arg("DELCONSUMER").arg(&outbox).arg(GROUP).arg(consumer);
+        del.arg("DELCONSUMER").arg(outbox).arg(GROUP).arg(consumer);
         self.bounded(del.query_async::<()>(&mut conn)).await?;
         Ok(true)
     }
@@ -210,27 +287,29 @@ impl Engine {
     /// again, and with nothing pending nothing is lost. Returns how many
     /// were removed.
     pub async fn outbox_prune(&self, sale_id: &SaleId, idle: Duration) -> EngineResult<usize> {
-        let outbox = self.keys(sale_id).outbox.clone();
-        let mut conn = self.connection();
-        let mut info = redis::cmd("XINFO");
-        info.arg("CONSUMERS").arg(&outbox).arg(GROUP);
-        let consumers: Vec<Value> = match self.bounded(info.query_async(&mut conn)).await {
-            Ok(v) => v,
-            Err(e) if e.redis_code() == Some("NOGROUP") => return Ok(0),
-            Err(e) => return Err(e),
-        };
+        let keys = self.keys(sale_id);
         let mut removed = 0;
-        for c in consumers {
-            let Some((name, pending, idle_ms)) = consumer(&c) else {
-                continue;
+        for stream in Stream::ALL {
+            let mut conn = self.connection();
+            let mut info = redis::cmd("XINFO");
+            info.arg("CONSUMERS").arg(stream.key(&keys)).arg(GROUP);
+            let consumers: Vec<Value> = match self.bounded(info.query_async(&mut conn)).await {
+                Ok(v) => v,
+                Err(e) if e.redis_code() == Some("NOGROUP") => continue,
+                Err(e) => return Err(e),
             };
-            if pending > 0 || idle_ms < idle.as_millis() as i64 {
-                continue;
-            }
-            // It may have read (and taken entries) since XINFO: only a
-            // consumer that still holds nothing is removed.
-            if self.outbox_leave(sale_id, &name).await? {
-                removed += 1;
+            for c in consumers {
+                let Some((name, pending, idle_ms)) = consumer(&c) else {
+                    continue;
+                };
+                if pending > 0 || idle_ms < idle.as_millis() as i64 {
+                    continue;
+                }
+                // It may have read (and taken entries) since XINFO: only a
+                // consumer that still holds nothing is removed.
+                if self.stream_leave(sale_id, stream, &name).await? {
+                    removed += 1;
+                }
             }
         }
         Ok(removed)

@@ -67,6 +67,9 @@ pub struct Restore<'a> {
     pub paused: bool,
     /// Ids of the adjustments settled as rejected: they stay refused.
     pub rejected: &'a [String],
+    /// The sale's sell-outs Postgres has events of: the count in Redis
+    /// never goes below it, so no later sell-out reuses an event id.
+    pub sold_outs: i64,
 }
 
 /// What a recount did.
@@ -131,6 +134,7 @@ impl Engine {
         let mut call = self.scripts.recount.key(&k.sale);
         call.key(&k.reservations)
             .key(&k.adjustments)
+            .key(&k.events)
             .arg(known.total)
             .arg(known.sold);
         for id in known.applied {
@@ -203,6 +207,7 @@ impl Engine {
             .arg(&def.currency)
             .arg(if restore.paused { "1" } else { "0" })
             .arg(known.sold)
+            .arg(restore.sold_outs)
             .arg(known.applied.len());
         for id in known.applied.iter().chain(restore.rejected) {
             call.arg(id);

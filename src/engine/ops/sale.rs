@@ -169,7 +169,13 @@ impl Engine {
     pub async fn retire_if_over(&self, sale_id: &SaleId) -> EngineResult<bool> {
         let k = self.keys(sale_id);
         let r = self
-            .run(self.scripts.retire.key(&k.sale).key(&k.outbox))
+            .run(
+                self.scripts
+                    .retire
+                    .key(&k.sale)
+                    .key(&k.outbox)
+                    .key(&k.events),
+            )
             .await?;
         match r.word.as_str() {
             "retired" => {}
