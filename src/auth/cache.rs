@@ -1,9 +1,12 @@
 //! Tokens already verified, so a buyer who clicks reserve five times pays
 //! for one RSA or ECDSA verification, not five (BENCHMARKS.md, section I).
 //!
-//! Keyed by the SHA-256 of the whole token: the exact bytes that were
-//! verified, so a changed byte is a miss, and no token is kept in memory.
-//! An entry lives no later than the token's `exp`, and none survives a JWKS
+//! Keyed by a keyed hash of the whole token (SipHash with this process's
+//! random key: no one outside can aim two tokens at one slot), and a hit is
+//! only a hit when the stored token equals the presented one in every byte,
+//! compared in constant time: a changed byte anywhere, a signature reused
+//! on another payload, is a miss and verified afresh. The keyed hash costs a
+//! fraction of a SHA-256 of the token per request. An entry lives no later than the token's `exp`, and none survives a JWKS
 //! refresh that removed a key (the generation changes), so the cache never
 //! takes a token that verification would refuse. Bounded: when full, the
 //! expired entries go, and if none had expired, all of them (a crude but
@@ -11,29 +14,29 @@
 //! which remembering is worth nothing anyway).
 
 use std::collections::HashMap;
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 
-use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::Identity;
 
 struct Entry {
+    token: Box<[u8]>,
     identity: Identity,
     exp: u64,
     generation: u64,
 }
 
 pub struct Verified {
-    entries: Mutex<HashMap<[u8; 32], Entry>>,
+    entries: Mutex<HashMap<u64, Entry>>,
     cap: usize,
+    /// Random per process.
+    keyed: std::collections::hash_map::RandomState,
 }
 
 fn now_secs() -> u64 {
     time::OffsetDateTime::now_utc().unix_timestamp().max(0) as u64
-}
-
-fn key(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
 }
 
 impl Verified {
@@ -41,22 +44,31 @@ impl Verified {
         Verified {
             entries: Mutex::new(HashMap::new()),
             cap,
+            keyed: Default::default(),
         }
     }
 
+    fn key(&self, token: &str) -> u64 {
+        self.keyed.hash_one(token.as_bytes())
+    }
+
     pub fn get(&self, token: &str, generation: u64) -> Option<Identity> {
-        let k = key(token);
+        let k = self.key(token);
         let now = now_secs();
         // std Mutex: a lookup is a hash probe, never held across an await.
         let entries = self.entries.lock().ok()?;
         entries
             .get(&k)
-            .filter(|e| e.exp > now && e.generation == generation)
+            .filter(|e| {
+                bool::from(e.token.ct_eq(token.as_bytes()))
+                    && e.exp > now
+                    && e.generation == generation
+            })
             .map(|e| e.identity.clone())
     }
 
     pub fn put(&self, token: &str, identity: &Identity, exp: u64, generation: u64) {
-        let k = key(token);
+        let k = self.key(token);
         let now = now_secs();
         if exp <= now {
             return;
@@ -73,6 +85,7 @@ impl Verified {
         entries.insert(
             k,
             Entry {
+                token: token.as_bytes().into(),
                 identity: identity.clone(),
                 exp,
                 generation,
