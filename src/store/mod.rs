@@ -15,6 +15,7 @@ use sqlx::Postgres;
 use crate::config::Settings;
 
 mod adjustments;
+pub mod deliveries;
 mod orders;
 mod sales;
 mod waiting_room;
