@@ -31,3 +31,4 @@ mod screens;
 mod spike;
 mod storm;
 mod waiting_room;
+mod webhooks_delivery;
