@@ -586,8 +586,8 @@ pub struct WebhookBacklog {
     pub oldest_age: Duration,
 }
 
-/// The backlog of each endpoint that exists. Every series of an endpoint
-/// in `deleted` (reported before, gone since) is dropped, counters too: its
+/// The backlog of each endpoint delivered to. Every series of an endpoint
+/// in `deleted` (reported before, deleted or disabled since) is dropped, counters too: its
 /// label would otherwise stay in `/metrics` for the life of the process.
 /// The counters exist from an endpoint's first reading, at 0, so that
 /// `increase()` sees its first delivery, retry or failure.

@@ -222,8 +222,9 @@ pub struct Backlog {
     pub oldest_age_seconds: f64,
 }
 
-/// The backlog of every endpoint that is not deleted (disabled ones too:
-/// their deliveries wait).
+/// The backlog of every endpoint deliveries are made to (enabled, not
+/// deleted): a disabled endpoint's deliveries wait on purpose, behind no
+/// one, and must not keep an alert firing.
 pub async fn backlogs(db: &PgPool) -> StoreResult<Vec<Backlog>> {
     let rows = sqlx::query!(
         r#"SELECT e.id,
@@ -232,7 +233,7 @@ pub async fn backlogs(db: &PgPool) -> StoreResult<Vec<Backlog>> {
                       AS "oldest!"
            FROM webhook_endpoints e
            LEFT JOIN webhook_deliveries d ON d.endpoint_id = e.id AND d.status = 'pending'
-           WHERE e.deleted_at IS NULL
+           WHERE e.deleted_at IS NULL AND e.enabled
            GROUP BY e.id"#,
     )
     .fetch_all(db)

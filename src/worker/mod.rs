@@ -472,7 +472,7 @@ fn count_outcomes(outcomes: &[Outcome], batch: &[Done]) {
 }
 
 /// The endpoints' backlog gauges; an endpoint reported before and deleted
-/// since loses its series.
+/// or disabled since loses its series.
 async fn webhook_gauges(
     db: &PgPool,
     reported: &mut HashSet<String>,
