@@ -162,8 +162,14 @@ pub async fn record(db: &PgPool, outcomes: &[Outcome]) -> StoreResult<u64> {
         .collect();
     let codes: Vec<Option<i32>> = outcomes.iter().map(|o| o.status_code).collect();
     let errors: Vec<Option<String>> = outcomes.iter().map(|o| o.error.clone()).collect();
-    let mut tx = db.begin().await?;
-    let done = sqlx::query!(
+    let gone: Vec<Uuid> = outcomes
+        .iter()
+        .filter(|o| o.next == Next::Gone)
+        .map(|o| o.endpoint_id)
+        .collect();
+    // One statement, one round trip: the common case. A 410 also disables
+    // its endpoint, in the same transaction.
+    let update = sqlx::query!(
         "UPDATE webhook_deliveries d
          SET status = CASE o.kind WHEN 'delivered' THEN 'delivered'
                                   WHEN 'failed' THEN 'failed'
@@ -190,25 +196,20 @@ pub async fn record(db: &PgPool, outcomes: &[Outcome]) -> StoreResult<u64> {
         // Typed by hand: Postgres does not say an array's elements may be NULL.
         &codes as &[Option<i32>],
         &errors as &[Option<String>],
+    );
+    if gone.is_empty() {
+        return Ok(update.execute(db).await?.rows_affected());
+    }
+    let mut tx = db.begin().await?;
+    let done = update.execute(&mut *tx).await?.rows_affected();
+    sqlx::query!(
+        "UPDATE webhook_endpoints
+         SET enabled = false, disabled_reason = 'gone', updated_at = now()
+         WHERE id = ANY($1) AND enabled",
+        &gone,
     )
     .execute(&mut *tx)
-    .await?
-    .rows_affected();
-    let gone: Vec<Uuid> = outcomes
-        .iter()
-        .filter(|o| o.next == Next::Gone)
-        .map(|o| o.endpoint_id)
-        .collect();
-    if !gone.is_empty() {
-        sqlx::query!(
-            "UPDATE webhook_endpoints
-             SET enabled = false, disabled_reason = 'gone', updated_at = now()
-             WHERE id = ANY($1) AND enabled",
-            &gone,
-        )
-        .execute(&mut *tx)
-        .await?;
-    }
+    .await?;
     tx.commit().await?;
     Ok(done)
 }

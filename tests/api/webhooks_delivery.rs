@@ -786,3 +786,37 @@ async fn deliveries_wait_out_the_endpoint_being_down_and_arrive() {
     assert_eq!(got, want);
     verify_with_standardwebhooks(&seen, &[&secret]);
 }
+
+/// An endpoint's series count its outcomes, and leave `/metrics` when it
+/// is deleted (bounded: endpoints come and go over a gateway's life).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_endpoints_series_count_its_outcomes_and_go_when_it_is_deleted() {
+    let app = TestApp::builder().settings(local).spawn().await;
+    let flaky = Receiver::start(|_, times| {
+        if times == 1 {
+            Reply::Status(500)
+        } else {
+            Reply::Status(204)
+        }
+    })
+    .await;
+    let id = endpoint(&app, &flaky.url(), &Secret::generate()).await;
+    events(&app, &[id], 3).await;
+    wait_all(&app, id, Duration::from_secs(20), delivered).await;
+    let label = format!("endpoint_id=\"{id}\"");
+    let within = Duration::from_secs(10);
+    app.wait_sample("flashsale_webhook_delivered_total", &[&label], 3.0, within)
+        .await;
+    app.wait_sample("flashsale_webhook_retries_total", &[&label], 3.0, within)
+        .await;
+    app.wait_sample("flashsale_webhook_failed_total", &[&label], 0.0, within)
+        .await;
+    app.wait_sample("flashsale_webhook_pending", &[&label], 0.0, within)
+        .await;
+    sqlx::query("UPDATE webhook_endpoints SET deleted_at = now() WHERE id = $1")
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    app.wait_no_sample(&label, within).await;
+}
