@@ -46,10 +46,14 @@ pub async fn claim(
         r#"WITH ep AS (
                SELECT e.id FROM webhook_endpoints e
                WHERE e.enabled AND e.deleted_at IS NULL
-                 AND EXISTS (SELECT 1 FROM webhook_deliveries d
-                             WHERE d.endpoint_id = e.id AND d.status = 'pending'
-                               AND d.next_attempt_at <= now()
-                               AND (d.leased_until IS NULL OR d.leased_until <= now()))
+                 -- Its earliest delivery not leased is due. Not an EXISTS:
+                 -- the generic plan of one hashes every pending delivery
+                 -- (a backlog of 100,000 made each claim 9 ms); this walks
+                 -- the endpoint's index from its earliest.
+                 AND (SELECT d.next_attempt_at FROM webhook_deliveries d
+                      WHERE d.endpoint_id = e.id AND d.status = 'pending'
+                        AND (d.leased_until IS NULL OR d.leased_until <= now())
+                      ORDER BY d.next_attempt_at LIMIT 1) <= now()
                FOR NO KEY UPDATE OF e SKIP LOCKED
            ), room AS (
                SELECT ep.id,
