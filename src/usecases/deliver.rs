@@ -23,7 +23,7 @@ use crate::store::deliveries::{Claimed, Next, Outcome};
 
 /// How many of one endpoint's deliveries may be in flight at once, across
 /// all workers together: a slow endpoint holds at most this many leases.
-pub const IN_FLIGHT_PER_ENDPOINT: i64 = 32;
+pub const IN_FLIGHT_PER_ENDPOINT: i64 = 64;
 
 /// How much of a failed answer's body is kept in `last_error`.
 const BODY_BOUND: usize = 4096;

@@ -28,6 +28,9 @@ use uuid::Uuid;
 use crate::common::*;
 use crate::helpers::proxy::Proxy;
 
+/// One endpoint's deliveries in flight, across all workers.
+const BOUND: usize = flashsale::usecases::deliver::IN_FLIGHT_PER_ENDPOINT as usize;
+
 /// One request the receiver got.
 #[derive(Debug, Clone)]
 struct Seen {
@@ -550,14 +553,19 @@ async fn a_hanging_endpoint_does_not_delay_another() {
     let ok = endpoint(&app, &healthy.url(), &secret).await;
     // More than the hanging one's bound: its extra deliveries wait, and the
     // healthy one's go through meanwhile.
+    let n = 2 * BOUND;
     let started = Instant::now();
-    events(&app, &[h, ok], 100).await;
+    events(&app, &[h, ok], n).await;
     wait_all(&app, ok, Duration::from_secs(5), delivered).await;
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert_eq!(healthy.seen().len(), 100);
+    assert_eq!(healthy.seen().len(), n);
     let waiting = deliveries(&app, h).await;
     assert!(waiting.values().all(|r| r.status == "pending"));
-    assert!(hanging.max_in_flight() <= 32, "{}", hanging.max_in_flight());
+    assert!(
+        hanging.max_in_flight() <= BOUND,
+        "{}",
+        hanging.max_in_flight()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -571,16 +579,18 @@ async fn two_workers_keep_one_endpoints_bound_and_deliver_each_once() {
     let other = TestApp::builder().beside(&app).spawn().await;
     let receiver = Receiver::start(|_, _| Reply::Slow(Duration::from_millis(100), 204)).await;
     let id = endpoint(&app, &receiver.url(), &Secret::generate()).await;
-    events(&app, &[id], 400).await;
+    // Several rounds of the bound; each worker alone has room for more.
+    let n = 8 * BOUND;
+    events(&app, &[id], n).await;
     wait_all(&app, id, Duration::from_secs(60), delivered).await;
     let seen = receiver.seen();
     let distinct: std::collections::HashSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
-    assert_eq!(distinct.len(), 400);
-    assert_eq!(seen.len(), 400, "each delivered once while its lease held");
+    assert_eq!(distinct.len(), n);
+    assert_eq!(seen.len(), n, "each delivered once while its lease held");
     let max = receiver.max_in_flight();
     assert!(
-        max <= 32,
-        "at most 32 in flight across both workers, saw {max}"
+        max <= BOUND,
+        "at most {BOUND} in flight across both workers, saw {max}"
     );
     drop(other);
 }
