@@ -830,3 +830,51 @@ async fn an_endpoints_series_count_its_outcomes_and_go_when_it_is_deleted() {
         .unwrap();
     app.wait_no_sample(&label, within).await;
 }
+
+/// A worker asked to stop drops its attempts in flight and gives their
+/// leases back at once (no attempt counted): the next worker need not wait
+/// for the lease to run out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stopping_worker_gives_its_leases_back() {
+    let app = TestApp::builder()
+        .settings(|s| {
+            local(s);
+            s.webhooks.timeout_ms = 30_000;
+        })
+        .without_worker()
+        .spawn()
+        .await;
+    let hanging = Receiver::start(|_, _| Reply::Hang).await;
+    let id = endpoint(&app, &hanging.url(), &Secret::generate()).await;
+    events(&app, &[id], 3).await;
+    let worker = TestApp::builder().beside(&app).spawn().await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while hanging.seen().len() < 3 {
+        assert!(Instant::now() < deadline, "the attempts never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM webhook_deliveries WHERE leased_until > now() AND endpoint_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(leased, 3);
+    let stopping = Instant::now();
+    worker.shutdown().await.unwrap();
+    assert!(stopping.elapsed() < Duration::from_secs(5));
+    let rows: Vec<(Option<time::OffsetDateTime>, i32)> = sqlx::query_as(
+        "SELECT leased_until, attempts FROM webhook_deliveries WHERE endpoint_id = $1",
+    )
+    .bind(id)
+    .fetch_all(&app.db)
+    .await
+    .unwrap();
+    assert_eq!(rows.len(), 3);
+    assert!(
+        rows.iter()
+            .all(|(lease, attempts)| lease.is_none() && *attempts == 0),
+        "{rows:?}"
+    );
+}
