@@ -44,6 +44,17 @@ pub fn handle() -> Option<&'static Installed> {
                     )
                 })
                 .and_then(|b| {
+                    // From the change to the 2xx: milliseconds when healthy,
+                    // hours when an endpoint was down and the schedule ran.
+                    b.set_buckets_for_metric(
+                        Matcher::Full("flashsale_webhook_delivery_latency_seconds".into()),
+                        &[
+                            0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0, 60.0, 300.0, 1800.0,
+                            7200.0, 36000.0,
+                        ],
+                    )
+                })
+                .and_then(|b| {
                     b.set_buckets_for_metric(
                         Matcher::Full("flashsale_batch_size".into()),
                         &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 1000.0],
@@ -234,6 +245,36 @@ fn describe() {
     describe_gauge!(
         "flashsale_postgres_up",
         "1 while Postgres answers this gateway's SELECT 1, else 0."
+    );
+    describe_counter!(
+        "flashsale_webhook_delivered_total",
+        Unit::Count,
+        "Event deliveries an endpoint answered with a 2xx, per endpoint."
+    );
+    describe_counter!(
+        "flashsale_webhook_retries_total",
+        Unit::Count,
+        "Delivery attempts that failed (not a 2xx, a timeout, a refused connection) and will be retried on webhooks.retry_schedule_seconds, per endpoint."
+    );
+    describe_counter!(
+        "flashsale_webhook_failed_total",
+        Unit::Count,
+        "Deliveries whose retry schedule ran out (status failed; replay brings them back), per endpoint."
+    );
+    describe_gauge!(
+        "flashsale_webhook_pending",
+        Unit::Count,
+        "Deliveries of an endpoint not yet delivered nor failed (a disabled endpoint's wait)."
+    );
+    describe_gauge!(
+        "flashsale_webhook_oldest_pending_age_seconds",
+        Unit::Seconds,
+        "How long the oldest pending delivery of an endpoint has waited since it was created (0 when none)."
+    );
+    describe_histogram!(
+        "flashsale_webhook_delivery_latency_seconds",
+        Unit::Seconds,
+        "From an event's row in Postgres to the 2xx of its delivery, retries included (every endpoint)."
     );
     // Counters of rare events exist from the start, at 0: `increase()` over
     // a series born at 1 misses that first event, and an alert or panel on
@@ -589,4 +630,59 @@ pub fn jwks_fetch() {
 /// A bearer token refused (`why`: expired, invalid, subject, unknown_key).
 pub fn token_refused(why: &'static str) {
     counter!("flashsale_tokens_refused_total", "why" => why).increment(1);
+}
+
+/// The outcomes of delivery attempts to one endpoint, once recorded:
+/// `latencies` of the 2xx ones (from the event to the answer).
+pub fn webhook_attempts(endpoint_id: &str, latencies: &[Duration], retries: u64, failed: u64) {
+    let endpoint = || endpoint_id.to_string();
+    if !latencies.is_empty() {
+        counter!("flashsale_webhook_delivered_total", per_sale::ENDPOINT => endpoint())
+            .increment(latencies.len() as u64);
+        let h = histogram!("flashsale_webhook_delivery_latency_seconds");
+        for l in latencies {
+            h.record(l.as_secs_f64());
+        }
+    }
+    if retries > 0 {
+        counter!("flashsale_webhook_retries_total", per_sale::ENDPOINT => endpoint())
+            .increment(retries);
+    }
+    if failed > 0 {
+        counter!("flashsale_webhook_failed_total", per_sale::ENDPOINT => endpoint())
+            .increment(failed);
+    }
+}
+
+/// One endpoint's backlog, as the delivery loop reads it.
+pub struct WebhookBacklog {
+    pub endpoint_id: String,
+    pub pending: u64,
+    pub oldest_age: Duration,
+}
+
+/// The backlog of each endpoint delivered to. Every series of an endpoint
+/// in `deleted` (reported before, deleted or disabled since) is dropped, counters too: its
+/// label would otherwise stay in `/metrics` for the life of the process.
+/// The counters exist from an endpoint's first reading, at 0, so that
+/// `increase()` sees its first delivery, retry or failure.
+pub fn webhook_backlog(live: &[WebhookBacklog], deleted: &[String]) {
+    for b in live {
+        let e = &b.endpoint_id;
+        gauge!("flashsale_webhook_pending", per_sale::ENDPOINT => e.clone()).set(b.pending as f64);
+        gauge!("flashsale_webhook_oldest_pending_age_seconds", per_sale::ENDPOINT => e.clone())
+            .set(b.oldest_age.as_secs_f64());
+        for name in [
+            "flashsale_webhook_delivered_total",
+            "flashsale_webhook_retries_total",
+            "flashsale_webhook_failed_total",
+        ] {
+            counter!(name, per_sale::ENDPOINT => e.clone()).increment(0);
+        }
+    }
+    if let Some(h) = handle() {
+        for e in deleted {
+            h.sales.forget_labelled(per_sale::ENDPOINT, e);
+        }
+    }
 }

@@ -25,9 +25,12 @@ use metrics_util::registry::{AtomicStorage, Registry};
 
 /// The label that makes a series a sale's.
 const SALE: &str = "sale_id";
+/// The label that makes a series a webhook endpoint's: those too live only
+/// as long as what they are about (an endpoint can be deleted).
+pub(super) const ENDPOINT: &str = "endpoint_id";
 
 fn is_sales(key: &Key) -> bool {
-    key.labels().any(|l| l.key() == SALE)
+    key.labels().any(|l| l.key() == SALE || l.key() == ENDPOINT)
 }
 
 /// The process's recorder: a sale's counters and gauges to [`Sales`], the
@@ -120,10 +123,12 @@ impl Sales {
     /// into a value no one renders; the next `counter!`/`gauge!` for the
     /// sale starts a new series (at 0 for a counter).
     pub(super) fn forget(&self, sale_id: &str) {
-        let other = |key: &Key| {
-            !key.labels()
-                .any(|l| l.key() == SALE && l.value() == sale_id)
-        };
+        self.forget_labelled(SALE, sale_id);
+    }
+
+    /// Drops every series whose label `label` is `value`.
+    pub(super) fn forget_labelled(&self, label: &str, value: &str) {
+        let other = |key: &Key| !key.labels().any(|l| l.key() == label && l.value() == value);
         self.registry.retain_counters(|key, _| other(key));
         self.registry.retain_gauges(|key, _| other(key));
     }

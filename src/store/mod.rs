@@ -15,6 +15,7 @@ use sqlx::Postgres;
 use crate::config::Settings;
 
 mod adjustments;
+pub mod deliveries;
 mod events;
 mod orders;
 mod sales;

@@ -4,6 +4,7 @@
 
 pub mod adjust;
 pub mod archive;
+pub mod deliver;
 pub mod events;
 pub mod flush;
 pub mod reap;

@@ -3,8 +3,9 @@
 //! reaper (`usecases::reap`), the loader of sales not yet in Redis
 //! (`usecases::schedule::load_pending`), the archiver (`usecases::archive`),
 //! the waiting rooms (`usecases::waiting_room::tend`), the live reconcile
-//! (`usecases::reconcile::watch_live`), the retention of the events for the
-//! store (`usecases::events::prune`) and the backlog gauges.
+//! (`usecases::reconcile::watch_live`), the deliveries of events to the
+//! store's endpoints (`usecases::deliver`), the retention of the events
+//! (`usecases::events::prune`) and the backlog gauges.
 //!
 //! Each step is a use case: idempotent, returning what it did, so tests
 //! drive it one step at a time; the loops here only repeat the steps, back
@@ -20,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::Settings;
 use crate::domain::SaleId;
 use crate::engine::{Engine, EngineError};
+use crate::store::deliveries::{Next, Outcome};
 use crate::usecases::flush::{flush_once, Flusher};
 use crate::usecases::reap::reap_once;
 
@@ -165,6 +167,20 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             },
         )
     };
+    let deliveries = deliver_loop(settings, db.clone(), stop.clone());
+    let webhook_gauges = {
+        let reported = Arc::new(tokio::sync::Mutex::new(HashSet::new()));
+        let db = db.clone();
+        every_tick(
+            "webhook gauges",
+            WEBHOOK_GAUGES_INTERVAL,
+            stop.clone(),
+            move || {
+                let (db, reported) = (db.clone(), reported.clone());
+                async move { webhook_gauges(&db, &mut *reported.lock().await).await }
+            },
+        )
+    };
     let rooms = waiting_rooms_loop(engine.clone(), db.clone(), stop.clone());
     let reconciler = {
         let every = Duration::from_millis(settings.worker.reconcile_interval_ms);
@@ -184,7 +200,9 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
         archiver,
         reconciler,
         rooms,
-        events_retention
+        events_retention,
+        deliveries,
+        webhook_gauges
     );
 }
 
@@ -295,4 +313,207 @@ where
             Err(_) => {}
         }
     }
+}
+
+/// How often the delivery loop looks for due deliveries when nothing woke
+/// it earlier (an attempt finishing wakes it at once).
+const DELIVERY_INTERVAL: Duration = Duration::from_millis(200);
+/// Deliveries in flight in one worker, across its endpoints (each endpoint
+/// also has its own bound across all workers, `IN_FLIGHT_PER_ENDPOINT`).
+const DELIVERIES_IN_FLIGHT: usize = 256;
+/// Outcomes written per round trip.
+const OUTCOMES_PER_WRITE: usize = 1000;
+const WEBHOOK_GAUGES_INTERVAL: Duration = Duration::from_secs(2);
+
+type Done = (Outcome, Option<Duration>, tokio::sync::OwnedSemaphorePermit);
+
+/// The delivery loop: claims due deliveries (as many as it has room for),
+/// sends each in a task of its own, so that an endpoint that hangs holds
+/// only its own leases, and hands the outcomes to [`record_loop`], which
+/// writes them in batches. Postgres down: claims and writes back off and
+/// retry; the outcomes wait in memory (holding their room, so no more is
+/// claimed) and their leases fence them, so nothing is lost or written
+/// over another worker's attempt. On stop, attempts in flight are dropped
+/// and their leases given back.
+async fn deliver_loop(settings: &Settings, db: PgPool, stop: CancellationToken) {
+    use crate::usecases::deliver::{lease, Deliverer, IN_FLIGHT_PER_ENDPOINT};
+    let deliverer = match Deliverer::new(settings) {
+        Ok(d) => d,
+        Err(e) => {
+            tracing::error!(error = %e, "webhook deliveries cannot start");
+            return;
+        }
+    };
+    let lease_ms = i64::try_from(lease(settings).as_millis()).unwrap_or(i64::MAX);
+    let max_backoff = Duration::from_millis(settings.worker.max_backoff_ms);
+    let room = Arc::new(tokio::sync::Semaphore::new(DELIVERIES_IN_FLIGHT));
+    let wake = Arc::new(tokio::sync::Notify::new());
+    let (done_tx, done_rx) = tokio::sync::mpsc::unbounded_channel::<Done>();
+    let recorder = tokio::spawn(record_loop(
+        db.clone(),
+        done_rx,
+        wake.clone(),
+        stop.clone(),
+        max_backoff,
+    ));
+    let mut delay = Duration::ZERO;
+    let mut failing = false;
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(delay) => {}
+            _ = wake.notified() => {}
+        }
+        let free = room.available_permits();
+        if free == 0 {
+            delay = DELIVERY_INTERVAL;
+            continue;
+        }
+        let limit = i64::try_from(free).unwrap_or(0);
+        match crate::store::deliveries::claim(&db, IN_FLIGHT_PER_ENDPOINT, lease_ms, limit).await {
+            Ok(claimed) => {
+                if failing {
+                    failing = false;
+                    tracing::info!("webhook deliveries recovered");
+                }
+                delay = if claimed.is_empty() {
+                    DELIVERY_INTERVAL
+                } else {
+                    Duration::ZERO
+                };
+                for d in claimed {
+                    // The claim took at most `free`, and only this loop
+                    // takes room.
+                    let Ok(permit) = room.clone().try_acquire_owned() else {
+                        break;
+                    };
+                    let (deliverer, done, stop) =
+                        (deliverer.clone(), done_tx.clone(), stop.clone());
+                    tokio::spawn(async move {
+                        let outcome = tokio::select! {
+                            o = deliverer.attempt(&d) => o,
+                            _ = stop.cancelled() => (release(&d), None),
+                        };
+                        let _ = done.send((outcome.0, outcome.1, permit));
+                    });
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    failing = true;
+                    tracing::warn!(error = %e, "webhook deliveries failing; they wait in Postgres, retrying with backoff");
+                }
+                delay = (delay * 2).clamp(Duration::from_millis(100), max_backoff);
+            }
+        }
+    }
+    drop(done_tx);
+    // The attempts in flight end at once (stop is cancelled); their
+    // outcomes get a moment to be written, else their leases run out.
+    let _ = tokio::time::timeout(Duration::from_secs(3), recorder).await;
+}
+
+fn release(d: &crate::store::deliveries::Claimed) -> Outcome {
+    Outcome {
+        endpoint_id: d.endpoint_id,
+        event_id: d.event_id.clone(),
+        leased_until: d.leased_until,
+        next: Next::Released,
+        status_code: None,
+        error: None,
+    }
+}
+
+/// Writes the outcomes as they come, in batches, until every sender is
+/// gone; each written batch frees its room and wakes the claim.
+async fn record_loop(
+    db: PgPool,
+    mut done: tokio::sync::mpsc::UnboundedReceiver<Done>,
+    wake: Arc<tokio::sync::Notify>,
+    stop: CancellationToken,
+    max_backoff: Duration,
+) {
+    let mut batch: Vec<Done> = Vec::new();
+    let mut failing = false;
+    while let Some(first) = done.recv().await {
+        batch.push(first);
+        while batch.len() < OUTCOMES_PER_WRITE {
+            match done.try_recv() {
+                Ok(more) => batch.push(more),
+                Err(_) => break,
+            }
+        }
+        let outcomes: Vec<Outcome> = batch.iter().map(|(o, ..)| o.clone()).collect();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match crate::store::deliveries::record(&db, &outcomes).await {
+                Ok(_) => {
+                    if failing {
+                        failing = false;
+                        tracing::info!("webhook outcomes recorded again");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if !failing {
+                        failing = true;
+                        tracing::warn!(error = %e, "cannot record webhook outcomes; retrying with backoff");
+                    }
+                    // Once stopping, the leases are left to run out: the
+                    // deliveries come back to any worker (at least once).
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(max_backoff);
+                }
+            }
+        }
+        count_outcomes(&outcomes, &batch);
+        batch.clear();
+        wake.notify_one();
+    }
+}
+
+fn count_outcomes(outcomes: &[Outcome], batch: &[Done]) {
+    use std::collections::HashMap;
+    // endpoint -> (latencies, retries, failed)
+    let mut per: HashMap<uuid::Uuid, (Vec<Duration>, u64, u64)> = HashMap::new();
+    for (o, (_, latency, _)) in outcomes.iter().zip(batch) {
+        let e = per.entry(o.endpoint_id).or_default();
+        match o.next {
+            Next::Delivered => e.0.push(latency.unwrap_or_default()),
+            Next::Retry { .. } => e.1 += 1,
+            Next::Failed => e.2 += 1,
+            Next::Gone => {
+                tracing::warn!(endpoint_id = %o.endpoint_id, "endpoint answered 410 Gone: disabled");
+            }
+            Next::Released => {}
+        }
+    }
+    for (endpoint, (latencies, retries, failed)) in per {
+        crate::metrics::webhook_attempts(&endpoint.to_string(), &latencies, retries, failed);
+    }
+}
+
+/// The endpoints' backlog gauges; an endpoint reported before and deleted
+/// or disabled since loses its series.
+async fn webhook_gauges(
+    db: &PgPool,
+    reported: &mut HashSet<String>,
+) -> Result<(), crate::store::StoreError> {
+    let backlogs = crate::store::deliveries::backlogs(db).await?;
+    let live: Vec<crate::metrics::WebhookBacklog> = backlogs
+        .iter()
+        .map(|b| crate::metrics::WebhookBacklog {
+            endpoint_id: b.endpoint_id.to_string(),
+            pending: u64::try_from(b.pending).unwrap_or(0),
+            oldest_age: Duration::from_secs_f64(b.oldest_age_seconds.clamp(0.0, 1e9)),
+        })
+        .collect();
+    let now: HashSet<String> = live.iter().map(|b| b.endpoint_id.clone()).collect();
+    let deleted: Vec<String> = reported.difference(&now).cloned().collect();
+    crate::metrics::webhook_backlog(&live, &deleted);
+    *reported = now;
+    Ok(())
 }

@@ -33,3 +33,4 @@ mod spike;
 mod storm;
 mod waiting_room;
 mod webhooks_api;
+mod webhooks_delivery;

@@ -245,6 +245,9 @@ async fn busy_gateway(app: &TestApp) -> String {
     let _ = tokio::time::timeout(Duration::from_secs(5), stream.chunk()).await;
     drop(stream);
 
+    // Webhook deliveries: one delivered (latency), one retried then failed.
+    webhook_deliveries(app).await;
+
     let want = described();
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
@@ -265,11 +268,59 @@ async fn busy_gateway(app: &TestApp) -> String {
     }
 }
 
+/// A loopback receiver (204 on `/ok`, 500 elsewhere) and an endpoint on
+/// each path with one delivery, written as the flush writes them.
+async fn webhook_deliveries(app: &TestApp) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let receiver = axum::Router::new()
+        .route(
+            "/ok",
+            axum::routing::post(|| async { axum::http::StatusCode::NO_CONTENT }),
+        )
+        .fallback(|| async { axum::http::StatusCode::INTERNAL_SERVER_ERROR });
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, receiver).await;
+    });
+    for path in ["ok", "broken"] {
+        let endpoint = uuid::Uuid::new_v4();
+        let event = unique("e-");
+        sqlx::query(
+            "INSERT INTO webhook_endpoints (id, url, secret, secret_sealed)
+             VALUES ($1, $2, '\\x00112233445566778899aabbccddeeff0011223344556677', false)",
+        )
+        .bind(endpoint)
+        .bind(format!("http://{addr}/{path}"))
+        .execute(&app.db)
+        .await
+        .expect("endpoint");
+        sqlx::query(
+            "INSERT INTO events (id, aggregatetype, aggregateid, type, payload, sale_id)
+             VALUES ($1, 'sale', 's', 'sale.sold_out', '{}', 's')",
+        )
+        .bind(&event)
+        .execute(&app.db)
+        .await
+        .expect("event");
+        sqlx::query("INSERT INTO webhook_deliveries (endpoint_id, event_id) VALUES ($1, $2)")
+            .bind(endpoint)
+            .bind(&event)
+            .execute(&app.db)
+            .await
+            .expect("delivery");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_pass_promtool_and_deploy_names_only_exported_series() {
     let app = spawn_app_with(|s| {
         s.worker.reconcile_interval_ms = 200;
         s.worker.claim_idle_ms = 300;
+        s.webhooks.allow_http = true;
+        s.webhooks.allow_private_networks = true;
+        s.webhooks.retry_schedule_seconds = vec![1];
     })
     .await;
     let text = busy_gateway(&app).await;
