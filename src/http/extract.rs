@@ -129,3 +129,44 @@ impl<S: Send + Sync> FromRequestParts<S> for ReservationId {
         ReservationId::parse(id).ok_or(ApiError::Refused(Refusal::ReservationNotFound))
     }
 }
+
+/// Listings are pages of this many entries unless `limit` says otherwise.
+pub const DEFAULT_PAGE: usize = 100;
+/// The most a `limit` may ask.
+pub const MAX_PAGE: usize = 500;
+
+/// A listing's query string, or a 422 naming what is wrong with it.
+pub(crate) fn listing<T>(
+    query: Result<axum::extract::Query<T>, axum::extract::rejection::QueryRejection>,
+) -> Result<T, ApiError> {
+    query
+        .map(|q| q.0)
+        .map_err(|e| ApiError::InvalidRequest(format!("invalid query: {}", e.body_text())))
+}
+
+/// A listing's page: its size (`limit`, 1 to [`MAX_PAGE`], [`DEFAULT_PAGE`]
+/// when absent) and where it starts (after `cursor`, read by `parse`, which
+/// knows only the cursors this listing gives), or a 422 naming which is
+/// wrong.
+pub(crate) fn page<'q, C>(
+    limit: Option<u32>,
+    cursor: Option<&'q str>,
+    parse: impl Fn(&'q str) -> Option<C>,
+) -> Result<(usize, Option<C>), ApiError> {
+    let size = match limit {
+        None => DEFAULT_PAGE,
+        Some(n) if (1..=MAX_PAGE).contains(&(n as usize)) => n as usize,
+        Some(_) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "`limit` must be 1 to {MAX_PAGE}"
+            )))
+        }
+    };
+    let after = match cursor {
+        None => None,
+        Some(c) => Some(parse(c).ok_or_else(|| {
+            ApiError::InvalidRequest("`cursor` is not a cursor this API gave".into())
+        })?),
+    };
+    Ok((size, after))
+}

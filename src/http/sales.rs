@@ -95,9 +95,6 @@ pub struct ListQuery {
     cursor: Option<String>,
 }
 
-pub const DEFAULT_PAGE: usize = 100;
-pub const MAX_PAGE: usize = 500;
-
 /// A position in the order of the list, (start in ms, id): the cursor is
 /// the last sale of the page, `<ms>.<id>`. Opaque to clients; a sale created
 /// while someone pages through lands in its place, and every sale present
@@ -130,23 +127,8 @@ pub async fn list(
     PublicReader(ip): PublicReader,
     query: Result<Query<ListQuery>, QueryRejection>,
 ) -> Result<Json<SaleList>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {}", e.body_text())))?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE as u32).contains(&n) => n as usize,
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "`limit` must be 1 to {MAX_PAGE}"
-            )))
-        }
-    };
-    let after = match &query.cursor {
-        None => None,
-        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
-            ApiError::InvalidRequest("`cursor` is not a cursor this API gave".into())
-        })?),
-    };
+    let query = super::extract::listing(query)?;
+    let (limit, after) = super::extract::page(query.limit, query.cursor.as_deref(), parse_cursor)?;
     let all = state.live.sales(&state.engine, Some(ip)).await?;
     let start = match after {
         None => 0,

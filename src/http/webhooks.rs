@@ -377,9 +377,6 @@ pub struct DeliveriesQuery {
     cursor: Option<String>,
 }
 
-const DEFAULT_PAGE: u32 = 100;
-const MAX_PAGE: u32 = 500;
-
 /// A position in the log's order (newest first): the last delivery of the
 /// page, `<created_at in µs>.<event id>`. Opaque to clients; every delivery
 /// present from the first page to the last is seen once.
@@ -413,23 +410,8 @@ pub async fn deliveries(
     WebhookId(id): WebhookId,
     query: Result<Query<DeliveriesQuery>, QueryRejection>,
 ) -> Result<Json<DeliveryList>, ApiError> {
-    let Query(query) =
-        query.map_err(|e| ApiError::InvalidRequest(format!("invalid query: {}", e.body_text())))?;
-    let limit = match query.limit {
-        None => DEFAULT_PAGE,
-        Some(n) if (1..=MAX_PAGE).contains(&n) => n,
-        Some(_) => {
-            return Err(ApiError::InvalidRequest(format!(
-                "`limit` must be 1 to {MAX_PAGE}"
-            )))
-        }
-    };
-    let after = match &query.cursor {
-        None => None,
-        Some(c) => Some(parse_cursor(c).ok_or_else(|| {
-            ApiError::InvalidRequest("`cursor` is not a cursor this API gave".into())
-        })?),
-    };
+    let query = super::extract::listing(query)?;
+    let (limit, after) = super::extract::page(query.limit, query.cursor.as_deref(), parse_cursor)?;
     db_call(&state, webhooks::get(&state.db, id)).await?;
     // One more than the page: whether a next page exists.
     let mut rows = db_call(
@@ -439,12 +421,12 @@ pub async fn deliveries(
             id,
             query.status.map(DeliveryStatus::as_str),
             after,
-            i64::from(limit) + 1,
+            limit as i64 + 1,
         ),
     )
     .await?;
-    let more = rows.len() > limit as usize;
-    rows.truncate(limit as usize);
+    let more = rows.len() > limit;
+    rows.truncate(limit);
     let next_cursor = more.then(|| rows.last().map(cursor_of)).flatten();
     let deliveries = rows
         .into_iter()

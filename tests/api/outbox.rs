@@ -15,27 +15,25 @@ use secrecy::{ExposeSecret, SecretString};
 /// Reserves and confirms `n` orders (one unit each, one customer each) over
 /// HTTP, 100 at a time. Returns the confirmed reservation ids.
 async fn confirm_orders(app: &TestApp, sale: &str, n: usize) -> HashSet<String> {
-    let crowd = unique("b");
-    let crowd = &crowd;
-    stream::iter(0..n)
-        .map(|i| async move {
-            let t = app.token(&format!("{crowd}-{i}"));
-            let held = app.reserve(sale, &t, 1).await;
-            assert_eq!(held.status, 201, "{}", held.body);
-            let rid = held.body["id"].as_str().unwrap().to_string();
-            let order = app.confirm(&rid, &t).await;
-            assert_eq!(order.status, 200, "{}", order.body);
-            rid
-        })
-        .buffer_unordered(100)
-        .collect()
-        .await
+    end_holds(app, sale, n, Ending::Confirm).await
 }
 
-/// Reserves and releases `n` holds (one unit each, one customer each) over
-/// HTTP, 100 at a time. Returns the released reservation ids.
+/// Reserves and releases `n` holds, as [`confirm_orders`] confirms them.
 async fn release_holds(app: &TestApp, sale: &str, n: usize) -> HashSet<String> {
-    let crowd = unique("r");
+    end_holds(app, sale, n, Ending::Release).await
+}
+
+#[derive(Clone, Copy)]
+enum Ending {
+    Confirm,
+    Release,
+}
+
+async fn end_holds(app: &TestApp, sale: &str, n: usize, ending: Ending) -> HashSet<String> {
+    let crowd = unique(match ending {
+        Ending::Confirm => "b",
+        Ending::Release => "r",
+    });
     let crowd = &crowd;
     stream::iter(0..n)
         .map(|i| async move {
@@ -43,8 +41,11 @@ async fn release_holds(app: &TestApp, sale: &str, n: usize) -> HashSet<String> {
             let held = app.reserve(sale, &t, 1).await;
             assert_eq!(held.status, 201, "{}", held.body);
             let rid = held.body["id"].as_str().unwrap().to_string();
-            let released = app.release(&rid, &t).await;
-            assert_eq!(released.status, 200, "{}", released.body);
+            let ended = match ending {
+                Ending::Confirm => app.confirm(&rid, &t).await,
+                Ending::Release => app.release(&rid, &t).await,
+            };
+            assert_eq!(ended.status, 200, "{}", ended.body);
             rid
         })
         .buffer_unordered(100)
