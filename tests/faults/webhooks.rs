@@ -1,8 +1,9 @@
 //! Events through a gateway SIGKILLed (invariant 8): right after a run of
-//! confirms and releases, the gateway and its worker die; a new one starts,
-//! and every answered confirm and release reaches the store's receiver (each
-//! `webhook-id` at least once, verified by the PyPI `standardwebhooks`
-//! package) and is exactly one `events` row.
+//! confirms and releases, or while its worker holds deliveries in flight,
+//! the gateway and its worker die; a new one starts, and every answered
+//! confirm and release reaches the store's receiver (each `webhook-id` at
+//! least once, verified by the PyPI `standardwebhooks` package) and is
+//! exactly one `events` row.
 
 use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant};
@@ -24,7 +25,9 @@ fn gateway(app: &TestApp, port: u16) -> std::process::Child {
         .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
         .env("FLASHSALE__WEBHOOKS__ALLOW_HTTP", "true")
         .env("FLASHSALE__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true")
-        .env("FLASHSALE__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "[1, 1, 1]");
+        .env("FLASHSALE__WEBHOOKS__RETRY_SCHEDULE_SECONDS", "[1, 1, 1]")
+        // A dead worker's leases (the timeout and 5 s) run out soon.
+        .env("FLASHSALE__WEBHOOKS__TIMEOUT_MS", "1000");
     cmd.spawn().expect("the flashsale binary starts")
 }
 
@@ -36,16 +39,15 @@ async fn send(req: reqwest::RequestBuilder) -> Option<Answer> {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
-    // The test's own gateway has no worker: only the killed gateway's and
-    // its successor's flush and deliver.
+/// The test's own gateway (no worker: only the gateways it starts flush
+/// and deliver), an endpoint registered through the admin API for
+/// `receiver`, its secret, and a sale.
+async fn setup(receiver: &Receiver) -> (TestApp, Secret, String) {
     let app = TestApp::builder()
         .settings(local)
         .without_worker()
         .spawn()
         .await;
-    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
     let made = app
         .http
         .post(app.url("/v1/webhooks"))
@@ -67,19 +69,20 @@ async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
             .expect("base64"),
     );
     let sale = app.live_sale(1000, 2, 600).await;
+    (app, secret, sale)
+}
 
-    let port = free_port();
-    let base = format!("http://127.0.0.1:{port}");
-    let mut child = gateway(&app, port);
-    wait_ready(&app.http, &base).await;
+/// `n` buyers through the gateway at `base`, each holding one unit, then
+/// confirming it (even) or releasing it (odd): the ids of the events of
+/// the changes answered 200.
+async fn changes(app: &TestApp, base: &str, sale: &str, n: usize) -> BTreeSet<String> {
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(5))
         .build()
         .unwrap();
-    // Each buyer holds one unit, then confirms it (even) or releases it (odd).
-    let answered: Vec<Option<String>> = stream::iter(0..300usize)
+    let answered: Vec<Option<String>> = stream::iter(0..n)
         .map(|i| {
-            let (http, base, sale) = (&http, &base, &sale);
+            let http = &http;
             let token = app.token(&format!("buyer-{i}"));
             async move {
                 let held = send(
@@ -110,30 +113,39 @@ async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
         .buffer_unordered(50)
         .collect()
         .await;
-    // At once: most events are still in Redis or not yet delivered.
-    child.kill().expect("SIGKILL the gateway");
-    child.wait().unwrap();
     let want: BTreeSet<String> = answered.into_iter().flatten().collect();
-    assert_eq!(want.len(), 300, "every change was answered before the kill");
-    let before = receiver.seen().len();
+    assert_eq!(want.len(), n, "every change was answered");
+    want
+}
 
-    let _child = KillOnDrop(gateway(&app, port));
-    wait_ready(&app.http, &base).await;
+/// After the kill: a new gateway delivers every one of `want`, nothing
+/// else, each verified, and each is exactly one `events` row.
+async fn every_event_arrives(
+    app: &TestApp,
+    port: u16,
+    receiver: &Receiver,
+    secret: &Secret,
+    sale: &str,
+    want: &BTreeSet<String>,
+) {
+    let before = receiver.seen().len();
+    let _child = KillOnDrop(gateway(app, port));
+    wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got: BTreeSet<String> = receiver.seen().into_iter().map(|s| s.id).collect();
         let missing: Vec<&String> = want.difference(&got).collect();
         if missing.is_empty() {
             assert!(
-                got.is_subset(&want),
+                got.is_subset(want),
                 "nothing else: {:?}",
-                got.difference(&want)
+                got.difference(want)
             );
             break;
         }
         assert!(
             Instant::now() < deadline,
-            "{} of {} events never arrived (e.g. {:?}); {before} arrived before the kill",
+            "{} of {} events never arrived (e.g. {:?}); {before} requests before the kill",
             missing.len(),
             want.len(),
             missing.first()
@@ -141,15 +153,15 @@ async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!(
-        "sigkill: {before} deliveries before the kill, {} in all for {} events",
+        "sigkill: {before} requests before the kill, {} in all for {} events",
         receiver.seen().len(),
         want.len()
     );
 
     // Exactly one row per answered change, and no hold with two endings.
-    let rows = app.wait_for_events(&sale, want.len(), 20).await;
+    let rows = app.wait_for_events(sale, want.len(), 20).await;
     let ids: BTreeSet<String> = rows.iter().map(|r| r.id.clone()).collect();
-    assert_eq!(ids, want);
+    assert_eq!(&ids, want);
     assert_eq!(rows.len(), want.len());
     let mut endings: HashMap<&str, usize> = HashMap::new();
     for r in &rows {
@@ -163,5 +175,46 @@ async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
         let row = rows.iter().find(|r| r.id == s.id).unwrap();
         assert_eq!(body, row.payload);
     }
-    verify_with_standardwebhooks(&seen, &[&secret]);
+    verify_with_standardwebhooks(&seen, &[secret]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (app, secret, sale) = setup(&receiver).await;
+    let port = free_port();
+    let mut child = gateway(&app, port);
+    wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
+    let want = changes(&app, &format!("http://127.0.0.1:{port}"), &sale, 300).await;
+    // At once: most events are still in Redis or not yet delivered.
+    child.kill().expect("SIGKILL the gateway");
+    child.wait().unwrap();
+    every_event_arrives(&app, port, &receiver, &secret, &sale, &want).await;
+}
+
+/// Killed while its worker holds deliveries in flight: their leases run
+/// out and the next gateway's worker sends them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_gateway_with_deliveries_in_flight_loses_no_event() {
+    let receiver = Receiver::start(|_, _| Reply::Slow(Duration::from_millis(300), 204)).await;
+    let (app, secret, sale) = setup(&receiver).await;
+    let port = free_port();
+    let mut child = gateway(&app, port);
+    wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
+    let want = changes(&app, &format!("http://127.0.0.1:{port}"), &sale, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.seen().len() < 20 {
+        assert!(Instant::now() < deadline, "no delivery started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("SIGKILL the gateway");
+    child.wait().unwrap();
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND leased_until > now()",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(leased > 0, "the kill found no delivery in flight");
+    every_event_arrives(&app, port, &receiver, &secret, &sale, &want).await;
 }
