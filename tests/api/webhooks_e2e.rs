@@ -332,3 +332,115 @@ async fn a_receiver_failing_its_first_attempts_gets_the_same_id_again() {
     assert!(seen.iter().all(|s| s.id == id && s.body == seen[0].body));
     verify_with_standardwebhooks(&seen, &[&secret]);
 }
+
+/// The storm with an endpoint registered: buyers race for the stock, the
+/// winners confirm or release while the others try again; afterwards every
+/// events row of the sale has reached `delivered` and the receiver, and
+/// invariants 1, 2, 4 and 8 hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_storm_with_an_endpoint_delivers_every_event_and_adds_up() {
+    let app = spawn_app_with(local).await;
+    let receiver = Receiver::start(|_, _| Reply::Status(204)).await;
+    let (endpoint, secret) = register(&app, json!({ "url": receiver.url() })).await;
+    let sale = app.live_sale(100, 1, 600).await;
+    let tokens: Vec<String> = (0..800).map(|i| app.token(&format!("c{i}"))).collect();
+    let first = futures::future::join_all(tokens.iter().map(|t| app.reserve(&sale, t, 1))).await;
+    let winners: Vec<(usize, String)> = first
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.status == 201)
+        .map(|(i, a)| (i, a.body["id"].as_str().unwrap().to_string()))
+        .collect();
+    assert_eq!(winners.len(), 100, "exactly the stock");
+    for a in &first {
+        assert!(matches!(a.status, 201 | 409), "{}", a.body);
+    }
+
+    let (app_ref, sale_ref, tokens_ref) = (&app, &sale, &tokens);
+    let settle = futures::future::join_all(winners.iter().map(|(i, rid)| async move {
+        let a = if i % 2 == 0 {
+            app_ref.confirm(rid, &tokens_ref[*i]).await
+        } else {
+            app_ref.release(rid, &tokens_ref[*i]).await
+        };
+        assert_eq!(a.status, 200, "{}", a.body);
+        let kind = if i % 2 == 0 { "confirmed" } else { "released" };
+        format!("{rid}.reservation.{kind}")
+    }));
+    let retry = futures::future::join_all(tokens.iter().map(|t| app_ref.reserve(sale_ref, t, 1)));
+    let (settled, retried) = tokio::join!(settle, retry);
+    let confirmed = settled
+        .iter()
+        .filter(|id| id.ends_with(".confirmed"))
+        .count() as i64;
+    let reheld = retried.iter().filter(|a| a.status == 201).count() as i64;
+    for a in &retried {
+        assert!(matches!(a.status, 201 | 409), "{}", a.body);
+    }
+
+    // Invariants 1, 2 and 4.
+    let stock = app.stock(&sale).await;
+    assert_adds_up(&stock);
+    assert_eq!((stock.sold, stock.held), (confirmed, reheld));
+    assert!(stock.sold + stock.held <= 100);
+    let per = app.per_customer(&sale).await;
+    assert!(per.values().all(|&u| u <= 1), "{per:?}");
+    let orders = app.wait_for_orders(&sale, confirmed, 20).await;
+    assert_eq!(orders, (confirmed, confirmed, confirmed));
+
+    // Invariant 8: one row per confirm and release, and the sell-outs;
+    // every row delivered, and each id at the receiver.
+    let rows = app.wait_for_events(&sale, settled.len() + 1, 20).await;
+    let ids: BTreeSet<&str> = rows.iter().map(|r| r.id.as_str()).collect();
+    assert_eq!(ids.len(), rows.len());
+    for id in &settled {
+        assert!(ids.contains(id.as_str()), "no events row {id}");
+    }
+    let sold_outs: Vec<&&str> = ids
+        .iter()
+        .filter(|id| !settled.iter().any(|s| s == *id))
+        .collect();
+    assert!(!sold_outs.is_empty(), "the storm sold the sale out");
+    for id in &sold_outs {
+        assert!(
+            id.starts_with(&format!("{sale}.sale.sold_out.")),
+            "an unexpected event {id}"
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (undelivered,): (i64,) = sqlx::query_as(
+            "SELECT count(*) FROM events e WHERE e.sale_id = $1 AND NOT EXISTS (
+                 SELECT 1 FROM webhook_deliveries d WHERE d.event_id = e.id
+                 AND d.endpoint_id::text = $2 AND d.status = 'delivered')",
+        )
+        .bind(&sale)
+        .bind(&endpoint)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+        if undelivered == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{undelivered} of {} events not delivered",
+            rows.len()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let seen = receiver.seen();
+    let got: BTreeSet<&str> = seen.iter().map(|s| s.id.as_str()).collect();
+    assert_eq!(got, ids);
+    let by_id: HashMap<String, EventRow> = rows.iter().map(|r| (r.id.clone(), r.clone())).collect();
+    for s in &seen {
+        check_body(s, &by_id);
+    }
+    verify_with_standardwebhooks(&seen, &[&secret]);
+    eprintln!(
+        "storm: {confirmed} confirmed, {} released, {} sell-outs, {} deliveries",
+        settled.len() as i64 - confirmed,
+        sold_outs.len(),
+        seen.len()
+    );
+}
