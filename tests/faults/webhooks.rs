@@ -1,6 +1,7 @@
 //! Events through a gateway SIGKILLed (invariant 8): right after a run of
 //! confirms and releases, or while its worker holds deliveries in flight,
-//! the gateway and its worker die; a new one starts, and every answered
+//! the gateway and its worker die (or a `flashsale worker` process alone);
+//! a new one starts, and every answered
 //! confirm and release reaches the store's receiver (each `webhook-id` at
 //! least once, verified by the PyPI `standardwebhooks` package) and is
 //! exactly one `events` row.
@@ -17,11 +18,11 @@ use crate::common::webhooks::*;
 use crate::common::*;
 use crate::failures::wait_ready;
 
-/// The real binary, delivering to a receiver on loopback over http, with
-/// short retries.
-fn gateway(app: &TestApp, port: u16) -> std::process::Child {
+/// The real binary running `args`, delivering to a receiver on loopback
+/// over http, with short retries.
+fn flashsale(app: &TestApp, args: &[&str], port: u16) -> std::process::Child {
     let mut cmd = app.command();
-    cmd.arg("serve")
+    cmd.args(args)
         .env("FLASHSALE__HTTP__ADDR", format!("127.0.0.1:{port}"))
         .env("FLASHSALE__WEBHOOKS__ALLOW_HTTP", "true")
         .env("FLASHSALE__WEBHOOKS__ALLOW_PRIVATE_NETWORKS", "true")
@@ -29,6 +30,16 @@ fn gateway(app: &TestApp, port: u16) -> std::process::Child {
         // A dead worker's leases (the timeout and 5 s) run out soon.
         .env("FLASHSALE__WEBHOOKS__TIMEOUT_MS", "1000");
     cmd.spawn().expect("the flashsale binary starts")
+}
+
+/// `flashsale serve` (with its worker) on `port`.
+fn gateway(app: &TestApp, port: u16) -> std::process::Child {
+    flashsale(app, &["serve"], port)
+}
+
+/// `flashsale worker` alone: flushes and delivers, answers nothing.
+fn worker(app: &TestApp) -> std::process::Child {
+    flashsale(app, &["worker"], free_port())
 }
 
 /// The answer, or None when the request found no gateway to answer it.
@@ -118,19 +129,16 @@ async fn changes(app: &TestApp, base: &str, sale: &str, n: usize) -> BTreeSet<St
     want
 }
 
-/// After the kill: a new gateway delivers every one of `want`, nothing
+/// After the kill and a restart: every one of `want` arrives, nothing
 /// else, each verified, and each is exactly one `events` row.
 async fn every_event_arrives(
     app: &TestApp,
-    port: u16,
     receiver: &Receiver,
     secret: &Secret,
     sale: &str,
     want: &BTreeSet<String>,
 ) {
     let before = receiver.seen().len();
-    let _child = KillOnDrop(gateway(app, port));
-    wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let got: BTreeSet<String> = receiver.seen().into_iter().map(|s| s.id).collect();
@@ -189,7 +197,9 @@ async fn sigkill_of_a_gateway_after_confirms_and_releases_loses_no_event() {
     // At once: most events are still in Redis or not yet delivered.
     child.kill().expect("SIGKILL the gateway");
     child.wait().unwrap();
-    every_event_arrives(&app, port, &receiver, &secret, &sale, &want).await;
+    let _child = KillOnDrop(gateway(&app, port));
+    wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
+    every_event_arrives(&app, &receiver, &secret, &sale, &want).await;
 }
 
 /// Killed while its worker holds deliveries in flight: their leases run
@@ -216,5 +226,33 @@ async fn sigkill_of_a_gateway_with_deliveries_in_flight_loses_no_event() {
     .await
     .unwrap();
     assert!(leased > 0, "the kill found no delivery in flight");
-    every_event_arrives(&app, port, &receiver, &secret, &sale, &want).await;
+    let _child = KillOnDrop(gateway(&app, port));
+    wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
+    every_event_arrives(&app, &receiver, &secret, &sale, &want).await;
+}
+
+/// A `flashsale worker` process, apart from the gateway answering the
+/// buyers, killed while it flushes and delivers; a new worker picks up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigkill_of_a_worker_with_deliveries_in_flight_loses_no_event() {
+    let receiver = Receiver::start(|_, _| Reply::Slow(Duration::from_millis(300), 204)).await;
+    let (app, secret, sale) = setup(&receiver).await;
+    let mut child = worker(&app);
+    let want = changes(&app, &app.url(""), &sale, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while receiver.seen().len() < 20 {
+        assert!(Instant::now() < deadline, "no delivery started");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    child.kill().expect("SIGKILL the worker");
+    child.wait().unwrap();
+    let (leased,): (i64,) = sqlx::query_as(
+        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND leased_until > now()",
+    )
+    .fetch_one(&app.db)
+    .await
+    .unwrap();
+    assert!(leased > 0, "the kill found no delivery in flight");
+    let _child = KillOnDrop(worker(&app));
+    every_event_arrives(&app, &receiver, &secret, &sale, &want).await;
 }
