@@ -34,3 +34,4 @@ mod storm;
 mod waiting_room;
 mod webhooks_api;
 mod webhooks_delivery;
+mod webhooks_e2e;

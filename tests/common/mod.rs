@@ -12,6 +12,7 @@
 //! the storm, model, outbox and waiting-room modules so on a loopback cluster).
 
 pub mod redis_server;
+pub mod webhooks;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -19,7 +19,7 @@ fn start_gateway(app: &TestApp, port: u16) -> Child {
         .expect("the flashsale binary starts")
 }
 
-async fn wait_ready(http: &reqwest::Client, base: &str) {
+pub async fn wait_ready(http: &reqwest::Client, base: &str) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if let Ok(r) = http.get(format!("{base}/readyz")).send().await {

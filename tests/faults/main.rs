@@ -17,3 +17,4 @@ mod private_cluster;
 mod cluster;
 mod durability;
 mod failures;
+mod webhooks;
