@@ -5,13 +5,15 @@
 //! random key: no one outside can aim two tokens at one slot), and a hit is
 //! only a hit when the stored token equals the presented one in every byte,
 //! compared in constant time: a changed byte anywhere, a signature reused
-//! on another payload, is a miss and verified afresh. The keyed hash costs a
-//! fraction of a SHA-256 of the token per request. An entry lives no later than the token's `exp`, and none survives a JWKS
-//! refresh that removed a key (the generation changes), so the cache never
-//! takes a token that verification would refuse. Bounded: when full, the
-//! expired entries go, and if none had expired, all of them (a crude but
-//! O(1)-per-insert bound; a full cache is a flood of distinct tokens, for
-//! which remembering is worth nothing anyway).
+//! on another payload, is a miss and verified afresh. The keyed hash costs
+//! a fraction of a SHA-256 of the token per request; the price is that the
+//! cache holds the tokens themselves, which the process holds anyway while
+//! it serves them. An entry lives no later than the token's `exp`, and none
+//! survives a JWKS refresh that removed a key (the generation changes), so
+//! the cache never takes a token that verification would refuse. Bounded:
+//! when full, the expired entries go, and if none had expired, all of them
+//! (a crude but O(1)-per-insert bound; a full cache is a flood of distinct
+//! tokens, for which remembering is worth nothing anyway).
 
 use std::collections::HashMap;
 use std::hash::BuildHasher;
