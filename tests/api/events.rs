@@ -20,7 +20,7 @@ fn service(app: &TestApp) -> String {
         .unwrap()
 }
 
-async fn hold(app: &TestApp, sale: &str, customer: &str, quantity: u32) -> String {
+pub(crate) async fn hold(app: &TestApp, sale: &str, customer: &str, quantity: u32) -> String {
     let a = app.reserve(sale, &app.token(customer), quantity).await;
     assert_eq!(a.status, 201, "{}", a.body);
     a.body["id"].as_str().unwrap().to_string()
@@ -83,39 +83,81 @@ fn reservation_event<'a>(rows: &'a [EventRow], rid: &str, kind: &str, sale: &str
     row
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_change_records_one_event_and_a_plain_reserve_none() {
-    // The reaper's loop runs once at the start, then not for an hour: the
-    // late confirm, release and extend find their holds still held.
-    let app = spawn_app_with(|s| s.worker.reaper_interval_ms = 3_600_000).await;
+/// The holds [`end_holds_every_way`] made, by how each ended.
+pub(crate) struct Ended {
+    /// A sale of 10 with holds of 600 s.
+    pub sale: String,
+    /// Confirmed, and the confirm's answer (the order).
+    pub alice: String,
+    pub order: Value,
+    /// Released, and the release's answer.
+    pub bob: String,
+    pub released: Value,
+    /// Still held: a reserve, which records nothing.
+    pub carol: String,
+    /// A sale of 10 with holds of one second.
+    pub late: String,
+    /// Expired, found late by a confirm, a release, an extension and the
+    /// reaper's step, in that order.
+    pub d: Vec<String>,
+}
 
-    // Confirm, release, and a reserve that records nothing.
+/// Every way a hold ends, through the API: a confirm, a release, and
+/// expiries found by a late confirm, release, extension and the reaper.
+/// The app's own reaper must not run meanwhile (a long
+/// `worker.reaper_interval_ms`), so the late calls find their holds held.
+pub(crate) async fn end_holds_every_way(app: &TestApp) -> Ended {
     let sale = app.live_sale(10, 10, 600).await;
-    let alice = hold(&app, &sale, "alice", 1).await;
+    let alice = hold(app, &sale, "alice", 1).await;
     let order = app.confirm(&alice, &app.token("alice")).await;
     assert_eq!(order.status, 200, "{}", order.body);
-    let bob = hold(&app, &sale, "bob", 2).await;
+    let bob = hold(app, &sale, "bob", 2).await;
     let released = app.release(&bob, &app.token("bob")).await;
     assert_eq!(released.status, 200, "{}", released.body);
-    let carol = hold(&app, &sale, "carol", 1).await;
+    let carol = hold(app, &sale, "carol", 1).await;
 
-    // Holds of one second, ended late by a confirm, a release, an extension
-    // and the reaper.
     let late = app.live_sale(10, 10, 1).await;
-    let d: Vec<String> = futures::future::join_all(
-        (0..4).map(|i| hold(&app, &late, ["d0", "d1", "d2", "d3"][i], 1)),
-    )
-    .await;
+    let d: Vec<String> =
+        futures::future::join_all((0..4).map(|i| hold(app, &late, ["d0", "d1", "d2", "d3"][i], 1)))
+            .await;
     tokio::time::sleep(Duration::from_millis(1300)).await;
     app.confirm(&d[0], &app.token("d0"))
         .await
         .assert_problem(410, "hold_expired");
     let a = app.release(&d[1], &app.token("d1")).await;
     assert_eq!(a.status, 409, "{}", a.body);
-    let a = extend(&app, &d[2], 1).await;
+    let a = extend(app, &d[2], 1).await;
     assert_ne!(a.status, 200, "{}", a.body);
     let reaped = app.engine.expire_due(&sale_id(&late), 100).await.unwrap();
     assert_eq!(reaped.holds, 1, "only d3 was left for the reaper");
+    Ended {
+        sale,
+        alice,
+        order: order.body,
+        bob,
+        released: released.body,
+        carol,
+        late,
+        d,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_change_records_one_event_and_a_plain_reserve_none() {
+    // The reaper's loop runs once at the start, then not for an hour: the
+    // late confirm, release and extend find their holds still held.
+    let app = spawn_app_with(|s| s.worker.reaper_interval_ms = 3_600_000).await;
+
+    let Ended {
+        sale,
+        alice,
+        order,
+        bob,
+        released,
+        carol,
+        late,
+        d,
+    } = end_holds_every_way(&app).await;
 
     // Sold out by reserves, twice (a release in between), and by a PATCH.
     let small = app.live_sale(2, 2, 600).await;
@@ -134,14 +176,14 @@ async fn each_change_records_one_event_and_a_plain_reserve_none() {
     let confirmed = reservation_event(&rows, &alice, "reservation.confirmed", &sale);
     let (reservation, shown_order) = shown(&app, &alice).await;
     assert_eq!(confirmed.payload["data"]["reservation"], reservation);
-    assert_eq!(confirmed.payload["data"]["order"], order.body);
-    assert_eq!(Some(&order.body), shown_order.as_ref());
+    assert_eq!(confirmed.payload["data"]["order"], order);
+    assert_eq!(Some(&order), shown_order.as_ref());
     assert_eq!(
-        confirmed.payload["timestamp"], order.body["confirmed_at"],
+        confirmed.payload["timestamp"], order["confirmed_at"],
         "the time of the change"
     );
     let rel = reservation_event(&rows, &bob, "reservation.released", &sale);
-    assert_eq!(rel.payload["data"]["reservation"], released.body);
+    assert_eq!(rel.payload["data"]["reservation"], released);
     assert!(rel.payload["data"].get("order").is_none());
     assert!(
         rows.iter().all(|r| r.aggregateid != carol),

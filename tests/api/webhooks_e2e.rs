@@ -15,12 +15,7 @@ use serde_json::{json, Value};
 
 use crate::common::webhooks::*;
 use crate::common::*;
-
-fn service(app: &TestApp) -> String {
-    app.auth
-        .issue("shop-backend", Some("service"), 3600)
-        .unwrap()
-}
+use crate::events::{end_holds_every_way, hold, Ended};
 
 async fn admin_post(app: &TestApp, path: &str, body: Value) -> Answer {
     let res = app
@@ -44,12 +39,6 @@ async fn register(app: &TestApp, body: Value) -> (String, Secret) {
         .expect("base64");
     let id = a.body["id"].as_str().unwrap().to_string();
     (id, Secret::from_bytes(bytes))
-}
-
-async fn hold(app: &TestApp, sale: &str, customer: &str, quantity: u32) -> String {
-    let a = app.reserve(sale, &app.token(customer), quantity).await;
-    assert_eq!(a.status, 201, "{}", a.body);
-    a.body["id"].as_str().unwrap().to_string()
 }
 
 /// How many times the receiver got each id.
@@ -134,37 +123,16 @@ async fn each_change_reaches_the_receiver_verified_and_a_reserve_sends_nothing()
     )
     .await;
 
-    let sale = app.live_sale(10, 10, 600).await;
-    let alice = hold(&app, &sale, "alice", 1).await;
-    let order = app.confirm(&alice, &app.token("alice")).await;
-    assert_eq!(order.status, 200, "{}", order.body);
-    let bob = hold(&app, &sale, "bob", 2).await;
-    let released = app.release(&bob, &app.token("bob")).await;
-    assert_eq!(released.status, 200, "{}", released.body);
-    let carol = hold(&app, &sale, "carol", 1).await;
-
-    let late = app.live_sale(10, 10, 1).await;
-    let d: Vec<String> = futures::future::join_all(
-        (0..4).map(|i| hold(&app, &late, ["d0", "d1", "d2", "d3"][i], 1)),
-    )
-    .await;
-    // Past the holds' one second (the reaper sleeps meanwhile).
-    tokio::time::sleep(Duration::from_millis(1300)).await;
-    app.confirm(&d[0], &app.token("d0"))
-        .await
-        .assert_problem(410, "hold_expired");
-    assert_eq!(app.release(&d[1], &app.token("d1")).await.status, 409);
-    let extended = app
-        .http
-        .post(app.url(&format!("/v1/reservations/{}/extend", d[2])))
-        .bearer_auth(service(&app))
-        .json(&json!({"seconds": 1}))
-        .send()
-        .await
-        .unwrap();
-    assert_ne!(extended.status(), 200);
-    let reaped = app.engine.expire_due(&sale_id(&late), 100).await.unwrap();
-    assert_eq!(reaped.holds, 1, "only d3 was left for the reaper");
+    let Ended {
+        sale,
+        alice,
+        order,
+        bob,
+        released,
+        carol,
+        late,
+        d,
+    } = end_holds_every_way(&app).await;
 
     let small = app.live_sale(2, 2, 600).await;
     hold(&app, &small, "eve", 2).await;
@@ -207,12 +175,12 @@ async fn each_change_reaches_the_receiver_verified_and_a_reserve_sends_nothing()
         match body["type"].as_str().unwrap() {
             "reservation.confirmed" => {
                 assert_eq!(data["sale_id"], sale.as_str());
-                assert_eq!(data["order"], order.body);
+                assert_eq!(data["order"], order);
                 assert_eq!(data["reservation"]["id"], alice.as_str());
                 assert_eq!(data["reservation"]["status"], "confirmed");
             }
             "reservation.released" => {
-                assert_eq!(data["reservation"], released.body);
+                assert_eq!(data["reservation"], released);
                 assert!(data.get("order").is_none());
             }
             "reservation.expired" => {
