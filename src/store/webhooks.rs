@@ -67,6 +67,16 @@ pub async fn insert_endpoint(
 
 /// Every endpoint not deleted, oldest first, with its deliveries' counts.
 pub async fn endpoints(db: &PgPool) -> StoreResult<Vec<Endpoint>> {
+    with_counts(db, None).await
+}
+
+/// One endpoint not deleted, with its deliveries' counts.
+pub async fn endpoint(db: &PgPool, id: Uuid) -> StoreResult<Option<Endpoint>> {
+    Ok(with_counts(db, Some(id)).await?.pop())
+}
+
+/// The endpoints not deleted (or only `id`), with their deliveries' counts.
+async fn with_counts(db: &PgPool, id: Option<Uuid>) -> StoreResult<Vec<Endpoint>> {
     let rows = sqlx::query_as!(
         Endpoint,
         r#"SELECT e.id, e.url, e.events, e.enabled, e.disabled_reason, e.previous_until,
@@ -78,33 +88,13 @@ pub async fn endpoints(db: &PgPool) -> StoreResult<Vec<Endpoint>> {
                       count(*) FILTER (WHERE d.status = 'failed') AS failed,
                       min(d.created_at) FILTER (WHERE d.status = 'pending') AS oldest_pending_at
                FROM webhook_deliveries d WHERE d.endpoint_id = e.id) c
-           WHERE e.deleted_at IS NULL
-           ORDER BY e.created_at, e.id"#
+           WHERE e.deleted_at IS NULL AND ($1::uuid IS NULL OR e.id = $1)
+           ORDER BY e.created_at, e.id"#,
+        id,
     )
     .fetch_all(db)
     .await?;
     Ok(rows)
-}
-
-/// One endpoint not deleted, with its deliveries' counts.
-pub async fn endpoint(db: &PgPool, id: Uuid) -> StoreResult<Option<Endpoint>> {
-    let row = sqlx::query_as!(
-        Endpoint,
-        r#"SELECT e.id, e.url, e.events, e.enabled, e.disabled_reason, e.previous_until,
-                  e.created_at, c.pending AS "pending!", c.failed AS "failed!",
-                  c.oldest_pending_at
-           FROM webhook_endpoints e
-           CROSS JOIN LATERAL (
-               SELECT count(*) FILTER (WHERE d.status = 'pending') AS pending,
-                      count(*) FILTER (WHERE d.status = 'failed') AS failed,
-                      min(d.created_at) FILTER (WHERE d.status = 'pending') AS oldest_pending_at
-               FROM webhook_deliveries d WHERE d.endpoint_id = e.id) c
-           WHERE e.id = $1 AND e.deleted_at IS NULL"#,
-        id,
-    )
-    .fetch_optional(db)
-    .await?;
-    Ok(row)
 }
 
 /// What a PATCH changes; `None` leaves a field as it is.

@@ -209,23 +209,10 @@ async fn sigkill_of_a_gateway_with_deliveries_in_flight_loses_no_event() {
     let receiver = Receiver::start(|_, _| Reply::Slow(Duration::from_millis(300), 204)).await;
     let (app, secret, sale) = setup(&receiver).await;
     let port = free_port();
-    let mut child = gateway(&app, port);
+    let child = gateway(&app, port);
     wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
     let want = changes(&app, &format!("http://127.0.0.1:{port}"), &sale, 200).await;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while receiver.seen().len() < 20 {
-        assert!(Instant::now() < deadline, "no delivery started");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    child.kill().expect("SIGKILL the gateway");
-    child.wait().unwrap();
-    let (leased,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND leased_until > now()",
-    )
-    .fetch_one(&app.db)
-    .await
-    .unwrap();
-    assert!(leased > 0, "the kill found no delivery in flight");
+    kill_mid_delivery(&app, &receiver, child).await;
     let _child = KillOnDrop(gateway(&app, port));
     wait_ready(&app.http, &format!("http://127.0.0.1:{port}")).await;
     every_event_arrives(&app, &receiver, &secret, &sale, &want).await;
@@ -237,14 +224,22 @@ async fn sigkill_of_a_gateway_with_deliveries_in_flight_loses_no_event() {
 async fn sigkill_of_a_worker_with_deliveries_in_flight_loses_no_event() {
     let receiver = Receiver::start(|_, _| Reply::Slow(Duration::from_millis(300), 204)).await;
     let (app, secret, sale) = setup(&receiver).await;
-    let mut child = worker(&app);
+    let child = worker(&app);
     let want = changes(&app, &app.url(""), &sale, 200).await;
+    kill_mid_delivery(&app, &receiver, child).await;
+    let _child = KillOnDrop(worker(&app));
+    every_event_arrives(&app, &receiver, &secret, &sale, &want).await;
+}
+
+/// SIGKILLs `child` once deliveries have started, and checks it died
+/// holding some: leased, still pending.
+async fn kill_mid_delivery(app: &TestApp, receiver: &Receiver, mut child: std::process::Child) {
     let deadline = Instant::now() + Duration::from_secs(20);
     while receiver.seen().len() < 20 {
         assert!(Instant::now() < deadline, "no delivery started");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    child.kill().expect("SIGKILL the worker");
+    child.kill().expect("SIGKILL");
     child.wait().unwrap();
     let (leased,): (i64,) = sqlx::query_as(
         "SELECT count(*) FROM webhook_deliveries WHERE status = 'pending' AND leased_until > now()",
@@ -253,6 +248,4 @@ async fn sigkill_of_a_worker_with_deliveries_in_flight_loses_no_event() {
     .await
     .unwrap();
     assert!(leased > 0, "the kill found no delivery in flight");
-    let _child = KillOnDrop(worker(&app));
-    every_event_arrives(&app, &receiver, &secret, &sale, &want).await;
 }
