@@ -141,7 +141,7 @@ pub async fn connect(config: &Config) -> anyhow::Result<Baseline> {
         .with_context(|| format!("connecting to {}", redact(url)))?;
     // One creator at a time: concurrent CREATE ... IF NOT EXISTS can still
     // collide in the catalog.
-    let mut tx = db.begin().await?;
+    let mut tx = flashsale::store::begin(&db).await?;
     sqlx::query("SELECT pg_advisory_xact_lock(727274)")
         .execute(&mut *tx)
         .await?;
@@ -514,7 +514,7 @@ async fn row_lock(
     rid: &str,
     n: i64,
 ) -> Result<u64, Problem> {
-    let mut tx = db.begin().await?;
+    let mut tx = flashsale::store::begin(db).await?;
     let row: Option<(i64, i64)> = sqlx::query_as(&format!(
         "SELECT stock, {HOLD_SECONDS} FROM stock WHERE id = $1 FOR UPDATE"
     ))

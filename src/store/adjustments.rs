@@ -134,7 +134,7 @@ pub async fn rekey_adjustment(
     adj: &Adjustment,
     key: &AdjustmentKey<'_>,
 ) -> StoreResult<bool> {
-    let mut tx = db.begin().await?;
+    let mut tx = super::begin(db).await?;
     let moved = sqlx::query!(
         "UPDATE sale_adjustments SET idempotency_key = NULL
          WHERE id = $1 AND idempotency_key = $2 AND state = 'rejected' AND outcome = $3",

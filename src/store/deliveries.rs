@@ -204,7 +204,7 @@ pub async fn record(db: &PgPool, outcomes: &[Outcome]) -> StoreResult<u64> {
     if gone.is_empty() {
         return Ok(update.execute(db).await?.rows_affected());
     }
-    let mut tx = db.begin().await?;
+    let mut tx = super::begin(db).await?;
     let done = update.execute(&mut *tx).await?.rows_affected();
     sqlx::query!(
         "UPDATE webhook_endpoints

@@ -10,7 +10,7 @@ use std::time::Duration;
 use secrecy::ExposeSecret;
 use sqlx::migrate::MigrateDatabase;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::Postgres;
+use sqlx::{Postgres, Transaction};
 
 use crate::config::Settings;
 
@@ -110,6 +110,25 @@ pub async fn migrate(url: &str) -> StoreResult<()> {
     MIGRATOR.run(&pool).await?;
     pool.close().await;
     Ok(())
+}
+
+/// Opens a transaction that a cancelled caller cannot leave open. sqlx 0.8
+/// sends BEGIN and counts the transaction only once Postgres answers; a
+/// caller dropped in between (an aborted task, a timeout, a client that hung
+/// up) returned the connection to the pool inside a transaction nothing
+/// ends, so every later borrower's writes ran in it and were lost
+/// (launchbadge/sqlx#2054, still open for Postgres in 0.8.6). Begun in a
+/// task of its own, the BEGIN always completes; a caller gone by then drops
+/// the transaction, which rolls back before the connection is reused.
+pub async fn begin(db: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
+    let db = db.clone();
+    #[allow(clippy::disallowed_methods)] // the one place it is safe
+    let begun = tokio::spawn(async move { db.begin().await });
+    match begun.await {
+        Ok(tx) => tx,
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(e) => Err(sqlx::Error::Io(std::io::Error::other(e))),
+    }
 }
 
 pub async fn ping(db: &PgPool) -> StoreResult<()> {

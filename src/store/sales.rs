@@ -20,7 +20,7 @@ pub enum Scheduled {
 /// The sale and, if it has one, its waiting room, in one transaction.
 pub async fn insert_sale(db: &PgPool, def: &SaleDef) -> StoreResult<Scheduled> {
     let queue = def.queue.as_ref().map(Json);
-    let mut tx = db.begin().await?;
+    let mut tx = super::begin(db).await?;
     // `as _`: the macros expect a JSONB parameter as a `serde_json::Value`;
     // the room goes in as the same JSON through its own `Json` encoding.
     let inserted = sqlx::query!(

@@ -202,7 +202,7 @@ impl Flusher {
         // stay pending for the next round.
         self.engine.replicated(sale_id).await?;
         let pg = FlushError::Postgres;
-        let mut tx = self.db.begin().await.map_err(pg)?;
+        let mut tx = store::begin(&self.db).await.map_err(pg)?;
         // Every order entry is also the record of its confirm: an order and
         // its `reservation.confirmed` are written together or not at all.
         let confirmed: Vec<Event> = good.iter().map(|(e, o)| confirmed(e, o)).collect();
@@ -314,6 +314,8 @@ fn confirmed(entry: &Entry, order: &NewOrder) -> Event {
 /// Writes orders and events inside a savepoint of the flush's transaction,
 /// so that a rejected batch leaves the transaction usable for the row by
 /// row retry. Returns the events inserted (not found already there).
+/// (A savepoint cut while it begins is ended with the whole transaction,
+/// which the caller's drop rolls back: no `store::begin` needed here.)
 async fn attempt(
     conn: &mut PgConnection,
     orders: &[NewOrder],

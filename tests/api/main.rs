@@ -30,6 +30,7 @@ mod repair_model;
 mod repairs;
 mod screens;
 mod spike;
+mod store;
 mod storm;
 mod waiting_room;
 mod webhooks_api;

@@ -30,7 +30,7 @@ async fn admin_post(app: &TestApp, path: &str, body: Value) -> Answer {
 }
 
 /// Registers `url` through the admin API: its id and its secret.
-async fn register(app: &TestApp, body: Value) -> (String, Secret) {
+pub(crate) async fn register(app: &TestApp, body: Value) -> (String, Secret) {
     let a = admin_post(app, "/v1/webhooks", body).await;
     assert_eq!(a.status, 201, "{}", a.body);
     let shown = a.body["secret"].as_str().expect("the secret, shown once");
