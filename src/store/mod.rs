@@ -81,9 +81,15 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// A pool that connects lazily: the gateway starts (and serves the hot path)
 /// while Postgres is down.
 pub fn pool(settings: &Settings) -> StoreResult<PgPool> {
+    pool_of(settings, settings.database.max_connections)
+}
+
+/// A lazy pool of at most `max_connections`, for work that keeps its own
+/// (the webhook deliveries).
+pub fn pool_of(settings: &Settings, max_connections: u32) -> StoreResult<PgPool> {
     let opts = connect_options(settings.database.url.expose_secret())?;
     Ok(PgPoolOptions::new()
-        .max_connections(settings.database.max_connections)
+        .max_connections(max_connections)
         .acquire_timeout(settings.database_timeout())
         .connect_lazy_with(opts))
 }

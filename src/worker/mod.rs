@@ -25,6 +25,8 @@ use crate::store::deliveries::{Next, Outcome};
 use crate::usecases::flush::{flush_once, Flusher};
 use crate::usecases::reap::reap_once;
 
+mod pace;
+
 /// The flush loop: a pass every `flush_interval_ms` while there is work,
 /// backing off (capped, doubling) while Postgres or Redis is down.
 ///
@@ -167,7 +169,7 @@ pub async fn run(settings: &Settings, engine: Engine, db: PgPool, stop: Cancella
             },
         )
     };
-    let deliveries = deliver_loop(settings, db.clone(), stop.clone());
+    let deliveries = deliveries_beside_the_hot_path(settings, stop.clone());
     let webhook_gauges = {
         let reported = Arc::new(tokio::sync::Mutex::new(HashSet::new()));
         let db = db.clone();
@@ -315,6 +317,73 @@ where
     }
 }
 
+/// Connections the deliveries keep to Postgres, beside `database.max_connections`.
+const DELIVERY_CONNECTIONS: u32 = 4;
+/// The nice value of the delivery threads: the lowest priority.
+const DELIVERY_NICE: i32 = 19;
+
+/// Runs [`deliver_loop`] on a thread of its own, with its own runtime and
+/// its own few Postgres connections, at the lowest CPU priority. A drain of
+/// a webhook backlog costs CPU in this process, in Postgres and in the
+/// receiver (BENCHMARKS.md M), and on a machine the gateway shares nothing
+/// told it to make room: reserves ran at half speed beside it (section O).
+/// At nice 19 the scheduler gives the deliveries only the CPU the hot path
+/// leaves; they slow down while a sale peaks (the oldest-pending gauge
+/// shows it) and catch up when it eases. Its own pool keeps a backlog from
+/// taking the connections the flush needs.
+async fn deliveries_beside_the_hot_path(settings: &Settings, stop: CancellationToken) {
+    let settings = settings.clone();
+    // Dropped with this future (the worker dropped without a stop), the
+    // guard still ends the thread.
+    let stop = stop.child_token();
+    let _ends_thread = stop.clone().drop_guard();
+    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let thread = std::thread::Builder::new()
+        .name("webhooks".into())
+        .spawn(move || {
+            lower_priority();
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .on_thread_start(lower_priority)
+                .build();
+            match runtime {
+                Ok(rt) => rt.block_on(async {
+                    match crate::store::pool_of(&settings, DELIVERY_CONNECTIONS) {
+                        Ok(db) => deliver_loop(&settings, db, stop).await,
+                        Err(e) => tracing::error!(error = %e, "webhook deliveries cannot start"),
+                    }
+                }),
+                Err(e) => tracing::error!(error = %e, "webhook deliveries cannot start"),
+            }
+            let _ = done.send(());
+        });
+    match thread {
+        Ok(_) => {
+            let _ = finished.await;
+        }
+        Err(e) => tracing::error!(error = %e, "webhook deliveries cannot start"),
+    }
+}
+
+/// Lowers the calling thread's CPU priority (on Linux a nice value is a
+/// thread's own, and the threads it starts inherit it).
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    {
+        // SAFETY: setpriority and gettid only read their arguments.
+        let rc = unsafe {
+            libc::setpriority(
+                libc::PRIO_PROCESS,
+                libc::gettid() as libc::id_t,
+                DELIVERY_NICE,
+            )
+        };
+        if rc != 0 {
+            tracing::warn!(error = %std::io::Error::last_os_error(), "cannot lower the webhook deliveries' priority; they compete with the hot path");
+        }
+    }
+}
+
 /// How often the delivery loop looks for due deliveries when nothing woke
 /// it earlier (an attempt finishing wakes it at once).
 const DELIVERY_INTERVAL: Duration = Duration::from_millis(200);
@@ -356,6 +425,7 @@ async fn deliver_loop(settings: &Settings, db: PgPool, stop: CancellationToken) 
         stop.clone(),
         max_backoff,
     ));
+    let mut pace = pace::Pace::new();
     let mut delay = Duration::ZERO;
     let mut failing = false;
     loop {
@@ -369,9 +439,17 @@ async fn deliver_loop(settings: &Settings, db: PgPool, stop: CancellationToken) 
             delay = DELIVERY_INTERVAL;
             continue;
         }
+        let free = match pace.take(free) {
+            Ok(n) => n,
+            Err(wait) => {
+                delay = wait;
+                continue;
+            }
+        };
         let limit = i64::try_from(free).unwrap_or(0);
         match crate::store::deliveries::claim(&db, IN_FLIGHT_PER_ENDPOINT, lease_ms, limit).await {
             Ok(claimed) => {
+                pace.claimed(free, claimed.len());
                 if failing {
                     failing = false;
                     tracing::info!("webhook deliveries recovered");
