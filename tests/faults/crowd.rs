@@ -29,12 +29,15 @@ pub struct Seen {
     pub statuses: HashMap<u16, usize>,
     /// Reservation ids answered 200 on confirm, by sale.
     pub confirmed: HashMap<String, HashSet<String>>,
+    /// Reservation ids answered 200 on release, by sale.
+    pub released: HashMap<String, HashSet<String>>,
     /// 503s without `Retry-After`: the contract sets it on every one.
     pub bare_503s: usize,
 }
 
 /// `customers` buyers, spread round-robin over `apps`, each reserving one
-/// unit and confirming it at once, until `until`. Half of all reserves go to
+/// unit and confirming it at once (one hold in eight released instead),
+/// until `until`. Half of all reserves go to
 /// `sales[0]`, the busiest sale; the rest spread over all of them, in an
 /// order the seed fixes.
 pub async fn storm(
@@ -65,15 +68,21 @@ pub async fn storm(
                 let mut statuses = vec![(held.status, held.retry_after.is_some())];
                 if held.status == 201 {
                     let rid = held.body["id"].as_str().unwrap_or_default().to_string();
-                    let done = app.confirm(&rid, &token).await;
+                    let release = (n >> 40).is_multiple_of(8);
+                    let done = if release {
+                        app.release(&rid, &token).await
+                    } else {
+                        app.confirm(&rid, &token).await
+                    };
                     statuses.push((done.status, done.retry_after.is_some()));
                     if done.status == 200 {
-                        seen.lock()
-                            .unwrap()
-                            .confirmed
-                            .entry(sale.clone())
-                            .or_default()
-                            .insert(rid);
+                        let mut seen = seen.lock().unwrap();
+                        let ended = if release {
+                            &mut seen.released
+                        } else {
+                            &mut seen.confirmed
+                        };
+                        ended.entry(sale.clone()).or_default().insert(rid);
                     }
                 } else {
                     tokio::time::sleep(Duration::from_millis(20)).await;
@@ -112,6 +121,36 @@ pub async fn served_again(app: &TestApp, sale: &str, since: Instant, bound: Dura
     }
 }
 
+/// The event of each hold of `sale` that ended, once every one of `awaited`
+/// has one in Postgres (or 30 s passed); panics on a hold with two.
+async fn hold_endings<'a>(
+    app: &TestApp,
+    sale: &str,
+    awaited: impl Iterator<Item = &'a String> + Clone,
+) -> HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let events: Vec<(String, String)> = sqlx::query_as(
+            "SELECT aggregateid, type FROM events
+             WHERE sale_id = $1 AND aggregatetype = 'reservation'",
+        )
+        .bind(sale)
+        .fetch_all(&app.db)
+        .await
+        .unwrap();
+        let mut ended = HashMap::new();
+        for (rid, kind) in events {
+            if let Some(before) = ended.insert(rid.clone(), kind.clone()) {
+                panic!("{sale}: {rid} ended twice: {before} and {kind}");
+            }
+        }
+        if awaited.clone().all(|rid| ended.contains_key(rid)) || Instant::now() > deadline {
+            return ended;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 /// Every status answered is in `allowed`; for every sale, once the worker
 /// has flushed: each reservation answered 200 is exactly one Postgres row,
 /// the counters add up, Redis `sold` covers Postgres's units (so no unit
@@ -131,7 +170,7 @@ pub async fn assert_no_order_lost(
         );
     }
     assert_eq!(seen.bare_503s, 0, "503s without Retry-After");
-    let mut total_confirmed = 0;
+    let (mut total_confirmed, mut total_released) = (0, 0);
     for sale in sales {
         let confirmed = seen.confirmed.get(sale).cloned().unwrap_or_default();
         total_confirmed += confirmed.len();
@@ -150,27 +189,22 @@ pub async fn assert_no_order_lost(
             );
         }
         assert_eq!(rows, distinct, "{sale}: an order written twice");
-        // Invariant 8: each answered confirm has its event (written with the
-        // order), and no hold has two endings.
-        let events: Vec<(String, String)> = sqlx::query_as(
-            "SELECT aggregateid, type FROM events
-             WHERE sale_id = $1 AND aggregatetype = 'reservation'",
-        )
-        .bind(sale)
-        .fetch_all(&app.db)
-        .await
-        .unwrap();
-        let mut ended: HashMap<&str, &str> = HashMap::new();
-        for (rid, kind) in &events {
-            if let Some(before) = ended.insert(rid, kind) {
-                panic!("{sale}: {rid} ended twice: {before} and {kind}");
-            }
-        }
-        for rid in &confirmed {
+        // Invariant 8: each answered confirm and release has its event (the
+        // confirm's written with the order, the release's flushed beside
+        // it), and no hold has two endings.
+        let released = seen.released.get(sale).cloned().unwrap_or_default();
+        total_released += released.len();
+        let answered: Vec<(&String, &str)> = confirmed
+            .iter()
+            .map(|rid| (rid, "reservation.confirmed"))
+            .chain(released.iter().map(|rid| (rid, "reservation.released")))
+            .collect();
+        let ended = hold_endings(app, sale, answered.iter().map(|(rid, _)| *rid)).await;
+        for (rid, kind) in answered {
             assert_eq!(
-                ended.get(rid.as_str()).copied(),
-                Some("reservation.confirmed"),
-                "{sale}: {rid} answered 200 but has no reservation.confirmed"
+                ended.get(rid.as_str()).map(String::as_str),
+                Some(kind),
+                "{sale}: {rid} was answered 200 but has no {kind}"
             );
         }
         let stock = read_stock(&app.engine, sale).await;
@@ -193,8 +227,12 @@ pub async fn assert_no_order_lost(
         }
     }
     eprintln!(
-        "statuses {:?}, {total_confirmed} confirms answered 200",
+        "statuses {:?}, {total_confirmed} confirms and {total_released} releases answered 200",
         seen.statuses
+    );
+    assert!(
+        total_released > 0,
+        "no release was answered: their events went unchecked"
     );
     total_confirmed
 }
