@@ -106,6 +106,30 @@ impl Play<'_> {
             }
         };
 
+        if target.records_events() {
+            let seen_empty = storm.readings.min_available == 0;
+            let check = match sold_outs_in_postgres(&self.database_url(), &self.sale_id, seen_empty)
+                .await
+            {
+                Some(n) => (
+                    format!(
+                        "sell-outs: {} `sale.sold_out` events, numbered 1..{} (one each time `available` reached 0{})",
+                        n.len(),
+                        n.len(),
+                        if seen_empty { "; the readings saw it at 0" } else { "" }
+                    ),
+                    Some(
+                        n.iter().enumerate().all(|(i, n)| *n == i as i64 + 1)
+                            && (!seen_empty || !n.is_empty()),
+                    ),
+                ),
+                None => (
+                    "Postgres not reachable from here: sell-outs not counted".into(),
+                    None,
+                ),
+            };
+            checks.add(check.0, check.1);
+        }
         let (expired_units, final_stock) = self.check_expiry(target, storm, d, &mut checks).await?;
         Ok(Checked {
             checks: checks.list,
@@ -162,6 +186,45 @@ impl Play<'_> {
             .clone()
             .unwrap_or_else(|| self.settings.database.url.expose_secret().to_string())
     }
+}
+
+/// The numbers of the sale's `sale.sold_out` events in Postgres
+/// (`<sale>.sale.sold_out.<n>`), in order; waited for up to 10 s while
+/// `expect_one` and there is none yet (the worker flushes them a moment
+/// after the change). `None` when Postgres is unreachable.
+async fn sold_outs_in_postgres(url: &str, sale_id: &str, expect_one: bool) -> Option<Vec<i64>> {
+    let db = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .ok()?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let prefix = format!("{sale_id}.sale.sold_out.");
+    let got = loop {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM events WHERE sale_id = $1 AND type = 'sale.sold_out'",
+        )
+        .bind(sale_id)
+        .fetch_all(&db)
+        .await
+        .ok()?;
+        if !(expect_one && ids.is_empty()) || Instant::now() > deadline {
+            let mut n: Vec<i64> = ids
+                .iter()
+                .map(|id| {
+                    id.strip_prefix(&prefix)
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(-1)
+                })
+                .collect();
+            n.sort_unstable();
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    db.close().await;
+    Some(got)
 }
 
 /// Orders of the sale in Postgres, once `expected` rows are there (the

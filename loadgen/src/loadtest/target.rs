@@ -13,6 +13,12 @@ pub(super) trait Target {
     /// How the report names it (`gateway now: ...`).
     fn name(&self) -> &'static str;
 
+    /// Whether it records events for the store in Postgres `events`
+    /// (`sale.sold_out` among them): flashsale does, the baselines do not.
+    fn records_events(&self) -> bool {
+        false
+    }
+
     /// The decide phase: what becomes of the units granted, and the figures
     /// once it has (a new reading goes into `storm.readings`).
     async fn decide(&self, play: &Play<'_>, storm: &mut Storm) -> anyhow::Result<Decided>;
@@ -38,6 +44,10 @@ pub(super) struct Gateway;
 impl Target for Gateway {
     fn name(&self) -> &'static str {
         "gateway"
+    }
+
+    fn records_events(&self) -> bool {
+        true
     }
 
     async fn decide(&self, play: &Play<'_>, storm: &mut Storm) -> anyhow::Result<Decided> {
