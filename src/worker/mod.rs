@@ -327,10 +327,11 @@ const DELIVERY_NICE: i32 = 19;
 /// a webhook backlog costs CPU in this process, in Postgres and in the
 /// receiver (BENCHMARKS.md M), and on a machine the gateway shares nothing
 /// told it to make room: reserves ran at half speed beside it (section O).
-/// At nice 19 the scheduler gives the deliveries only the CPU the hot path
-/// leaves; they slow down while a sale peaks (the oldest-pending gauge
-/// shows it) and catch up when it eases. Its own pool keeps a backlog from
-/// taking the connections the flush needs.
+/// At nice 19 the scheduler gives this thread only the CPU the hot path
+/// leaves, and [`pace`] bounds what it hands Postgres and the receiver
+/// (section P); deliveries slow down while a sale peaks (the oldest-pending
+/// gauge shows it) and catch up when it eases. Its own pool keeps a backlog
+/// from taking the connections the flush needs.
 async fn deliveries_beside_the_hot_path(settings: &Settings, stop: CancellationToken) {
     let settings = settings.clone();
     // Dropped with this future (the worker dropped without a stop), the
