@@ -188,17 +188,23 @@ impl Play<'_> {
     }
 }
 
+/// One connection to the Postgres holding the sale's orders and events;
+/// `None` when it is unreachable.
+async fn connect(url: &str) -> Option<sqlx::PgPool> {
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(1)
+        .acquire_timeout(Duration::from_secs(3))
+        .connect(url)
+        .await
+        .ok()
+}
+
 /// The numbers of the sale's `sale.sold_out` events in Postgres
 /// (`<sale>.sale.sold_out.<n>`), in order; waited for up to 10 s while
 /// `expect_one` and there is none yet (the worker flushes them a moment
 /// after the change). `None` when Postgres is unreachable.
 async fn sold_outs_in_postgres(url: &str, sale_id: &str, expect_one: bool) -> Option<Vec<i64>> {
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(url)
-        .await
-        .ok()?;
+    let db = connect(url).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let prefix = format!("{sale_id}.sale.sold_out.");
     let got = loop {
@@ -231,12 +237,7 @@ async fn sold_outs_in_postgres(url: &str, sale_id: &str, expect_one: bool) -> Op
 /// gateway's worker flushes them a moment after the confirm) or after 10 s;
 /// `None` when Postgres is unreachable.
 async fn orders_in_postgres(url: &str, sale_id: &str, expected: i64) -> Option<Orders> {
-    let db = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(1)
-        .acquire_timeout(Duration::from_secs(3))
-        .connect(url)
-        .await
-        .ok()?;
+    let db = connect(url).await?;
     let deadline = Instant::now() + Duration::from_secs(10);
     let got = loop {
         let (rows, units): (i64, i64) = sqlx::query_as(
