@@ -113,7 +113,7 @@ impl Play<'_> {
             {
                 Some(n) => (
                     format!(
-                        "sell-outs: {} `sale.sold_out` events, numbered 1..{} (one each time `available` reached 0{})",
+                        "sell-outs recorded: {} (`sale.sold_out` events numbered 1..{}, one each time `available` reached 0{})",
                         n.len(),
                         n.len(),
                         if seen_empty { "; the readings saw it at 0" } else { "" }
