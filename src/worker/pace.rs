@@ -20,9 +20,9 @@ const CEILING: f64 = 100_000.0;
 /// How often the idle share is read and the pace adjusted.
 const PERIOD: Duration = Duration::from_millis(250);
 /// Below this share of idle CPU the machine is busy: the pace halves.
-const BUSY_BELOW: f64 = 0.35;
+const BUSY_BELOW: f64 = 0.25;
 /// Above this share it has room: the pace doubles.
-const ROOM_ABOVE: f64 = 0.50;
+const ROOM_ABOVE: f64 = 0.30;
 /// Deliveries that may start at once after a pause, at the floor.
 const BURST: f64 = 64.0;
 /// The fewest a paced claim takes: each claim is a Postgres query whose
@@ -155,7 +155,7 @@ mod tests {
     fn the_pace_halves_on_a_busy_machine_or_unused_doubles_with_room_and_keeps_its_floor() {
         assert_eq!(next_rate(1600.0, 0.05, true), 800.0);
         assert_eq!(next_rate(FLOOR * 1.5, 0.0, true), FLOOR);
-        assert_eq!(next_rate(800.0, 0.4, true), 800.0);
+        assert_eq!(next_rate(800.0, 0.27, true), 800.0);
         assert_eq!(next_rate(800.0, 0.9, true), 1600.0);
         assert_eq!(next_rate(CEILING, 1.0, true), CEILING);
         // Unused, it falls back to the floor, however idle the machine.
